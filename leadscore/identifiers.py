@@ -1,0 +1,133 @@
+"""Normalise raw identifiers (phone, WeChat id, e-mail, cookie id) and hash them with a salt.
+
+Raw identifiers never leave this module: everything downstream sees ``<type>:<hex>`` hashes.
+A value that cannot be used gets a reason instead of a hash (counted by callers, never raised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+ID_TYPES: tuple[str, ...] = ("phone", "wechat", "email", "cookie")
+
+_PHONE_STRIP = re.compile(r"[\s\-().]")
+_CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+_EMAIL = re.compile(r"^[a-z0-9._%+\-]+@[a-z0-9.\-]+\.[a-z]{2,}$")
+_WECHAT = re.compile(r"^[a-z][a-z0-9_\-]{5,19}$")
+_COOKIE = re.compile(r"^[a-z0-9][a-z0-9_\-.:]{3,127}$")
+
+FREE_EMAIL_DOMAINS = frozenset(
+    {"qq.com", "163.com", "126.com", "gmail.com", "hotmail.com", "outlook.com", "sina.com",
+     "yahoo.com", "foxmail.com", "sohu.com", "aliyun.com", "139.com", "yeah.net"}
+)
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """Result of normalising one raw identifier: a value, or the reason it was rejected."""
+
+    id_type: str
+    value: str | None
+    reason: str | None = None
+
+
+def normalise_phone(raw: str) -> Normalised:
+    """Mainland mobile numbers: drop separators, a +86/0086/86 prefix; 11 digits starting 1[3-9]."""
+    s = _PHONE_STRIP.sub("", raw.strip())
+    if s.startswith("+86"):
+        s = s[3:]
+    elif s.startswith("0086"):
+        s = s[4:]
+    elif s.startswith("86") and len(s) == 13:
+        s = s[2:]
+    if not s:
+        return Normalised("phone", None, "empty")
+    if not s.isdigit():
+        return Normalised("phone", None, "non_digit")
+    if not _CN_MOBILE.match(s):
+        return Normalised("phone", None, "not_a_mobile_number")
+    if len(set(s[3:])) == 1:
+        return Normalised("phone", None, "placeholder_number")
+    return Normalised("phone", s)
+
+
+def normalise_email(raw: str) -> Normalised:
+    s = raw.strip().lower()
+    if not s:
+        return Normalised("email", None, "empty")
+    if not _EMAIL.match(s):
+        return Normalised("email", None, "malformed_email")
+    return Normalised("email", s)
+
+
+def normalise_wechat(raw: str) -> Normalised:
+    s = raw.strip().lower()
+    if not s:
+        return Normalised("wechat", None, "empty")
+    if not _WECHAT.match(s):
+        return Normalised("wechat", None, "malformed_wechat_id")
+    return Normalised("wechat", s)
+
+
+def normalise_cookie(raw: str) -> Normalised:
+    s = raw.strip().lower()
+    if not s:
+        return Normalised("cookie", None, "empty")
+    if not _COOKIE.match(s):
+        return Normalised("cookie", None, "malformed_cookie_id")
+    return Normalised("cookie", s)
+
+
+_NORMALISERS = {
+    "phone": normalise_phone,
+    "email": normalise_email,
+    "wechat": normalise_wechat,
+    "cookie": normalise_cookie,
+}
+
+
+def normalise(id_type: str, raw: object) -> Normalised:
+    """Normalise one raw identifier of ``id_type``; never raises on bad values."""
+    if id_type not in _NORMALISERS:
+        raise ValueError(f"unknown identifier type {id_type!r}; expected one of {ID_TYPES}")
+    if raw is None:
+        return Normalised(id_type, None, "missing")
+    if not isinstance(raw, str):
+        return Normalised(id_type, None, "not_a_string")
+    if len(raw) > 256:
+        return Normalised(id_type, None, "too_long")
+    return _NORMALISERS[id_type](raw)
+
+
+def hash_value(id_type: str, normalised_value: str, salt: str) -> str:
+    """Salted HMAC-SHA256 of a normalised identifier, as ``<type>:<32 hex chars>``."""
+    digest = hmac.new(
+        salt.encode(), f"{id_type}:{normalised_value}".encode(), hashlib.sha256
+    ).hexdigest()
+    return f"{id_type}:{digest[:32]}"
+
+
+def hash_identifier(id_type: str, raw: object, salt: str) -> tuple[str | None, str | None]:
+    """Normalise and hash one raw identifier: ``(hash, None)`` or ``(None, reason)``."""
+    n = normalise(id_type, raw)
+    if n.value is None:
+        return None, n.reason
+    return hash_value(id_type, n.value, salt), None
+
+
+def email_domain_type(raw_email: object) -> str:
+    """``none``, ``invalid``, ``free`` or ``corporate`` (edu domains count as ``edu``)."""
+    if raw_email is None or (isinstance(raw_email, str) and not raw_email.strip()):
+        return "none"
+    n = normalise("email", raw_email)
+    if n.value is None:
+        return "invalid"
+    domain = n.value.rsplit("@", 1)[1]
+    if domain in FREE_EMAIL_DOMAINS:
+        return "free"
+    if domain.endswith(".edu") or ".edu." in domain:
+        return "edu"
+    return "corporate"
