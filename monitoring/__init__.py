@@ -1,0 +1,1 @@
+"""Monitoring: weekly Evidently drift and business reports from the prediction log."""

@@ -1,0 +1,1 @@
+"""Training: time splits, Optuna tuning of LightGBM, calibration, evaluation, MLflow registry."""
