@@ -162,7 +162,7 @@ def _validate(settings: Settings) -> Settings:
             f"config field 'profile': {settings.profile!r} is not one of 'embedded', 'production'"
         )
     if settings.conversion_window_days <= 0:
-        raise ConfigError("config field 'conversion_window_days': must be a positive number of days")
+        raise ConfigError("config field 'conversion_window_days': must be a positive day count")
     if settings.intent_half_life_days <= 0:
         raise ConfigError("config field 'intent_half_life_days': must be positive")
     if not settings.hash_salt:

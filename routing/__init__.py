@@ -1,1 +1,1 @@
-"""Routing: tiers and follow-up channels matched to capacity and cost; simulation and control group."""
+"""Routing: tiers and follow-up channels matched to capacity and cost; simulation, control group."""
