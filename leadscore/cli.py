@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from leadscore import __version__
+from leadscore.cli_common import WorkdirOption, fail, settings_for
 
 app = typer.Typer(
     name="leadscore",
@@ -25,3 +28,21 @@ def main() -> None:
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@app.command()
+def demo(
+    workdir: WorkdirOption = None,
+    leads: Annotated[int, typer.Option("--leads", min=500, help="Leads to generate.")] = 20000,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: settings).")] = None,
+    trials: Annotated[int, typer.Option(min=1, help="Optuna trials for tuning.")] = 20,
+) -> None:
+    """The main job: generate a CRM history and run the whole pipeline on it."""
+    from leadscore.demo import run_demo
+
+    settings = settings_for(workdir)
+    try:
+        run_demo(settings, n_leads=leads, seed=settings.seed if seed is None else seed,
+                 trials=trials)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))

@@ -1,0 +1,106 @@
+"""The main job: the whole pipeline on a generated CRM history, stage by stage.
+
+Each stage is a plain function taking the run's context and returning the key figures that go
+into ``summary.json``. Stages run in order; a failing stage stops the run with a clear message
+and the summary written so far.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from leadscore.config import Settings
+
+console = Console()
+
+
+@dataclass
+class DemoContext:
+    """What the stages share: settings, the run's options and what earlier stages produced."""
+
+    settings: Settings
+    n_leads: int
+    seed: int
+    trials: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+Stage = Callable[[DemoContext], dict[str, Any]]
+
+
+def stage_generate(ctx: DemoContext) -> dict[str, Any]:
+    """Generate a synthetic CRM history into the data folder."""
+    from leadscore.generate import generate_crm
+
+    summary = generate_crm(ctx.settings.data_dir, n_leads=ctx.n_leads, seed=ctx.seed,
+                           salt=ctx.settings.hash_salt)
+    return summary.to_dict()
+
+
+def stage_identity(ctx: DemoContext) -> dict[str, Any]:
+    """Resolve leads into persons (One ID) and score the result against the truth."""
+    from leadscore.identity import run_identity
+
+    return run_identity(ctx.settings).to_dict()
+
+
+STAGES: list[tuple[str, Stage]] = [
+    ("generate", stage_generate),
+    ("identity", stage_identity),
+]
+
+
+def _print_stage(name: str, figures: dict[str, Any]) -> None:
+    table = Table(title=f"{name}", show_header=False, title_justify="left")
+    for key, value in figures.items():
+        if isinstance(value, dict | list):
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, shown)
+    console.print(table)
+
+
+def run_demo(settings: Settings, n_leads: int, seed: int, trials: int) -> dict[str, Any]:
+    """Run every stage; write and return ``summary.json`` in the work folder."""
+    settings.ensure_dirs()
+    ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials)
+    summary: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "workdir": str(settings.workdir),
+        "leads": n_leads,
+        "seed": seed,
+        "stages": {},
+    }
+    summary_path = settings.workdir / "summary.json"
+    t_all = time.perf_counter()
+    try:
+        for name, stage in STAGES:
+            t0 = time.perf_counter()
+            with console.status(f"[bold]{name}[/] …"):
+                figures = stage(ctx)
+            figures = {**figures, "stage_seconds": round(time.perf_counter() - t0, 2)}
+            ctx.results[name] = figures
+            summary["stages"][name] = figures
+            _print_stage(name, figures)
+    finally:
+        summary["total_seconds"] = round(time.perf_counter() - t_all, 2)
+        summary["completed"] = list(summary["stages"])
+        _write_json(summary_path, summary)
+    console.print(f"[green]summary written to[/] {summary_path}")
+    return summary
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
