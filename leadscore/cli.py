@@ -8,6 +8,7 @@ import typer
 
 from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
+from leadscore.generate_cli import generate
 
 app = typer.Typer(
     name="leadscore",
@@ -28,6 +29,9 @@ def main() -> None:
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+app.command("generate")(generate)
 
 
 @app.command()

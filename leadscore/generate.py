@@ -1,0 +1,993 @@
+"""Synthetic CRM history: latent persons leaving leads, identifiers, behaviour, orders, outcomes.
+
+``generate_crm`` writes the raw tables of ``leadscore.schemas`` to ``out_dir/raw/`` and the
+ground truth to ``out_dir/truth/leads_truth.parquet``. The mechanism (effect sizes, vocabularies,
+propensities) is in ``leadscore.generate_mechanism``; this module draws from it, vectorised with
+one ``numpy.random.Generator`` so that the same seed gives byte-identical files.
+
+Raw identifiers (phones, WeChat ids, e-mails, cookies) are formatted in varied ways, hashed with
+``leadscore.identifiers.hash_identifier`` and dropped: only ``<type>:<hash>`` values are written.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from leadscore import generate_mechanism as m
+from leadscore.config import get_settings
+from leadscore.identifiers import hash_identifier
+from leadscore.schemas import (
+    CHANNELS,
+    DEVICES,
+    EMAIL_DOMAIN_TYPES,
+    EVENT_TYPES,
+    FOLLOWUP_CHANNELS,
+    FUNNEL_STEPS,
+    GRADES,
+    RAW_TABLES,
+    SUBJECTS,
+    TRUTH_LEADS_COLUMNS,
+    TableSchema,
+)
+
+DAY = m.SECONDS_PER_DAY
+DEFAULT_START = date(2026, 5, 1)
+PARQUET_OPTIONS: dict[str, Any] = dict(
+    compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
+    version="2.6", row_group_size=1 << 20,
+)
+_ARROW_TYPES = {
+    "string": pa.string(), "timestamp": pa.timestamp("us", tz="UTC"), "int": pa.int64(),
+    "float": pa.float64(), "bool": pa.bool_(),
+}
+
+# Identifier slots of a person, as bits of a per-lead mask.
+PHONE1, PHONE2, WECHAT, EMAIL, COOKIE0, PRIVATE_PHONE = 0, 1, 2, 3, 4, 7
+PHONE_BITS = (1 << PHONE1) | (1 << PHONE2) | (1 << PRIVATE_PHONE)
+SLOT_TYPE = {0: "phone", 1: "phone", 2: "wechat", 3: "email", 4: "cookie", 5: "cookie",
+             6: "cookie", 7: "phone"}
+# When a lead shares nothing with the person's previous lead, it gets this slot of it.
+CHAIN_PRIORITY = (PHONE1, WECHAT, COOKIE0, COOKIE0 + 1, COOKIE0 + 2, EMAIL, PHONE2)
+PHONE_PREFIXES = (
+    130, 131, 132, 133, 135, 136, 137, 138, 139, 150, 151, 152, 153, 155, 156, 157, 158, 159,
+    166, 170, 176, 177, 178, 180, 181, 182, 183, 186, 188, 199,
+)
+PLACEHOLDER_PHONES = (
+    "13800000000", "13888888888", "18888888888", "19999999999", "00000000000", "12345678901",
+    "1380013800",
+)
+BAD_WECHAT_VALUES = ("同手机号", "微信同号", "无")
+SURNAMES = ("wang", "li", "zhang", "liu", "chen", "yang", "huang", "zhao", "wu", "zhou", "xu",
+            "sun", "ma", "zhu", "hu", "guo", "he", "lin", "gao", "luo")
+GIVEN_NAMES = ("wei", "fang", "na", "min", "jing", "qiang", "lei", "jun", "yong", "yan", "jie",
+               "tao", "ming", "chao", "xiu", "xia", "ping", "hua", "hao", "yu")
+FREE_DOMAINS = ("qq.com", "163.com", "126.com", "gmail.com", "foxmail.com", "sina.com",
+                "outlook.com")
+CORPORATE_DOMAINS = ("huawei.com", "tencent.com", "alibaba-inc.com", "bytedance.com",
+                     "ctrip.com", "sany.com.cn", "midea.com", "cmbchina.com")
+EDU_DOMAINS = ("pku.edu.cn", "tsinghua.edu.cn", "zju.edu.cn", "fudan.edu.cn", "whu.edu.cn")
+SEASONS = ("winter", "spring", "summer", "autumn")
+_AFFINE_MULTIPLIER = 2_654_435_761  # prime, coprime with the phone number space
+
+
+@dataclass
+class GenerationSummary:
+    """What one generation produced (``seconds`` is the only wall-clock value)."""
+
+    out_dir: str
+    seed: int
+    start: str
+    days: int
+    drift: bool
+    window_days: int
+    data_end: str
+    n_leads: int
+    n_persons: int
+    n_identities: int
+    n_events: int
+    n_orders: int
+    n_converted: int
+    base_rate: float
+    n_returning_persons: int
+    n_multi_lead_persons: int
+    n_unlinkable_persons: int
+    unusable_identifiers: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SyntheticCrm:
+    """An in-memory generation: Arrow tables by name (raw tables and ``truth``).
+
+    ``raw_identifiers`` holds every raw identifier string drawn, in memory only, so that tests
+    can prove none of them reaches a table; it is never written.
+    """
+
+    tables: dict[str, pa.Table]
+    summary: GenerationSummary
+    raw_identifiers: frozenset[str] = field(repr=False, default=frozenset())
+
+
+Progress = Callable[[str], None]
+
+
+# ---- small helpers --------------------------------------------------------------------------
+def _within_group_cumsum(
+    values: np.ndarray, group_start: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    """Inclusive cumulative sum of ``values`` restarting at each group (rows grouped, in order)."""
+    cs = np.cumsum(values)
+    before = np.concatenate(([0.0], cs))[group_start]
+    return cs - np.repeat(before, sizes)
+
+
+def _choice(rng: np.random.Generator, p: np.ndarray, size: int) -> np.ndarray:
+    """Indices drawn from the discrete distribution ``p`` (inverse CDF, int64)."""
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(p) - 1)
+
+
+def _by_mix(rng: np.random.Generator, mixes: list[np.ndarray], which: np.ndarray) -> np.ndarray:
+    """Per row, an index drawn from ``mixes[which[row]]``."""
+    u = rng.random(which.size)
+    out = np.zeros(which.size, dtype=np.int64)
+    for k, p in enumerate(mixes):
+        rows = np.flatnonzero(which == k)
+        cdf = np.cumsum(p) / np.sum(p)
+        out[rows] = np.minimum(np.searchsorted(cdf, u[rows], side="right"), len(p) - 1)
+    return out
+
+
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
+    digits = pc.utf8_lpad(pc.cast(pa.array(numbers, pa.int64()), pa.string()), width, padding="0")
+    return pc.binary_join_element_wise(prefix, digits, "")
+
+
+def _timestamps(start_epoch: int, seconds: np.ndarray, mask: np.ndarray | None = None) -> pa.Array:
+    micros = (start_epoch + seconds.astype(np.int64)) * 1_000_000
+    return pa.array(micros, type=_ARROW_TYPES["timestamp"], mask=mask)
+
+
+def _vocab(values: tuple[str, ...] | list[str], index: np.ndarray,
+           mask: np.ndarray | None = None) -> pa.Array:
+    return pa.array(list(values), pa.string()).take(pa.array(index, pa.int64(), mask=mask))
+
+
+def _base36(n: int, width: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 36)
+        out.append(digits[r])
+    return "".join(reversed(out))
+
+
+# ---- people and their leads -----------------------------------------------------------------
+@dataclass
+class _People:
+    n: int
+    leads: np.ndarray  # leads per person
+    start: np.ndarray  # first row of the person's leads
+    intent: np.ndarray
+    wrong_persona: np.ndarray
+    grade: np.ndarray
+    subject: np.ndarray
+    city: np.ndarray
+    device: np.ndarray
+
+
+def _draw_people(rng: np.random.Generator, n_leads: int) -> _People:
+    k = rng.choice(len(m.LEADS_PER_PERSON_P), size=n_leads, p=m.LEADS_PER_PERSON_P) + 1
+    cum = np.cumsum(k)
+    n = int(np.searchsorted(cum, n_leads)) + 1
+    k = k[:n].copy()
+    k[-1] -= cum[n - 1] - n_leads
+    city_tier = np.array([tier for _, tier in m.CITIES])
+    tier = _choice(rng, m.CITY_TIER_P, n)
+    # a city within the drawn tier
+    city_rank = rng.random(n)
+    city = np.empty(n, dtype=np.int64)
+    for t in range(4):
+        members = np.flatnonzero(city_tier == t + 1)
+        rows = tier == t
+        city[rows] = members[(city_rank[rows] * members.size).astype(np.int64)]
+    wrong = rng.random(n) < m.WRONG_PERSONA_SHARE
+    intent = rng.standard_normal(n) - 1.5 * wrong
+    return _People(
+        n=n, leads=k, start=np.concatenate(([0], np.cumsum(k)[:-1])), intent=intent,
+        wrong_persona=wrong, grade=_choice(rng, m.GRADE_P, n),
+        subject=_choice(rng, m.SUBJECT_P, n), city=city, device=_choice(rng, m.DEVICE_P, n),
+    )
+
+
+def _lead_times(rng: np.random.Generator, people: _People, days: int) -> tuple[np.ndarray, ...]:
+    """Seconds since start of each lead (rows grouped by person, in time order), its position
+    within the person and the gap to the person's previous lead (inf for the first)."""
+    n_leads = int(people.leads.sum())
+    person = np.repeat(np.arange(people.n), people.leads)
+    pos = np.arange(n_leads) - np.repeat(people.start, people.leads)
+    short = rng.random(n_leads) < 0.3
+    gap = np.where(short, rng.uniform(0.01, 2.0, n_leads),
+                   rng.exponential(m.REPEAT_GAP_MEAN_DAYS, n_leads))
+    gap[pos == 0] = 0.0
+    span = np.bincount(person, gap, minlength=people.n)
+    max_span = 0.85 * days
+    scale = np.minimum(1.0, max_span / np.maximum(span, 1e-9))
+    gap *= scale[person]
+    first = rng.random(people.n) * (days - span * scale)
+    t_days = first[person] + _within_group_cumsum(gap, people.start, people.leads)
+    # Time of day: evenings and late mornings Beijing time (UTC+8), some at any hour.
+    kind = _choice(rng, np.array([0.45, 0.35, 0.20]), n_leads)
+    hour = np.select(
+        [kind == 0, kind == 1],
+        [rng.normal(12.0, 2.5, n_leads), rng.normal(3.0, 2.0, n_leads)],
+        rng.uniform(0, 24, n_leads),
+    ) % 24
+    t = np.floor(t_days).astype(np.int64) * DAY + (hour * 3600).astype(np.int64)
+    order = np.lexsort((t, person))
+    t = t[order]
+    for p in range(1, int(people.leads.max())):  # strictly increasing within a person
+        rows = np.flatnonzero(pos == p)
+        t[rows] = np.maximum(t[rows], t[rows - 1] + 60)
+    t = np.minimum(t, days * DAY - 1)
+    gap_prev = np.full(n_leads, np.inf)
+    later = pos > 0
+    gap_prev[later] = (t[later] - t[np.flatnonzero(later) - 1]) / DAY
+    return t, pos, gap_prev
+
+
+# ---- leads ----------------------------------------------------------------------------------
+@dataclass
+class _Leads:
+    person: np.ndarray
+    pos: np.ndarray
+    t: np.ndarray  # seconds since start
+    gap_prev_days: np.ndarray
+    intent: np.ndarray
+    channel: np.ndarray
+    campaign: np.ndarray
+    campaign_names: list[str]
+    campaign_effect: np.ndarray
+    landing: np.ndarray
+    landing_names: list[str]
+    grade: np.ndarray
+    subject: np.ndarray
+    city: np.ndarray
+    device: np.ndarray
+    funnel: np.ndarray
+    nulls: dict[str, np.ndarray]
+
+
+def _campaigns(seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Campaign names per (channel, season, subject group) and their hidden quality effects."""
+    groups = ("stem", "lang", "arts")
+    subject_channels = {"sem", "feed_ads", "new_media"}
+    names: list[str] = []
+    index = np.zeros((len(CHANNELS), len(SEASONS), len(groups)), dtype=np.int64)
+    for c, channel in enumerate(CHANNELS):
+        for s, season in enumerate(SEASONS):
+            for g, group in enumerate(groups):
+                if channel in subject_channels:
+                    names.append(f"{channel}-{season}-{group}")
+                elif g > 0:
+                    index[c, s, g] = index[c, s, 0]
+                    continue
+                else:
+                    names.append(f"{channel}-{season}")
+                index[c, s, g] = len(names) - 1
+    effect = np.random.default_rng([seed, 7]).normal(0.0, m.CAMPAIGN_EFFECT_SD, len(names))
+    return names, index, effect
+
+
+def _landing_pages() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Landing page names and, per template (high then low), the index per subject."""
+    names: list[str] = []
+    templates = m.LANDING_HIGH + m.LANDING_LOW
+    index = np.zeros((len(templates), len(SUBJECTS)), dtype=np.int64)
+    for i, template in enumerate(templates):
+        for s, subject in enumerate(SUBJECTS):
+            page = template.format(subject=subject)
+            if page not in names:
+                names.append(page)
+            index[i, s] = names.index(page)
+    return names, index, np.array([t.startswith("/trial") for t in templates])
+
+
+def _draw_leads(rng: np.random.Generator, people: _People, start: date, days: int, drift: bool,
+                seed: int) -> _Leads:
+    t, pos, gap_prev = _lead_times(rng, people, days)
+    n = t.size
+    person = np.repeat(np.arange(people.n), people.leads)
+    intent = people.intent[person] + 0.15 * np.minimum(pos, 3) + rng.normal(0, 0.45, n)
+    late = (t >= m.DRIFT_START_FRACTION * days * DAY) if drift else np.zeros(n, dtype=bool)
+    channel = _by_mix(rng, [m.CHANNEL_MIX, m.CHANNEL_MIX_DRIFT], late.astype(np.int64))
+
+    subject = np.where(rng.random(n) < 0.75, people.subject[person],
+                       _choice(rng, m.SUBJECT_P, n))
+    grade = np.where(rng.random(n) < 0.9, people.grade[person], _choice(rng, m.GRADE_P, n))
+    device = np.where(rng.random(n) < 0.8, people.device[person], _choice(rng, m.DEVICE_P, n))
+    city = people.city[person]
+
+    day_index = (t // DAY).astype("timedelta64[D]")
+    month = (np.datetime64(start, "D") + day_index).astype("datetime64[M]").astype(np.int64) % 12
+    season = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])[month]
+    group_of = {"stem": 0, "lang": 1, "arts": 2}
+    subject_group = np.array([group_of[m.SUBJECT_GROUP[s]] for s in SUBJECTS])[subject]
+    campaign_names, campaign_index, campaign_effect = _campaigns(seed)
+    campaign = campaign_index[channel, season, subject_group]
+
+    landing_names, landing_index, landing_is_trial = _landing_pages()
+    high = rng.random(n) < m.sigmoid(0.8 * intent - 1.2)
+    template = np.where(high, _choice(rng, m.LANDING_HIGH_P, n),
+                        len(m.LANDING_HIGH) + _choice(rng, m.LANDING_LOW_P, n))
+    landing = landing_index[template, subject]
+
+    funnel_score = (m.FUNNEL_INTENT_WEIGHT * intent + m.by_channel(m.CHANNEL_FUNNEL_EFFECT)[channel]
+                    + m.FUNNEL_TRIAL_LANDING_BONUS * landing_is_trial[template]
+                    + rng.normal(0, m.FUNNEL_NOISE_SD, n))
+    nulls = {name: rng.random(n) < share for name, share in m.NULL_SHARE.items()}
+    return _Leads(
+        person=person, pos=pos, t=t, gap_prev_days=gap_prev, intent=intent, channel=channel,
+        campaign=campaign, campaign_names=campaign_names, campaign_effect=campaign_effect,
+        landing=landing, landing_names=landing_names, grade=grade, subject=subject, city=city,
+        device=device, funnel=m.funnel_index(funnel_score), nulls=nulls,
+    )
+
+
+# ---- identifiers ----------------------------------------------------------------------------
+@dataclass
+class _Slots:
+    mask: np.ndarray  # uint8 per lead: usable identifier slots
+    bad_phone: np.ndarray
+    bad_email: np.ndarray
+    bad_wechat: np.ndarray
+    unlinkable_person: np.ndarray
+    n_cookies: np.ndarray  # per person
+    email_kind: np.ndarray  # per person: 0 free, 1 corporate, 2 edu
+
+
+def _draw_slots(rng: np.random.Generator, people: _People, leads: _Leads) -> _Slots:
+    n, person, ch = leads.t.size, leads.person, leads.channel
+    has_phone2 = rng.random(people.n) < m.PERSON_HAS_PHONE2
+    has_wechat = rng.random(people.n) < m.PERSON_HAS_WECHAT
+    has_email = rng.random(people.n) < m.PERSON_HAS_EMAIL
+    n_cookies = _choice(rng, m.COOKIES_PER_PERSON_P, people.n) + 1
+    email_kind = _choice(rng, np.array([m.EMAIL_FREE_SHARE,
+                                        1 - m.EMAIL_FREE_SHARE - m.EMAIL_EDU_SHARE,
+                                        m.EMAIL_EDU_SHARE]), people.n)
+
+    phone = rng.random(n) < m.by_channel(m.PHONE_P)[ch]
+    phone_slot = np.where(has_phone2[person] & (rng.random(n) < 0.35), PHONE2, PHONE1)
+    bad_phone = phone & (rng.random(n) < m.sigmoid(m.BAD_PHONE_BASE_LOGIT - 0.8 * leads.intent))
+    wechat = has_wechat[person] & (rng.random(n) < m.by_channel(m.WECHAT_P)[ch])
+    bad_wechat = wechat & (rng.random(n) < m.BAD_WECHAT_P)
+    email = has_email[person] & (rng.random(n) < m.by_channel(m.EMAIL_P)[ch])
+    bad_email = email & (rng.random(n) < m.BAD_EMAIL_P)
+    cookie = rng.random(n) < m.by_channel(m.COOKIE_P)[ch]
+    cookie_slot = COOKIE0 + (rng.random(n) * n_cookies[person]).astype(np.int64)
+
+    mask = np.zeros(n, dtype=np.int64)
+    mask |= np.where(phone & ~bad_phone, 1 << phone_slot, 0)
+    mask |= np.where(wechat & ~bad_wechat, 1 << WECHAT, 0)
+    mask |= np.where(email & ~bad_email, 1 << EMAIL, 0)
+    mask |= np.where(cookie, 1 << cookie_slot, 0)
+
+    multi = people.leads >= 2
+    unlinkable = multi & (rng.random(people.n) < m.UNLINKABLE_PERSON_SHARE)
+    lone = unlinkable[person]
+    mask[lone] = 1 << PRIVATE_PHONE
+    for flag in (bad_phone, bad_wechat, bad_email):
+        flag[lone] = False
+
+    # Every lead keeps one usable contact; a person's leads are chained by a shared one.
+    empty = (mask == 0) & ~lone
+    mask[empty] = 1 << PHONE1
+    for p in range(1, int(people.leads.max())):
+        rows = np.flatnonzero((leads.pos == p) & ~lone)
+        prev = mask[rows - 1]
+        broken = (mask[rows] & prev) == 0
+        pick = np.full(rows.size, -1)
+        for bit in CHAIN_PRIORITY:
+            pick = np.where((pick < 0) & ((prev >> bit) & 1 == 1), bit, pick)
+        fix = rows[broken]
+        mask[fix] |= 1 << pick[broken]
+    bad_phone &= (mask & PHONE_BITS) == 0
+    bad_email &= (mask & (1 << EMAIL)) == 0
+    bad_wechat &= (mask & (1 << WECHAT)) == 0
+    return _Slots(mask=mask.astype(np.uint8), bad_phone=bad_phone, bad_email=bad_email,
+                  bad_wechat=bad_wechat, unlinkable_person=unlinkable, n_cookies=n_cookies,
+                  email_kind=email_kind)
+
+
+class _RawIdentifiers:
+    """Formats raw identifier strings (in memory only) for identifier slots of persons."""
+
+    def __init__(self, rng: np.random.Generator, n_persons: int, email_kind: np.ndarray) -> None:
+        self.email_kind = email_kind
+        self.phone_space = len(PHONE_PREFIXES) * 10**8
+        self.name_offset = int(rng.integers(0, 36**6))
+        self.surname = rng.integers(0, len(SURNAMES), n_persons)
+        self.given = rng.integers(0, len(GIVEN_NAMES), n_persons)
+        self.wx_style = rng.random(n_persons) < 0.4
+        self.domain = rng.integers(0, 1 << 30, n_persons)
+        self.cookie_style = rng.random(3 * n_persons) < 0.6
+        self.cookie_salt = rng.integers(0, 1 << 40, 3 * n_persons)
+
+    def value(self, type_name: str, index: int, variant: int) -> str:
+        """The raw string of identifier ``index`` of ``type_name`` in format ``variant``."""
+        if type_name == "phone":
+            return self.phone(index, variant)
+        if type_name == "wechat":
+            return self.wechat(index, variant)
+        if type_name == "email":
+            return self.email(index, variant)
+        return self.cookie(index, variant)
+
+    def _scramble(self, index: int, space: int) -> int:
+        """An affine bijection of [0, space): the multiplier is coprime with every space used
+        (products of 2, 3 and 5), so distinct indices give distinct, random-looking codes."""
+        return (index * _AFFINE_MULTIPLIER + self.name_offset) % space
+
+    def phone_number(self, index: int) -> str:
+        """11-digit mobile number of phone index (persons' first, second, then lead-private)."""
+        value = self._scramble(index, self.phone_space)
+        prefix, suffix = divmod(value, 10**8)
+        if suffix % 11_111_111 == 0:  # would normalise as a placeholder number
+            suffix = (suffix + 12_345) % 10**8
+        return f"{PHONE_PREFIXES[prefix]}{suffix:08d}"
+
+    def phone(self, index: int, variant: int) -> str:
+        s = self.phone_number(index)
+        a, b, c = s[:3], s[3:7], s[7:]
+        return (s, f"+86 {a} {b} {c}", f"0086-{a}-{b}-{c}", f"{a}-{b}-{c}", f"(+86){s}",
+                f" {a} {b} {c} ")[variant % 6]
+
+    def wechat(self, person: int, variant: int) -> str:
+        code = _base36(self._scramble(person, 36**6), 6)
+        name = ("wx_" + code if self.wx_style[person]
+                else f"{SURNAMES[self.surname[person]]}{GIVEN_NAMES[self.given[person]]}_{code}")
+        return (name, name.upper(), f"  {name} ")[variant % 3]
+
+    def email_parts(self, person: int) -> tuple[str, str]:
+        kind = int(self.email_kind[person])
+        digits = self._scramble(person, 10**8)
+        local = f"{SURNAMES[self.surname[person]]}.{GIVEN_NAMES[self.given[person]]}{digits}"
+        domains = (FREE_DOMAINS, CORPORATE_DOMAINS, EDU_DOMAINS)[kind]
+        return local, domains[self.domain[person] % len(domains)]
+
+    def email(self, person: int, variant: int) -> str:
+        local, domain = self.email_parts(person)
+        return (f"{local}@{domain}", f"{local.title()}@{domain.upper()}",
+                f" {local}@{domain}\t")[variant % 3]
+
+    def cookie(self, index: int, variant: int) -> str:
+        if self.cookie_style[index]:
+            value = (f"GA1.2.{self._scramble(index, 10**10):010d}."
+                     f"{1_700_000_000 + self.cookie_salt[index] % 10**8}")
+        else:
+            a = f"{self.cookie_salt[index]:010x}"  # random
+            b = f"{self._scramble(index, 16**12):012x}"  # unique per cookie
+            value = f"{a[:8]}-{a[8:]}{b[:2]}-4{b[2:5]}-a{b[5:8]}-{b[8:]}{a[:8]}"
+        return (value.lower(), value.upper())[variant % 2]
+
+    def malformed_email(self, person: int, r: int) -> str:
+        local, domain = self.email_parts(person)
+        return (f"{local}@{domain.split('.')[0]}", f"{local} {domain}",
+                f"{local}@@{domain}")[r % 3]
+
+
+_ID_TYPE_NAMES = ("phone", "wechat", "email", "cookie")
+_SLOT_TYPE_CODE = np.array([_ID_TYPE_NAMES.index(SLOT_TYPE[b]) for b in range(8)])
+_VARIANT_P = {
+    "phone": np.array([0.45, 0.20, 0.10, 0.15, 0.05, 0.05]),
+    "wechat": np.array([0.7, 0.15, 0.15]),
+    "email": np.array([0.7, 0.15, 0.15]),
+    "cookie": np.array([0.8, 0.2]),
+}
+
+
+def _slot_index(
+    bit: np.ndarray, person: np.ndarray, lead: np.ndarray, n_persons: int
+) -> np.ndarray:
+    """Index of a slot's identifier within its type: one per person slot (per lead for the
+    private phones of unlinkable persons), so different persons never share an identifier."""
+    return np.select(
+        [bit == PHONE1, bit == PHONE2, bit == PRIVATE_PHONE, bit >= COOKIE0],
+        [person, n_persons + person, 2 * n_persons + lead, 3 * person + bit - COOKIE0],
+        person,
+    )
+
+
+@dataclass
+class _Identities:
+    lead: np.ndarray
+    type_code: np.ndarray
+    id_hash: pa.Array
+    raw_values: set[str]
+    unusable: dict[str, int]
+
+
+def _hash_identities(rng: np.random.Generator, people: _People, leads: _Leads, slots: _Slots,
+                     raw: _RawIdentifiers, salt: str) -> _Identities:
+    """One (lead, id_type, id_hash) row per usable identifier of a lead; unusable ones counted."""
+    bits = [np.flatnonzero((slots.mask >> bit) & 1) for bit in range(8)]
+    lead_of = np.concatenate(bits)
+    bit_of = np.concatenate([np.full(rows.size, bit) for bit, rows in enumerate(bits)])
+    type_code = _SLOT_TYPE_CODE[bit_of]
+    index = _slot_index(bit_of, leads.person[lead_of], lead_of, people.n)
+    variant = np.zeros(lead_of.size, dtype=np.int64)
+    for code, name in enumerate(_ID_TYPE_NAMES):
+        rows = np.flatnonzero(type_code == code)
+        variant[rows] = _choice(rng, _VARIANT_P[name], rows.size)
+    key = (type_code.astype(np.int64) << 56) | (index.astype(np.int64) << 4) | variant
+    unique_keys, inverse = np.unique(key, return_inverse=True)
+
+    raw_values: set[str] = set()
+    hashes: list[str] = []
+    for k in unique_keys.tolist():
+        type_name = _ID_TYPE_NAMES[k >> 56]
+        value = raw.value(type_name, (k >> 4) & ((1 << 52) - 1), k & 15)
+        hashed, reason = hash_identifier(type_name, value, salt)
+        if hashed is None:
+            raise RuntimeError(f"a generated {type_name} identifier was rejected ({reason})")
+        raw_values.add(value)
+        hashes.append(hashed)
+    id_hash = pa.array(hashes, pa.string()).take(pa.array(inverse.ravel(), pa.int64()))
+
+    # Unusable identifiers typed on forms: drawn, refused by the normaliser, never kept.
+    unusable: Counter[str] = Counter()
+    makers: tuple[tuple[str, np.ndarray, Callable[[int, int], str]], ...] = (
+        ("phone", slots.bad_phone, lambda lead, r: PLACEHOLDER_PHONES[r % len(PLACEHOLDER_PHONES)]),
+        ("wechat", slots.bad_wechat, lambda lead, r: BAD_WECHAT_VALUES[r % len(BAD_WECHAT_VALUES)]),
+        ("email", slots.bad_email,
+         lambda lead, r: raw.malformed_email(int(leads.person[lead]), r)),
+    )
+    for type_name, flag, make in makers:
+        rows = np.flatnonzero(flag)
+        for lead, r in zip(rows.tolist(), rng.integers(0, 1 << 20, rows.size).tolist(),
+                           strict=True):
+            value = make(lead, r)
+            hashed, reason = hash_identifier(type_name, value, salt)
+            if hashed is not None:
+                raise RuntimeError(f"an unusable {type_name} identifier was accepted")
+            raw_values.add(value)
+            unusable[f"{type_name}:{reason}"] += 1
+    return _Identities(lead=lead_of, type_code=type_code, id_hash=id_hash,
+                       raw_values=raw_values, unusable=dict(sorted(unusable.items())))
+
+
+def _order_key_hashes(persons: np.ndarray, people: _People, slots: _Slots,
+                      raw: _RawIdentifiers, salt: str) -> list[str]:
+    """Hash that keys a person's orders: the phone when some lead of the person carries it,
+    else a usable identifier of the person's first lead."""
+    person_mask = np.bitwise_or.reduceat(slots.mask.astype(np.int64), people.start)[persons]
+    first_lead = people.start[persons]
+    first_mask = slots.mask[first_lead].astype(np.int64)
+    key_bit = np.where((person_mask >> PHONE1) & 1 == 1, PHONE1, -1)
+    for bit in (*CHAIN_PRIORITY, PRIVATE_PHONE):
+        key_bit = np.where((key_bit < 0) & ((first_mask >> bit) & 1 == 1), bit, key_bit)
+    index = _slot_index(key_bit, persons, first_lead, people.n)
+    out = []
+    for bit, idx in zip(key_bit.tolist(), index.tolist(), strict=True):
+        hashed, _ = hash_identifier(SLOT_TYPE[bit], raw.value(SLOT_TYPE[bit], idx, 0), salt)
+        out.append(hashed)
+    return out
+
+
+# ---- behaviour ------------------------------------------------------------------------------
+@dataclass
+class _Events:
+    lead: np.ndarray
+    t: np.ndarray
+    type: np.ndarray
+    url: np.ndarray
+    dwell: np.ndarray
+    weight: np.ndarray  # behaviour weight × page weight × depth (before time decay)
+    recruitment: np.ndarray
+
+
+def _draw_events(rng: np.random.Generator, people: _People, leads: _Leads, slots: _Slots,
+                 urls: m.UrlVocabulary, days: int, window_days: int, drift: bool) -> _Events:
+    """Cookie history before each lead and activity after it, driven by the lead's intent."""
+    n, z, funnel = leads.t.size, leads.intent, leads.funnel
+    has_cookie = ((slots.mask.astype(np.int64) >> COOKIE0) & 0b111) != 0
+    lam_pre = (m.PRE_EVENTS_MEAN * np.exp(0.45 * z)
+               * np.where(has_cookie, 1.0, m.PRE_EVENTS_NO_COOKIE))
+    lam_post = m.POST_EVENTS_MEAN * np.exp(0.4 * z) * m.POST_EVENTS_FUNNEL[funnel]
+    pre_lead = np.repeat(np.arange(n), rng.poisson(lam_pre))
+    post_lead = np.repeat(np.arange(n), rng.poisson(lam_post))
+    trial_lead = np.flatnonzero(funnel == FUNNEL_STEPS.index("booked_trial"))
+
+    # Before the lead: recent for active people, > 30 days back for dormant ones; never before
+    # the person's previous lead (that history belongs to the earlier lead's era).
+    dormant = (rng.random(n) < m.sigmoid(-1.3 - 0.6 * z))[pre_lead]
+    offset = np.where(
+        dormant,
+        m.PRE_DORMANT_MIN_DAYS + rng.exponential(m.PRE_DORMANT_MEAN_DAYS, pre_lead.size),
+        rng.exponential(m.PRE_ACTIVE_MEAN_DAYS, pre_lead.size),
+    )
+    offset = np.minimum(offset, 120.0)
+    gap = leads.gap_prev_days[pre_lead]
+    offset = np.where(offset >= gap, gap * rng.uniform(0.02, 0.98, pre_lead.size), offset)
+    pre_t = leads.t[pre_lead] - np.maximum(1, (offset * DAY).astype(np.int64))
+    # After the lead: a decaying rate within the conversion window.
+    window = float(window_days)
+    u = rng.random(post_lead.size)
+    offset = -m.POST_MEAN_DAYS * np.log1p(-u * (1 - np.exp(-window / m.POST_MEAN_DAYS)))
+    post_t = leads.t[post_lead] + np.clip((offset * DAY).astype(np.int64), 60, window_days * DAY)
+    trial_t = leads.t[trial_lead] + np.minimum(
+        (rng.uniform(1, 7, trial_lead.size) * DAY).astype(np.int64), window_days * DAY)
+
+    lead = np.concatenate((pre_lead, post_lead, trial_lead))
+    t = np.concatenate((pre_t, post_t, trial_t))
+    after = np.concatenate((np.zeros(pre_lead.size, bool), np.ones(post_lead.size, bool),
+                            np.ones(trial_lead.size, bool)))
+    zl = z[lead]
+    w_high = m.sigmoid(1.1 * zl - 1.2 + np.where(after, 0.3 * funnel[lead], 0.0))
+    w_low = np.where(people.wrong_persona[leads.person[lead]], 0.7,
+                     m.sigmoid(-1.1 * zl - 2.2))
+    component = np.where(rng.random(t.size) < w_high, 1,
+                         np.where(rng.random(t.size) < w_low, 2, 0))
+    mixes = [m.EVENT_MIX_BROWSE, m.EVENT_MIX_HIGH, m.EVENT_MIX_LOW]
+    if drift:
+        component += 3 * (t >= m.DRIFT_START_FRACTION * days * DAY)
+        mixes += [m.drifted_mix(p) for p in mixes]
+    etype = _by_mix(rng, mixes, component)
+    etype[pre_lead.size + post_lead.size:] = EVENT_TYPES.index("trial_class")
+
+    within = np.where(urls.by_subject[etype], leads.subject[lead],
+                      (rng.random(t.size) * urls.count[etype]).astype(np.int64))
+    url = urls.offset[etype] + within
+    log_dwell = m.type_log_dwell()[etype]
+    dwell = np.round(np.exp(log_dwell + 0.15 * zl + m.DWELL_SIGMA * rng.standard_normal(t.size)),
+                     1)
+    depth = np.sqrt(np.clip(dwell / np.exp(log_dwell), 0.3, 3.0))
+    weight = m.type_weight()[etype] * urls.weight[url] * depth
+    return _Events(lead=lead, t=t, type=etype, url=url, dwell=dwell, weight=weight,
+                   recruitment=etype == EVENT_TYPES.index("recruitment_page"))
+
+
+@dataclass
+class _History:
+    """Per lead, what the person did strictly before the lead's creation."""
+
+    behaviour: np.ndarray  # time-decayed weighted behaviour score
+    recruitment: np.ndarray  # time-decayed recruitment-page visits
+    inactive: np.ndarray  # no activity in the last INACTIVE_DAYS days
+
+
+def _person_history(people: _People, leads: _Leads, events: _Events) -> _History:
+    """Decayed sums over the person's events before each lead (exponential decay factorises,
+    so one cumulative sum per person's time-sorted events answers every lead)."""
+    rate = np.log(2) / (m.HALF_LIFE_DAYS * DAY)
+    ev_person = leads.person[events.lead]
+    t0 = min(int(events.t.min(initial=0)), int(leads.t.min()))
+    span = max(int(events.t.max(initial=0)), int(leads.t.max())) - t0 + 1
+    key = ev_person * span + (events.t - t0)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    t_ref = leads.t[people.start][ev_person[order]]
+    grow = np.exp((events.t[order] - t_ref) * rate)
+    cum_w = np.concatenate(([0.0], np.cumsum(events.weight[order] * grow)))
+    cum_r = np.concatenate(([0.0], np.cumsum(events.recruitment[order] * grow)))
+    before = np.searchsorted(sorted_key, leads.person * span + (leads.t - t0), side="left")
+    first = np.searchsorted(sorted_key, leads.person * span, side="left")
+    decay = np.exp(-(leads.t - leads.t[people.start][leads.person]) * rate)
+    behaviour = np.maximum((cum_w[before] - cum_w[first]) * decay, 0.0)
+    recruitment = np.maximum((cum_r[before] - cum_r[first]) * decay, 0.0)
+    sorted_t = events.t[order]
+    last = sorted_t[np.maximum(before - 1, 0)] if sorted_t.size else np.zeros(leads.t.size)
+    inactive = (before <= first) | (leads.t - last > m.INACTIVE_DAYS * DAY)
+    return _History(behaviour=behaviour, recruitment=recruitment, inactive=inactive)
+
+
+# ---- orders and outcomes --------------------------------------------------------------------
+@dataclass
+class _Orders:
+    person: np.ndarray
+    t: np.ndarray
+    amount: np.ndarray
+
+
+def _draw_orders(rng: np.random.Generator, people: _People, leads: _Leads) -> _Orders:
+    """Earlier purchases of returning customers, all before the person's first lead."""
+    returning = rng.random(people.n) < m.sigmoid(m.RETURNING_CUSTOMER_LOGIT
+                                                 + 0.35 * people.intent)
+    persons = np.flatnonzero(returning)
+    person = np.repeat(persons, 1 + rng.poisson(m.ORDERS_EXTRA_MEAN, persons.size))
+    first_t = leads.t[people.start][person]
+    t = first_t - (rng.uniform(3, 720, person.size) * DAY).astype(np.int64)
+    return _Orders(person=person, t=t, amount=_prices(rng, person.size))
+
+
+def _prices(rng: np.random.Generator, size: int) -> np.ndarray:
+    return np.round(m.PRICES[_choice(rng, m.PRICE_P, size)]
+                    * m.DISCOUNTS[rng.integers(0, len(m.DISCOUNTS), size)], 2)
+
+
+def _rfm(people: _People, leads: _Leads, orders: _Orders) -> np.ndarray:
+    count = np.bincount(orders.person, minlength=people.n)
+    total = np.bincount(orders.person, orders.amount, minlength=people.n)
+    last = np.full(people.n, np.iinfo(np.int64).min // 2)
+    np.maximum.at(last, orders.person, orders.t)
+    days_since = (leads.t - last[leads.person]) / DAY
+    return m.rfm_effect(count[leads.person], total[leads.person], days_since)
+
+
+def _email_type(leads: _Leads, slots: _Slots) -> np.ndarray:
+    kind_name = np.array([EMAIL_DOMAIN_TYPES.index(k) for k in ("free", "corporate", "edu")])
+    has_email = ((slots.mask.astype(np.int64) >> EMAIL) & 1) == 1
+    return np.select(
+        [slots.bad_email, has_email],
+        [EMAIL_DOMAIN_TYPES.index("invalid"), kind_name[slots.email_kind[leads.person]]],
+        EMAIL_DOMAIN_TYPES.index("none"),
+    )
+
+
+@dataclass
+class _Outcomes:
+    propensity: np.ndarray  # (n, 4) in FOLLOWUP_CHANNELS order
+    followup: np.ndarray
+    converted: np.ndarray
+    converted_t: np.ndarray
+    amount: np.ndarray
+
+
+def _draw_outcomes(rng: np.random.Generator, people: _People, leads: _Leads, slots: _Slots,
+                   history: _History, rfm: np.ndarray, email_type: np.ndarray,
+                   window_days: int) -> _Outcomes:
+    n = leads.t.size
+    has_phone = (slots.mask.astype(np.int64) & PHONE_BITS) != 0
+    city_tier = np.array([tier for _, tier in m.CITIES])[leads.city]
+    logit = (
+        m.BASE_LOGIT
+        + m.INTENT_WEIGHT * leads.intent
+        + m.BEHAVIOUR_WEIGHT * np.log1p(history.behaviour)
+        + m.RECRUITMENT_WEIGHT * np.log1p(history.recruitment)
+        + m.INACTIVE_EFFECT * history.inactive
+        + m.by_channel(m.CHANNEL_EFFECT)[leads.channel]
+        + leads.campaign_effect[leads.campaign]
+        + m.FUNNEL_EFFECT[leads.funnel]
+        + m.grade_effect()[leads.grade]
+        + m.CITY_TIER_EFFECT[city_tier - 1]
+        + m.DEVICE_EFFECT[leads.device]
+        + m.email_type_effect()[email_type]
+        + np.select([slots.bad_phone, ~has_phone], [m.BAD_PHONE_EFFECT, m.NO_PHONE_EFFECT], 0.0)
+        + rfm
+        + m.EARLIER_LEADS_EFFECT * np.minimum(leads.pos, 3)
+        + m.WRONG_PERSONA_EFFECT * people.wrong_persona[leads.person]
+        + rng.normal(0.0, m.LOGIT_NOISE_SD, n)
+    )
+    propensity = m.followup_propensities(logit)
+    followup = np.where(rng.random(n) < m.RANDOM_FOLLOWUP_SHARE,
+                        rng.integers(0, len(FOLLOWUP_CHANNELS), n),
+                        m.k12_followup_index()[leads.funnel])
+    converted = rng.random(n) < propensity[np.arange(n), followup]
+    delay = (rng.beta(*m.CONVERSION_DELAY_BETA, n) * window_days * DAY).astype(np.int64)
+    amount = _prices(rng, n)
+    return _Outcomes(
+        propensity=propensity, followup=followup, converted=converted,
+        converted_t=leads.t + np.clip(delay, 600, window_days * DAY),
+        amount=np.where(converted, amount, 0.0),
+    )
+
+
+# ---- tables ---------------------------------------------------------------------------------
+def _arrow_schema(table: TableSchema) -> pa.Schema:
+    return pa.schema([pa.field(c.name, _ARROW_TYPES[c.dtype], nullable=c.nullable)
+                      for c in table.columns])
+
+
+def _table(schema: TableSchema, columns: dict[str, pa.Array]) -> pa.Table:
+    return pa.Table.from_arrays([columns[name] for name in schema.column_names],
+                                schema=_arrow_schema(schema))
+
+
+def _validate_arguments(n_leads: int, seed: int, days: int, window_days: int, salt: str) -> None:
+    problems = []
+    if not isinstance(n_leads, int) or n_leads < 1:
+        problems.append(f"n_leads must be a positive whole number, got {n_leads!r}")
+    if not isinstance(seed, int) or seed < 0:
+        problems.append(f"seed must be a non-negative whole number, got {seed!r}")
+    if not isinstance(days, int) or days < 1:
+        problems.append(f"days must be a positive whole number, got {days!r}")
+    if not isinstance(window_days, int) or window_days < 1:
+        problems.append(f"window_days must be a positive whole number, got {window_days!r}")
+    if not salt:
+        problems.append("salt must not be empty")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def simulate_crm(
+    n_leads: int,
+    seed: int,
+    start: date = DEFAULT_START,
+    days: int = 150,
+    drift: bool = False,
+    salt: str | None = None,
+    window_days: int | None = None,
+    progress: Progress | None = None,
+) -> SyntheticCrm:
+    """Draw a synthetic CRM history in memory (see ``generate_crm``; nothing is written)."""
+    settings = get_settings()
+    salt = settings.hash_salt if salt is None else salt
+    window_days = settings.conversion_window_days if window_days is None else window_days
+    _validate_arguments(n_leads, seed, days, window_days, salt)
+    began = time.perf_counter()
+    say = progress or (lambda _stage: None)
+    rng = np.random.default_rng(seed)
+
+    say("persons and leads")
+    people = _draw_people(rng, n_leads)
+    leads = _draw_leads(rng, people, start, days, drift, seed)
+    slots = _draw_slots(rng, people, leads)
+    say("behaviour events")
+    urls = m.UrlVocabulary()
+    events = _draw_events(rng, people, leads, slots, urls, days, window_days, drift)
+    orders = _draw_orders(rng, people, leads)
+    say("conversion mechanism")
+    history = _person_history(people, leads, events)
+    email_type = _email_type(leads, slots)
+    outcomes = _draw_outcomes(rng, people, leads, slots, history, _rfm(people, leads, orders),
+                              email_type, window_days)
+    say("identifier hashing")
+    raw = _RawIdentifiers(rng, people.n, slots.email_kind)
+    identities = _hash_identities(rng, people, leads, slots, raw, salt)
+    order_hashes = _order_key_hashes(np.unique(orders.person), people, slots, raw, salt)
+
+    say("tables")
+    start_epoch = calendar.timegm(start.timetuple())
+    tables = _build_tables(people, leads, slots, events, orders, outcomes, identities,
+                           order_hashes, email_type, urls, start_epoch)
+    n_converted = int(outcomes.converted.sum())
+    summary = GenerationSummary(
+        out_dir="", seed=seed, start=start.isoformat(), days=days, drift=drift,
+        window_days=window_days,
+        data_end=(start + timedelta(days=days + window_days)).isoformat(),
+        n_leads=n_leads, n_persons=people.n, n_identities=tables["identities"].num_rows,
+        n_events=tables["events"].num_rows, n_orders=tables["orders"].num_rows,
+        n_converted=n_converted, base_rate=round(n_converted / n_leads, 6),
+        n_returning_persons=int(np.unique(orders.person).size),
+        n_multi_lead_persons=int((people.leads >= 2).sum()),
+        n_unlinkable_persons=int(slots.unlinkable_person.sum()),
+        unusable_identifiers=identities.unusable,
+        seconds=round(time.perf_counter() - began, 3),
+    )
+    return SyntheticCrm(tables=tables, summary=summary,
+                        raw_identifiers=frozenset(identities.raw_values))
+
+
+def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events,
+                  orders: _Orders, outcomes: _Outcomes, identities: _Identities,
+                  order_hashes: list[str], email_type: np.ndarray, urls: m.UrlVocabulary,
+                  start_epoch: int) -> dict[str, pa.Table]:
+    n = leads.t.size
+    out = np.lexsort((leads.person, leads.t))  # lead ids follow creation time
+    number = np.empty(n, dtype=np.int64)
+    number[out] = np.arange(n)
+    lead_ids = _ids("L", np.arange(n), 8)
+    city_null = leads.nulls["city"][out]
+    city_names = [name for name, _ in m.CITIES]
+    city_tier = np.array([tier for _, tier in m.CITIES])[leads.city[out]]
+    has_phone = (slots.mask.astype(np.int64) & PHONE_BITS) != 0
+    leads_table = _table(RAW_TABLES["leads"], {
+        "lead_id": lead_ids,
+        "created_at": _timestamps(start_epoch, leads.t[out]),
+        "channel": _vocab(CHANNELS, leads.channel[out]),
+        "campaign": _vocab(leads.campaign_names, leads.campaign[out]),
+        "landing_page": _vocab(leads.landing_names, leads.landing[out]),
+        "grade": _vocab(GRADES, leads.grade[out], leads.nulls["grade"][out]),
+        "subject": _vocab(SUBJECTS, leads.subject[out], leads.nulls["subject"][out]),
+        "city": _vocab(city_names, leads.city[out], city_null),
+        "city_tier": pa.array(city_tier, pa.int64(), mask=city_null),
+        "device": _vocab(DEVICES, leads.device[out], leads.nulls["device"][out]),
+        "funnel_step": _vocab(FUNNEL_STEPS, leads.funnel[out]),
+        "phone_valid": pa.array(has_phone[out], pa.bool_()),
+        "email_domain_type": _vocab(EMAIL_DOMAIN_TYPES, email_type[out]),
+    })
+
+    id_order = np.lexsort((identities.type_code, number[identities.lead]))
+    identities_table = _table(RAW_TABLES["identities"], {
+        "lead_id": lead_ids.take(pa.array(number[identities.lead][id_order])),
+        "id_type": _vocab(_ID_TYPE_NAMES, identities.type_code[id_order]),
+        "id_hash": identities.id_hash.take(pa.array(id_order)),
+    })
+
+    t0 = int(events.t.min(initial=0))
+    ev_order = np.argsort((events.t - t0) * n + number[events.lead], kind="stable")
+    events_table = _table(RAW_TABLES["events"], {
+        "event_id": _ids("E", np.arange(events.t.size), 10),
+        "lead_id": lead_ids.take(pa.array(number[events.lead][ev_order])),
+        "event_type": _vocab(EVENT_TYPES, events.type[ev_order]),
+        "event_time": _timestamps(start_epoch, events.t[ev_order]),
+        "url": _vocab(urls.urls, events.url[ev_order]),
+        "dwell_seconds": pa.array(events.dwell[ev_order], pa.float64()),
+    })
+
+    order_persons = np.unique(orders.person)
+    hash_of_person = pa.array(order_hashes, pa.string())
+    o_order = np.lexsort((orders.person, orders.t))
+    orders_table = _table(RAW_TABLES["orders"], {
+        "order_id": _ids("O", np.arange(orders.t.size), 8),
+        "id_hash": hash_of_person.take(
+            pa.array(np.searchsorted(order_persons, orders.person[o_order]))),
+        "ordered_at": _timestamps(start_epoch, orders.t[o_order]),
+        "amount": pa.array(orders.amount[o_order], pa.float64()),
+    })
+
+    converted = outcomes.converted[out]
+    outcomes_table = _table(RAW_TABLES["outcomes"], {
+        "lead_id": lead_ids,
+        "converted": pa.array(converted, pa.bool_()),
+        "converted_at": _timestamps(start_epoch, outcomes.converted_t[out], ~converted),
+        "amount": pa.array(outcomes.amount[out], pa.float64()),
+        "followup_channel": _vocab(FOLLOWUP_CHANNELS, outcomes.followup[out]),
+    })
+
+    truth = {"lead_id": lead_ids, "true_person_id": _ids("P", leads.person[out], 8)}
+    for j, channel in enumerate(FOLLOWUP_CHANNELS):
+        truth[f"propensity_{channel}"] = pa.array(outcomes.propensity[out, j], pa.float64())
+    truth_table = pa.table({name: truth[name] for name in TRUTH_LEADS_COLUMNS})
+    return {"leads": leads_table, "identities": identities_table, "events": events_table,
+            "orders": orders_table, "outcomes": outcomes_table, "truth": truth_table}
+
+
+def write_crm(crm: SyntheticCrm, out_dir: Path) -> dict[str, Path]:
+    """Write the tables as Parquet (deterministic writer options) under ``out_dir``."""
+    paths = {name: Path(out_dir) / "raw" / f"{name}.parquet" for name in RAW_TABLES}
+    paths["truth"] = Path(out_dir) / "truth" / "leads_truth.parquet"
+    for name, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(crm.tables[name], path, **PARQUET_OPTIONS)
+    return paths
+
+
+def generate_crm(
+    out_dir: Path,
+    n_leads: int,
+    seed: int,
+    start: date = DEFAULT_START,
+    days: int = 150,
+    drift: bool = False,
+    salt: str | None = None,
+    window_days: int | None = None,
+    progress: Progress | None = None,
+) -> GenerationSummary:
+    """Generate a synthetic CRM history and write it under ``out_dir`` (normally
+    ``settings.data_dir``): ``raw/{leads,identities,events,orders,outcomes}.parquet`` and
+    ``truth/leads_truth.parquet``. ``salt`` and ``window_days`` default to the settings'.
+
+    Leads are created in ``[start, start + days)``; no timestamp passes
+    ``start + days + window_days``. With ``drift`` the last third of the period shifts channel
+    mix and behaviour. Same arguments → byte-identical files.
+    """
+    began = time.perf_counter()
+    crm = simulate_crm(n_leads, seed, start, days, drift, salt, window_days, progress)
+    if progress:
+        progress("writing parquet")
+    write_crm(crm, out_dir)
+    crm.summary.out_dir = str(out_dir)
+    crm.summary.seconds = round(time.perf_counter() - began, 3)
+    return crm.summary
+
+
+def data_end_is_future(summary: GenerationSummary) -> bool:
+    """True when the generated period plus window reaches past today (UTC)."""
+    return date.fromisoformat(summary.data_end) > datetime.now(UTC).date()

@@ -1,0 +1,307 @@
+"""The latent model behind ``leadscore generate``: vocabularies, effect sizes, propensities.
+
+Everything that decides *why* a synthetic lead converts lives here, so the mechanism can be read
+(and changed) in one place; ``leadscore.generate`` only draws from it and writes tables.
+
+Conversion logit of a lead under the cheapest follow-up (``ai_bot``)::
+
+    BASE_LOGIT + latent intent + person behaviour before the lead (time-decayed, weighted by
+    behaviour type, page and depth) - recruitment-page visits - inactivity (30 days)
+    + channel + campaign + funnel step + fit (grade, city tier, device, e-mail, phone)
+    + RFM of earlier purchases + earlier leads of the person - wrong persona + noise
+
+and under a costlier follow-up channel the odds are multiplied by ``FOLLOWUP_ODDS_UPLIFT`` raised
+to a heterogeneity exponent that grows with the lead's own logit (high-intent leads profit more
+from top sales, which is what makes routing by score pay). Only the funnel step is known after
+``created_at``; every other term uses what existed strictly before the lead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from leadscore.schemas import (
+    CHANNELS,
+    EMAIL_DOMAIN_TYPES,
+    EVENT_TYPES,
+    FOLLOWUP_CHANNELS,
+    FUNNEL_STEPS,
+    GRADES,
+    SUBJECTS,
+)
+
+SECONDS_PER_DAY = 86_400
+
+# ---- people and leads ----------------------------------------------------------------------
+# Leads per person (1..6): most people leave one lead, some come back through other channels.
+LEADS_PER_PERSON_P = np.array([0.62, 0.20, 0.09, 0.05, 0.025, 0.015])
+REPEAT_GAP_MEAN_DAYS = 12.0  # gap between a person's consecutive leads (mixture, see generate)
+WRONG_PERSONA_SHARE = 0.03  # job seekers / teachers filling a course form
+UNLINKABLE_PERSON_SHARE = 0.003  # multi-lead persons whose leads share no identifier
+RETURNING_CUSTOMER_LOGIT = -2.3  # + 0.35 * intent: about 10% of persons bought before
+
+CHANNEL_MIX = np.array([0.18, 0.20, 0.10, 0.07, 0.10, 0.10, 0.15, 0.10])
+# --drift: the last third of the period buys much more feed_ads and list_purchase traffic.
+CHANNEL_MIX_DRIFT = np.array([0.13, 0.32, 0.08, 0.17, 0.07, 0.07, 0.10, 0.06])
+DRIFT_START_FRACTION = 2 / 3
+
+CHANNEL_EFFECT = dict(
+    sem=0.0, feed_ads=-0.35, channel_agent=-0.1, list_purchase=-0.9, seo=0.35, app=0.25,
+    wechat_private=0.6, new_media=0.1,
+)
+CHANNEL_FUNNEL_EFFECT = dict(
+    sem=0.0, feed_ads=-0.2, channel_agent=0.0, list_purchase=-0.6, seo=0.1, app=0.2,
+    wechat_private=0.3, new_media=0.0,
+)
+# Probability that a lead from the channel carries each identifier (if the person has one).
+PHONE_P = dict(
+    sem=0.90, feed_ads=0.92, channel_agent=0.95, list_purchase=0.99, seo=0.85, app=0.80,
+    wechat_private=0.55, new_media=0.75,
+)
+WECHAT_P = dict(
+    sem=0.15, feed_ads=0.15, channel_agent=0.20, list_purchase=0.05, seo=0.15, app=0.25,
+    wechat_private=0.98, new_media=0.40,
+)
+EMAIL_P = dict(
+    sem=0.30, feed_ads=0.10, channel_agent=0.15, list_purchase=0.10, seo=0.35, app=0.15,
+    wechat_private=0.10, new_media=0.15,
+)
+COOKIE_P = dict(
+    sem=0.95, feed_ads=0.85, channel_agent=0.30, list_purchase=0.02, seo=0.95, app=0.95,
+    wechat_private=0.30, new_media=0.60,
+)
+PERSON_HAS_PHONE2 = 0.06
+PERSON_HAS_WECHAT = 0.65
+PERSON_HAS_EMAIL = 0.45
+COOKIES_PER_PERSON_P = np.array([0.55, 0.30, 0.15])  # 1, 2 or 3 devices
+BAD_PHONE_BASE_LOGIT = -3.5  # - 0.8 * intent: placeholder numbers from reluctant people
+BAD_EMAIL_P = 0.08
+BAD_WECHAT_P = 0.02
+
+SUBJECT_P = np.array([0.30, 0.28, 0.15, 0.08, 0.05, 0.08, 0.06])
+SUBJECT_GROUP = dict(
+    math="stem", english="lang", chinese="lang", physics="stem", chemistry="stem",
+    coding="stem", art="arts",
+)
+GRADE_P = np.array([0.05, 0.06, 0.08, 0.09, 0.09, 0.10, 0.09, 0.10, 0.11, 0.07, 0.07, 0.09])
+GRADE_EFFECT = dict(G1=-0.2, G2=-0.2, G6=0.15, G8=0.15, G9=0.35, G11=0.15, G12=0.35)
+CITIES: tuple[tuple[str, int], ...] = (
+    ("beijing", 1), ("shanghai", 1), ("guangzhou", 1), ("shenzhen", 1),
+    ("chengdu", 2), ("hangzhou", 2), ("wuhan", 2), ("nanjing", 2), ("xian", 2),
+    ("chongqing", 2), ("tianjin", 2), ("suzhou", 2), ("changsha", 2), ("zhengzhou", 2),
+    ("qingdao", 2), ("shenyang", 2), ("dongguan", 2), ("hefei", 2), ("ningbo", 2),
+    ("foshan", 3), ("kunming", 3), ("xiamen", 3), ("fuzhou", 3), ("jinan", 3),
+    ("harbin", 3), ("nanning", 3), ("guiyang", 3), ("shijiazhuang", 3), ("taiyuan", 3),
+    ("nanchang", 3), ("lanzhou", 3), ("wenzhou", 3),
+    ("ganzhou", 4), ("zhanjiang", 4), ("yichang", 4), ("mianyang", 4), ("luoyang", 4),
+    ("baoding", 4), ("jiujiang", 4), ("shangrao", 4),
+)
+CITY_TIER_P = np.array([0.35, 0.35, 0.20, 0.10])
+CITY_TIER_EFFECT = np.array([0.3, 0.15, 0.0, -0.3])  # tiers 1..4
+DEVICE_P = np.array([0.32, 0.40, 0.15, 0.06, 0.07])  # DEVICES order
+DEVICE_EFFECT = np.array([0.1, 0.0, 0.05, 0.1, -0.2])
+NULL_SHARE = dict(grade=0.03, subject=0.02, city=0.04, device=0.02)
+EMAIL_FREE_SHARE, EMAIL_EDU_SHARE = 0.70, 0.08  # the rest corporate
+EMAIL_TYPE_EFFECT = dict(none=0.0, invalid=-0.3, free=0.0, corporate=0.1, edu=0.15)
+
+LANDING_HIGH = ("/trial/{subject}", "/pricing", "/live/{subject}-open-class")
+LANDING_HIGH_P = np.array([0.5, 0.3, 0.2])
+LANDING_LOW = ("/", "/course/{subject}", "/free-material", "/live/{subject}-open-class")
+LANDING_LOW_P = np.array([0.10, 0.35, 0.35, 0.20])
+
+# ---- funnel and follow-up --------------------------------------------------------------------
+FUNNEL_INTENT_WEIGHT = 0.9
+FUNNEL_NOISE_SD = 0.8
+FUNNEL_TRIAL_LANDING_BONUS = 0.2
+FUNNEL_THRESHOLDS = np.array([-0.25, 0.8, 1.65])  # ≈ 40% / 30% / 18% / 12%
+FUNNEL_EFFECT = np.array([0.0, 0.3, 0.6, 1.2])  # FUNNEL_STEPS order
+K12_FOLLOWUP = dict(
+    submitted="ai_bot", verified="tmk", followed_account="sales", booked_trial="top_sales"
+)
+RANDOM_FOLLOWUP_SHARE = 0.25
+FOLLOWUP_ODDS_UPLIFT = dict(ai_bot=1.0, tmk=1.6, sales=2.2, top_sales=2.6)
+
+# ---- behaviour (events) ---------------------------------------------------------------------
+HALF_LIFE_DAYS = 14.0  # matches settings.intent_half_life_days' default
+INACTIVE_DAYS = 30
+PRE_EVENTS_MEAN = 4.0
+PRE_EVENTS_NO_COOKIE = 0.35  # without a cookie only e-mail/WeChat history is known
+POST_EVENTS_MEAN = 5.0
+POST_EVENTS_FUNNEL = np.array([1.0, 1.2, 1.5, 2.0])
+PRE_ACTIVE_MEAN_DAYS = 5.0
+PRE_DORMANT_MIN_DAYS, PRE_DORMANT_MEAN_DAYS = 30.0, 20.0
+POST_MEAN_DAYS = 5.0
+
+_T = {name: i for i, name in enumerate(EVENT_TYPES)}
+
+
+def _type_p(**shares: float) -> np.ndarray:
+    p = np.zeros(len(EVENT_TYPES))
+    for name, share in shares.items():
+        p[_T[name]] = share
+    return p / p.sum()
+
+
+EVENT_MIX_BROWSE = _type_p(
+    web_visit=0.30, pricing_page=0.04, course_page=0.18, recruitment_page=0.02, email_open=0.12,
+    email_click=0.04, whitepaper_download=0.05, live_class=0.03, offline_event=0.01,
+    trial_class=0.01, wechat_read=0.12, app_open=0.08,
+)
+EVENT_MIX_HIGH = _type_p(
+    web_visit=0.08, pricing_page=0.20, course_page=0.16, email_open=0.04, email_click=0.08,
+    whitepaper_download=0.08, live_class=0.12, offline_event=0.05, trial_class=0.07,
+    wechat_read=0.05, app_open=0.07,
+)
+EVENT_MIX_LOW = _type_p(
+    web_visit=0.40, pricing_page=0.01, course_page=0.06, recruitment_page=0.30, email_open=0.10,
+    email_click=0.01, whitepaper_download=0.02, live_class=0.01, wechat_read=0.07, app_open=0.02,
+)
+
+
+def drifted_mix(mix: np.ndarray) -> np.ndarray:
+    """The late-weeks behaviour under --drift: fewer pricing visits, many more app opens."""
+    p = mix.copy()
+    p[_T["pricing_page"]] *= 0.4
+    p[_T["app_open"]] *= 2.5
+    return p / p.sum()
+
+
+# Behaviour weight (WHAT) and typical dwell in seconds, per event type.
+TYPE_WEIGHT = dict(
+    web_visit=0.5, pricing_page=3.0, course_page=1.5, recruitment_page=0.0, email_open=0.4,
+    email_click=1.0, whitepaper_download=1.0, live_class=3.0, offline_event=5.0,
+    trial_class=5.0, wechat_read=0.6, app_open=0.8,
+)
+TYPE_DWELL_SECONDS = dict(
+    web_visit=40, pricing_page=90, course_page=120, recruitment_page=60, email_open=15,
+    email_click=45, whitepaper_download=30, live_class=1500, offline_event=5400,
+    trial_class=2400, wechat_read=70, app_open=180,
+)
+DWELL_SIGMA = 0.8
+
+# Pages (WHERE) per event type with their URL weight; "{subject}" expands to every subject.
+URLS_BY_TYPE: dict[str, tuple[tuple[str, float], ...]] = dict(
+    web_visit=(("/", 0.6), ("/about", 0.6), ("/teachers", 0.9), ("/blog/study-tips", 0.8),
+               ("/blog/exam-news", 0.8)),
+    pricing_page=(("/pricing", 1.0), ("/pricing/annual", 1.3), ("/pricing/small-class", 1.2)),
+    course_page=(("/course/{subject}", 1.0),),
+    recruitment_page=(("/jobs/teacher", 1.0), ("/jobs/tutor", 1.0), ("/careers", 1.0)),
+    email_open=(("email://newsletter", 0.8), ("email://course-update", 1.0),
+                ("email://promo", 0.9)),
+    email_click=(("/promo/summer", 1.0), ("/promo/back-to-school", 1.0),
+                 ("/free-material", 0.9)),
+    whitepaper_download=(("/free-material/exam-guide", 1.1), ("/free-material/wordlist", 1.0),
+                         ("/free-material/past-papers", 1.2)),
+    live_class=(("/live/{subject}-open-class", 1.0),),
+    offline_event=(("/events/open-day", 1.0), ("/events/parent-seminar", 1.1)),
+    trial_class=(("/trial/{subject}", 1.2),),
+    wechat_read=(("wechat://article/exam-tips", 1.0), ("wechat://article/parenting", 0.8),
+                 ("wechat://article/course-intro", 1.2)),
+    app_open=(("app://home", 0.8), ("app://course", 1.1), ("app://homework", 1.0)),
+)
+
+
+class UrlVocabulary:
+    """All event URLs as one array; per event type an offset/count, subject pages per subject."""
+
+    def __init__(self) -> None:
+        urls: list[str] = []
+        weights: list[float] = []
+        self.offset = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+        self.count = np.zeros(len(EVENT_TYPES), dtype=np.int64)
+        self.by_subject = np.zeros(len(EVENT_TYPES), dtype=bool)
+        for t, name in enumerate(EVENT_TYPES):
+            self.offset[t] = len(urls)
+            for url, weight in URLS_BY_TYPE[name]:
+                if "{subject}" in url:
+                    self.by_subject[t] = True
+                    urls.extend(url.format(subject=s) for s in SUBJECTS)
+                    weights.extend([weight] * len(SUBJECTS))
+                else:
+                    urls.append(url)
+                    weights.append(weight)
+            self.count[t] = len(urls) - self.offset[t]
+        self.urls = urls
+        self.weight = np.array(weights)
+
+
+# ---- conversion -----------------------------------------------------------------------------
+BASE_LOGIT = -5.5
+INTENT_WEIGHT = 0.55
+BEHAVIOUR_WEIGHT = 0.35  # on log1p(decayed behaviour score)
+RECRUITMENT_WEIGHT = -0.5  # on log1p(decayed recruitment-page visits)
+INACTIVE_EFFECT = -0.45
+EARLIER_LEADS_EFFECT = 0.25  # per earlier lead of the person, up to 3
+WRONG_PERSONA_EFFECT = -1.5
+NO_PHONE_EFFECT, BAD_PHONE_EFFECT = -0.2, -0.9
+LOGIT_NOISE_SD = 0.35
+CAMPAIGN_EFFECT_SD = 0.2
+# Returning customers (RFM of orders before the lead).
+RFM_ANY_ORDER = 0.35
+RFM_FREQUENCY = 0.2  # on log1p(order count)
+RFM_RECENT_DAYS, RFM_RECENT = 180, 0.3
+RFM_MONETARY = 0.15  # on log(total / 3000), clipped to ±2
+ORDERS_EXTRA_MEAN = 0.7  # orders per returning customer: 1 + Poisson
+PRICES = np.array([1999.0, 2999.0, 4999.0, 6999.0, 9999.0])
+PRICE_P = np.array([0.25, 0.30, 0.25, 0.12, 0.08])
+DISCOUNTS = np.array([1.0, 0.9, 0.8])
+CONVERSION_DELAY_BETA = (1.3, 3.5)  # share of the conversion window
+
+
+def grade_effect() -> np.ndarray:
+    return np.array([GRADE_EFFECT.get(g, 0.0) for g in GRADES])
+
+
+def by_channel(table: dict[str, float]) -> np.ndarray:
+    """A per-channel dict as an array in ``CHANNELS`` order."""
+    return np.array([table[c] for c in CHANNELS])
+
+
+def email_type_effect() -> np.ndarray:
+    return np.array([EMAIL_TYPE_EFFECT[t] for t in EMAIL_DOMAIN_TYPES])
+
+
+def type_weight() -> np.ndarray:
+    return np.array([TYPE_WEIGHT[t] for t in EVENT_TYPES])
+
+
+def type_log_dwell() -> np.ndarray:
+    return np.log([TYPE_DWELL_SECONDS[t] for t in EVENT_TYPES])
+
+
+def k12_followup_index() -> np.ndarray:
+    """Follow-up channel index (``FOLLOWUP_CHANNELS`` order) per funnel step."""
+    return np.array([FOLLOWUP_CHANNELS.index(K12_FOLLOWUP[s]) for s in FUNNEL_STEPS])
+
+
+def funnel_index(score: np.ndarray) -> np.ndarray:
+    """Ordinal funnel step (0 = submitted .. 3 = booked_trial) from a latent funnel score."""
+    return np.searchsorted(FUNNEL_THRESHOLDS, score).astype(np.int8)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def rfm_effect(
+    n_orders: np.ndarray, total_amount: np.ndarray, days_since_last_order: np.ndarray
+) -> np.ndarray:
+    """RFM term: any purchase, frequency, recency (≤ 180 days) and monetary value."""
+    has = n_orders > 0
+    monetary = np.clip(np.log(np.maximum(total_amount, 1.0) / 3000.0), -2.0, 2.0)
+    recent = has & (days_since_last_order <= RFM_RECENT_DAYS)
+    return np.where(
+        has,
+        RFM_ANY_ORDER + RFM_FREQUENCY * np.log1p(n_orders) + RFM_MONETARY * monetary,
+        0.0,
+    ) + RFM_RECENT * recent
+
+
+def followup_propensities(base_logit: np.ndarray) -> np.ndarray:
+    """Conversion probability under each follow-up channel, shape (n, 4) in FOLLOWUP_CHANNELS
+    order. Odds scale by uplift ** h with h in (0.4, 1.6) rising with the ai_bot logit."""
+    h = 0.4 + 1.2 * sigmoid(base_logit + 2.5)
+    out = np.empty((base_logit.size, len(FOLLOWUP_CHANNELS)))
+    for j, channel in enumerate(FOLLOWUP_CHANNELS):
+        out[:, j] = sigmoid(base_logit + h * np.log(FOLLOWUP_ODDS_UPLIFT[channel]))
+    return out
