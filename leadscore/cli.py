@@ -9,6 +9,7 @@ import typer
 from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
 from leadscore.generate_cli import generate
+from leadscore.identity_cli import identity_command, ingest_command
 
 app = typer.Typer(
     name="leadscore",
@@ -32,6 +33,8 @@ def version() -> None:
 
 
 app.command("generate")(generate)
+app.command("identity")(identity_command)
+app.command("ingest")(ingest_command)
 
 
 @app.command()

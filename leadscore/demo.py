@@ -47,10 +47,20 @@ def stage_generate(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_identity(ctx: DemoContext) -> dict[str, Any]:
-    """Resolve leads into persons (One ID) and score the result against the truth."""
-    from leadscore.identity import run_identity
+    """Validate the raw tables, resolve leads into persons (One ID), score against the truth."""
+    import pandas as pd
 
-    return run_identity(ctx.settings).to_dict()
+    from leadscore.identity import resolve_identities
+    from leadscore.validation import load_raw_tables
+
+    tables = load_raw_tables(ctx.settings.raw_dir)
+    truth = pd.read_parquet(ctx.settings.truth_dir / "leads_truth.parquet",
+                            columns=["lead_id", "true_person_id"])
+    result = resolve_identities(tables["identities"], tables["leads"],
+                                ctx.settings.identity_dir, truth=truth)
+    figures = result.to_dict()
+    figures["validated_tables"] = {name: len(frame) for name, frame in tables.items()}
+    return figures
 
 
 STAGES: list[tuple[str, Stage]] = [
