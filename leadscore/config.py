@@ -42,9 +42,13 @@ class Settings:
     mlflow_tracking_uri: str | None = None
     model_name: str = "lead-conversion"
     feature_service: str = "lead_conversion_v1"
+    # weekly drift report: exit 3 when this share of feature columns (or more) drifted
+    drift_share_threshold: float = 0.1
     # production profile connection settings (used by a later profile; harmless here)
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
+    # MLflow artifact root (e.g. s3://bucket/mlflow); default: <workdir>/mlruns/artifacts
+    artifact_root: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ---- derived paths -------------------------------------------------------------
@@ -100,16 +104,25 @@ class Settings:
         return (
             os.environ.get("MLFLOW_TRACKING_URI")
             or self.mlflow_tracking_uri
+            or (self._production_url("mlflow") if self.profile == "production" else None)
             or f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
         )
 
     @property
     def artifact_location(self) -> str:
-        return (self.mlruns_dir / "artifacts").as_uri()
+        return self.artifact_root or (self.mlruns_dir / "artifacts").as_uri()
 
     @property
     def optuna_storage(self) -> str:
+        if self.profile == "production":
+            return self._production_url("optuna")
         return f"sqlite:///{self.mlruns_dir / 'optuna.db'}"
+
+    def _production_url(self, service: str) -> str:
+        """Production-profile URL of ``service`` (see ``leadscore.profiles``)."""
+        from leadscore.profiles import production_service_url
+
+        return production_service_url(self, service)
 
     @property
     def prediction_log_path(self) -> Path:

@@ -1,0 +1,57 @@
+"""Online feature read for one form submission (the serving path).
+
+``online_features(store, submission, person_id, at)`` reads the person's latest snapshot from the
+online store (materialized by ``features.build.materialize``) and runs the on-demand view
+``lead_request_features`` on the submitted form at time ``at``: exactly the code the training set
+goes through, so a lead scored at its ``created_at`` gets its training-set row.
+
+A ``person_id`` of None (One ID found nobody) or unknown to the online store gets the
+brand-new-person defaults (see ``features.request``). Form fields missing from ``submission``
+get their defaults; fields that are not part of the form are ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from feast import FeatureStore
+
+from features import request
+from features.training_set import model_feature_columns
+from leadscore.config import get_settings
+
+NO_PERSON = "__no_person__"
+
+
+def submission_request(submission: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """The request columns of one submission (``form_*`` fields + ``request_ts_s``)."""
+    if not isinstance(submission, dict):
+        raise ValueError(
+            f"submission must be a mapping of form fields, got {type(submission).__name__}"
+        )
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise ValueError("at: the submission time must be a timezone-aware datetime")
+    row: dict[str, Any] = {}
+    for name, kind in request.FORM_FIELDS.items():
+        value = submission.get(name)
+        if kind == "string":
+            value = value if isinstance(value, str) else None
+        elif kind == "int":
+            value = int(value) if isinstance(value, int | float) and value == value else None
+        elif kind == "bool":
+            value = bool(value) if isinstance(value, bool | int) else None
+        row[request.FORM_PREFIX + name] = value
+    row["request_ts_s"] = at.timestamp()
+    return row
+
+
+def online_features(
+    store: FeatureStore, submission: dict[str, Any], person_id: str | None, at: datetime
+) -> dict[str, Any]:
+    """Exactly the model features (name → value) for one submission at time ``at``."""
+    row = submission_request(submission, at)
+    row["person_id"] = person_id if isinstance(person_id, str) and person_id else NO_PERSON
+    service = store.get_feature_service(get_settings().feature_service)
+    response = store.get_online_features(features=service, entity_rows=[row]).to_dict()
+    return {name: response[name][0] for name in model_feature_columns(store)}

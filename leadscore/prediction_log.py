@@ -1,0 +1,426 @@
+"""The prediction log: one row per answered prediction, appended by the service, read by monitoring.
+
+Two back ends with one behaviour (:class:`PredictionLog`):
+
+* :class:`SqlitePredictionLog` — the embedded profile, ``settings.prediction_log_path``;
+  WAL mode, ``synchronous=FULL``, one transaction per :meth:`append`, safe from many threads
+  (one connection behind a lock) and from several processes (SQLite's busy timeout).
+* :class:`PostgresPredictionLog` — the production profile (psycopg 3), database ``leadscore``
+  on ``settings.postgres_url``; database and table are created when missing.
+
+Timestamps are stored as UTC; ``features`` (the model's input features, hashed identifiers only)
+are stored as JSON and expanded into columns by :meth:`PredictionLog.read`. A feature whose name
+clashes with a record field (e.g. ``channel``) is expanded as ``feature.<name>``: see
+:func:`feature_column`.
+
+The log holds no outcomes: :func:`load_outcomes` reads the CRM's outcomes table
+(``settings.raw_dir / "outcomes.parquet"``) to be joined on ``lead_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from leadscore.config import Settings
+
+FeatureValue = float | int | str | bool | None
+
+RECORD_COLUMNS: tuple[str, ...] = (
+    "request_id", "lead_id", "person_id", "submitted_at", "scored_at", "probability", "tier",
+    "channel", "control", "degraded", "model_name", "model_version", "policy_version",
+)
+TIMESTAMP_COLUMNS: tuple[str, ...] = ("submitted_at", "scored_at")
+BOOL_COLUMNS: tuple[str, ...] = ("control", "degraded")
+CLASHING_FEATURE_PREFIX = "feature."
+POSTGRES_DATABASE = "leadscore"
+TABLE = "predictions"
+OUTCOME_COLUMNS: tuple[str, ...] = (
+    "lead_id", "converted", "converted_at", "amount", "followup_channel",
+)
+
+
+class PredictionLogError(ValueError):
+    """A record or a query is malformed; the message names the field and the problem."""
+
+
+def feature_column(name: str) -> str:
+    """Column name under which :meth:`PredictionLog.read` expands the feature ``name``."""
+    return CLASHING_FEATURE_PREFIX + name if name in RECORD_COLUMNS else name
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise PredictionLogError(f"field '{name}': expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise PredictionLogError(f"field '{name}': datetime must be timezone-aware (UTC)")
+    return value.astimezone(UTC)
+
+
+def _to_micros(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One answered prediction as the service logs it (no raw identifiers, no outcome)."""
+
+    request_id: str
+    lead_id: str
+    person_id: str
+    submitted_at: datetime
+    scored_at: datetime
+    probability: float
+    tier: str
+    channel: str
+    control: bool
+    degraded: bool
+    model_name: str
+    model_version: str
+    policy_version: str
+    features: dict[str, FeatureValue] = field(default_factory=dict)
+
+    def validated(self) -> PredictionRecord:
+        """Checks every field; returns the record with timestamps converted to UTC."""
+        for name in ("request_id", "lead_id", "person_id", "tier", "channel", "model_name",
+                     "model_version", "policy_version"):
+            if not isinstance(getattr(self, name), str):
+                raise PredictionLogError(f"field '{name}': expected a string")
+        probability = self.probability
+        if not isinstance(probability, int | float) or not 0.0 <= float(probability) <= 1.0:
+            raise PredictionLogError(f"field 'probability': {probability!r} is not in [0, 1]")
+        if not isinstance(self.features, dict):
+            raise PredictionLogError("field 'features': expected a dict of feature values")
+        for key, value in self.features.items():
+            if not isinstance(key, str):
+                raise PredictionLogError(f"field 'features': key {key!r} is not a string")
+            if value is not None and not isinstance(value, int | float | str | bool):
+                raise PredictionLogError(
+                    f"field 'features': value of {key!r} has type {type(value).__name__}; "
+                    "expected float, int, str, bool or None"
+                )
+        return PredictionRecord(
+            **{f.name: getattr(self, f.name) for f in fields(self)}
+            | {
+                "submitted_at": _utc(self.submitted_at, "submitted_at"),
+                "scored_at": _utc(self.scored_at, "scored_at"),
+                "probability": float(probability),
+                "control": bool(self.control),
+                "degraded": bool(self.degraded),
+            }
+        )
+
+
+def _features_json(features: dict[str, FeatureValue]) -> str:
+    clean = {
+        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+        for key, value in features.items()
+    }
+    return json.dumps(clean, separators=(",", ":"), allow_nan=False)
+
+
+@runtime_checkable
+class PredictionLog(Protocol):
+    """Append-only store of predictions."""
+
+    def append(self, records: Sequence[PredictionRecord]) -> None:
+        """Store ``records`` in one durable transaction (all or none)."""
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """Records with ``since <= submitted_at < until``, features expanded into columns."""
+
+    def count(self) -> int:
+        """Number of records stored."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def _frame(rows: list[tuple], feature_texts: list[Any]) -> pd.DataFrame:
+    """Assemble the read result: record columns, then the expanded features."""
+    base = pd.DataFrame.from_records(rows, columns=list(RECORD_COLUMNS))
+    for name in TIMESTAMP_COLUMNS:
+        if base.empty:
+            base[name] = pd.Series(dtype="datetime64[us, UTC]")
+        elif pd.api.types.is_integer_dtype(base[name]):
+            base[name] = pd.to_datetime(base[name], unit="us", utc=True)
+        else:
+            base[name] = pd.to_datetime(base[name], utc=True)
+    for name in BOOL_COLUMNS:
+        base[name] = base[name].astype(bool)
+    base["probability"] = base["probability"].astype(float)
+    if not feature_texts:
+        return base
+    decoded = [json.loads(t) if isinstance(t, str) else (t or {}) for t in feature_texts]
+    features = pd.DataFrame.from_records(decoded, index=base.index)
+    features.columns = [feature_column(c) for c in features.columns]
+    return pd.concat([base, features], axis=1)
+
+
+def _check_range(since: datetime | None, until: datetime | None) -> None:
+    if since is not None:
+        _utc(since, "since")
+    if until is not None:
+        _utc(until, "until")
+    if since is not None and until is not None and until <= since:
+        raise PredictionLogError(f"'until' ({until.isoformat()}) must be after 'since'")
+
+
+class SqlitePredictionLog:
+    """The prediction log in a SQLite file (embedded profile)."""
+
+    _SCHEMA = f"""
+        CREATE TABLE IF NOT EXISTS {TABLE} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id TEXT NOT NULL, lead_id TEXT NOT NULL, person_id TEXT NOT NULL,
+            submitted_at INTEGER NOT NULL, scored_at INTEGER NOT NULL,
+            probability REAL NOT NULL, tier TEXT NOT NULL, channel TEXT NOT NULL,
+            control INTEGER NOT NULL, degraded INTEGER NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL, policy_version TEXT NOT NULL,
+            features TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
+    """
+
+    def __init__(self, path: Path | str, timeout_seconds: float = 30.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=timeout_seconds, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(self._SCHEMA)
+
+    def append(self, records: Sequence[PredictionRecord]) -> None:
+        """Store ``records`` in one transaction (validated first: a bad record stores nothing)."""
+        rows = [self._row(r.validated()) for r in records]
+        if not rows:
+            return
+        placeholders = ", ".join("?" * (len(RECORD_COLUMNS) + 1))
+        sql = f"INSERT INTO {TABLE} ({', '.join(RECORD_COLUMNS)}, features) VALUES ({placeholders})"
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    @staticmethod
+    def _row(r: PredictionRecord) -> tuple:
+        return (
+            r.request_id, r.lead_id, r.person_id, _to_micros(r.submitted_at),
+            _to_micros(r.scored_at), r.probability, r.tier, r.channel, int(r.control),
+            int(r.degraded), r.model_name, r.model_version, r.policy_version,
+            _features_json(r.features),
+        )
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """Records with ``since <= submitted_at < until`` (either bound optional), in log order."""
+        _check_range(since, until)
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("submitted_at >= ?")
+            params.append(_to_micros(_utc(since, "since")))
+        if until is not None:
+            clauses.append("submitted_at < ?")
+            params.append(_to_micros(_utc(until, "until")))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {', '.join(RECORD_COLUMNS)}, features FROM {TABLE}{where} ORDER BY id"
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return _frame([row[:-1] for row in rows], [row[-1] for row in rows])
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> SqlitePredictionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def postgres_dsn(base_url: str, database: str) -> str:
+    """``base_url`` (``postgresql://user@host:port[/db]``) pointed at ``database``."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in {"postgresql", "postgres"}:
+        raise PredictionLogError(
+            f"config field 'postgres_url': {base_url!r} is not a postgresql:// URL"
+        )
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def ensure_postgres_database(base_url: str, database: str) -> None:
+    """Create ``database`` on the server of ``base_url`` when it does not exist."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(postgres_dsn(base_url, "postgres"), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if not exists:
+            # another process may create it at the same moment
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+class PostgresPredictionLog:
+    """The prediction log in PostgreSQL (production profile); same behaviour as SQLite's."""
+
+    _SCHEMA = f"""
+        CREATE TABLE IF NOT EXISTS {TABLE} (
+            id BIGSERIAL PRIMARY KEY,
+            request_id TEXT NOT NULL, lead_id TEXT NOT NULL, person_id TEXT NOT NULL,
+            submitted_at TIMESTAMPTZ NOT NULL, scored_at TIMESTAMPTZ NOT NULL,
+            probability DOUBLE PRECISION NOT NULL, tier TEXT NOT NULL, channel TEXT NOT NULL,
+            control BOOLEAN NOT NULL, degraded BOOLEAN NOT NULL,
+            model_name TEXT NOT NULL, model_version TEXT NOT NULL, policy_version TEXT NOT NULL,
+            features TEXT NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
+    """
+
+    def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
+        import psycopg
+
+        self.dsn = dsn
+        self._lock = threading.Lock()
+        self._connect_timeout = connect_timeout
+        self._psycopg = psycopg
+        self._conn = self._connect()
+        with self._conn.transaction():
+            # several processes may start at once: serialise the CREATEs
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('leadscore_predictions'))")
+            for statement in self._SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.dsn, connect_timeout=self._connect_timeout)
+
+    def _connection(self) -> Any:
+        if self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
+
+    def append(self, records: Sequence[PredictionRecord]) -> None:
+        """Store ``records`` in one transaction (validated first: a bad record stores nothing)."""
+        rows = [self._row(r.validated()) for r in records]
+        if not rows:
+            return
+        placeholders = ", ".join(["%s"] * (len(RECORD_COLUMNS) + 1))
+        sql = f"INSERT INTO {TABLE} ({', '.join(RECORD_COLUMNS)}, features) VALUES ({placeholders})"
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(sql, rows)
+
+    @staticmethod
+    def _row(r: PredictionRecord) -> tuple:
+        return (
+            r.request_id, r.lead_id, r.person_id, r.submitted_at, r.scored_at, r.probability,
+            r.tier, r.channel, r.control, r.degraded, r.model_name, r.model_version,
+            r.policy_version, _features_json(r.features),
+        )
+
+    def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+        """Records with ``since <= submitted_at < until`` (either bound optional), in log order."""
+        _check_range(since, until)
+        clauses, params = [], []
+        if since is not None:
+            clauses.append("submitted_at >= %s")
+            params.append(_utc(since, "since"))
+        if until is not None:
+            clauses.append("submitted_at < %s")
+            params.append(_utc(until, "until"))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {', '.join(RECORD_COLUMNS)}, features FROM {TABLE}{where} ORDER BY id"
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(sql, params).fetchall()
+        return _frame([tuple(row[:-1]) for row in rows], [row[-1] for row in rows])
+
+    def count(self) -> int:
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                return int(conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PostgresPredictionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_prediction_log(settings: Settings) -> PredictionLog:
+    """The log of the settings' profile: SQLite file (embedded) or PostgreSQL (production)."""
+    if settings.profile == "production":
+        ensure_postgres_database(settings.postgres_url, POSTGRES_DATABASE)
+        return PostgresPredictionLog(postgres_dsn(settings.postgres_url, POSTGRES_DATABASE))
+    return SqlitePredictionLog(settings.prediction_log_path)
+
+
+def load_outcomes(settings: Settings) -> pd.DataFrame | None:
+    """The CRM's outcomes table (``raw_dir/outcomes.parquet``), or None when there is none yet."""
+    path = settings.raw_dir / "outcomes.parquet"
+    if not path.exists():
+        return None
+    outcomes = pd.read_parquet(path)
+    missing = [c for c in ("lead_id", "converted", "converted_at") if c not in outcomes.columns]
+    if missing:
+        raise PredictionLogError(f"{path}: outcomes table lacks column(s) {missing}")
+    outcomes["converted_at"] = pd.to_datetime(outcomes["converted_at"], utc=True)
+    return outcomes
+
+
+def join_outcomes(
+    predictions: pd.DataFrame, outcomes: pd.DataFrame, conversion_window_days: int
+) -> pd.DataFrame:
+    """Predictions of leads that have an outcome row, with ``converted`` (0/1) added.
+
+    A lead counts as converted when it paid within ``conversion_window_days`` of its
+    ``submitted_at``; a lead scored more than once keeps its first prediction.
+    """
+    for name, frame, needed in (
+        ("predictions", predictions, ("lead_id", "submitted_at")),
+        ("outcomes", outcomes, ("lead_id", "converted", "converted_at")),
+    ):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise PredictionLogError(f"{name} lack column(s) {missing}")
+    first = predictions.drop_duplicates("lead_id", keep="first")
+    known = outcomes[["lead_id", "converted", "converted_at"]].drop_duplicates("lead_id")
+    joined = first.merge(known, on="lead_id", how="inner", validate="one_to_one")
+    window = pd.Timedelta(days=conversion_window_days)
+    converted_at = pd.to_datetime(joined["converted_at"], utc=True)
+    in_window = converted_at.isna() | (converted_at - joined["submitted_at"] <= window)
+    joined["converted"] = (joined["converted"].astype(bool) & in_window).astype(int)
+    return joined.drop(columns=["converted_at"])

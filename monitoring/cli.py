@@ -1,0 +1,261 @@
+"""``leadscore drift``: the weekly drift and business report from the prediction log.
+
+Exit codes (for a weekly cron job): 0 quiet; 3 drift (drift share >= threshold);
+2 bad input or missing data (bad period, empty period, no reference model).
+
+Wiring (leadscore/cli.py)::
+
+    from monitoring.cli import drift
+    app.command()(drift)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from leadscore.cli_common import WorkdirOption, console, fail, settings_for
+from leadscore.config import Settings
+from leadscore.prediction_log import PredictionLog, load_outcomes, open_prediction_log
+from monitoring.drift import (
+    EXIT_BAD_INPUT,
+    EXIT_DRIFT,
+    EXIT_QUIET,
+    DriftInputError,
+    drift_report,
+    load_reference,
+    log_to_mlflow,
+    matured_cohort,
+)
+
+_WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
+
+
+@dataclass(frozen=True)
+class Period:
+    """A report period ``[since, until)`` in UTC and the name of its folder."""
+
+    label: str
+    since: datetime
+    until: datetime
+
+    @property
+    def length(self) -> timedelta:
+        return self.until - self.since
+
+
+def iso_week(label: str) -> Period:
+    """``2026-W47`` → Monday 00:00 UTC of that ISO week to the next Monday."""
+    match = _WEEK.match(label.strip())
+    if not match:
+        raise DriftInputError(f"--week {label!r}: expected an ISO week like 2026-W47")
+    year, week = int(match.group(1)), int(match.group(2))
+    try:
+        monday = date.fromisocalendar(year, week, 1)
+    except ValueError:
+        raise DriftInputError(f"--week {label!r}: {year} has no ISO week {week}") from None
+    since = datetime(monday.year, monday.month, monday.day, tzinfo=UTC)
+    return Period(f"{year}-W{week:02d}", since, since + timedelta(days=7))
+
+
+def last_week(now: datetime | None = None) -> Period:
+    """The last complete ISO week before ``now`` (UTC)."""
+    year, week, _ = ((now or datetime.now(UTC)) - timedelta(days=7)).isocalendar()
+    return iso_week(f"{year}-W{week:02d}")
+
+
+def _instant(text: str, option: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise DriftInputError(
+            f"{option} {text!r}: expected a date (2026-11-16) or ISO datetime"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def custom_period(since: str, until: str) -> Period:
+    """``--since/--until`` (dates or ISO datetimes; naive means UTC) as a period."""
+    start, end = _instant(since, "--since"), _instant(until, "--until")
+    if end <= start:
+        raise DriftInputError(f"--until {until!r} must be after --since {since!r}")
+    label = f"{start:%Y-%m-%d}_{end:%Y-%m-%d}"
+    return Period(label, start, end)
+
+
+def resolve_period(
+    week: str | None, since: str | None, until: str | None, last: bool
+) -> Period:
+    """Exactly one of ``--week``, ``--since/--until`` or ``--last-week``."""
+    chosen = sum([week is not None, since is not None or until is not None, last])
+    if chosen != 1:
+        raise DriftInputError("give exactly one of --week, --since/--until or --last-week")
+    if week is not None:
+        return iso_week(week)
+    if last:
+        return last_week()
+    if since is None or until is None:
+        raise DriftInputError("--since and --until go together")
+    return custom_period(since, until)
+
+
+@dataclass
+class WeeklyReport:
+    """What one run wrote and the exit code it calls for."""
+
+    period: Period
+    folder: Path
+    exit_code: int
+    drift: dict[str, Any]
+    business: dict[str, Any]
+    index_path: Path
+    mlflow_run_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def default_drift_root(settings: Settings) -> Path:
+    return settings.reports_dir / "drift"
+
+
+def run_weekly_report(
+    settings: Settings,
+    period: Period,
+    out_root: Path | None = None,
+    log: PredictionLog | None = None,
+    log_mlflow: bool = True,
+) -> WeeklyReport:
+    """Read the log, write drift + business reports into ``out_root/<label>/``, update the index.
+
+    Raises :class:`DriftInputError` for a missing reference or an empty period.
+    """
+    from monitoring.business import business_report
+    from monitoring.index_page import write_index
+
+    reference, info = load_reference(settings)
+    threshold = float(settings.drift_share_threshold)
+    if not 0.0 < threshold <= 1.0:
+        raise DriftInputError(
+            f"config field 'drift_share_threshold': {threshold} must lie in (0, 1]"
+        )
+    window = timedelta(days=settings.conversion_window_days)
+    owns_log = log is None
+    if log is None:
+        try:
+            log = open_prediction_log(settings)
+        except Exception as exc:  # a missing server or a corrupt file: say which, no trace
+            raise DriftInputError(f"cannot open the prediction log: {exc}") from None
+    try:
+        current = log.read(period.since, period.until)
+        if current.empty:
+            raise DriftInputError(
+                f"no predictions logged between {period.since:%Y-%m-%d %H:%M} and "
+                f"{period.until:%Y-%m-%d %H:%M} UTC ({period.label}): nothing to report"
+            )
+        previous = log.read(period.since - period.length, period.since)
+        maturing = log.read(period.since - window, period.until - window)
+    finally:
+        if owns_log:
+            log.close()
+
+    notes = []
+    outcomes = load_outcomes(settings)
+    if outcomes is None:
+        notes.append("no outcomes table yet (data/raw/outcomes.parquet): cohort quality skipped")
+    elif maturing.empty:
+        notes.append(
+            f"no logged lead's {settings.conversion_window_days}-day outcome window closed in "
+            "this period: cohort quality skipped"
+        )
+    root = out_root or default_drift_root(settings)
+    folder = root / period.label
+    result = drift_report(
+        current, reference, info.feature_columns, info.categorical_columns, outcomes, folder,
+        threshold, cohort_predictions=maturing, since=period.since, until=period.until,
+        week=period.label, model={"name": info.model_name, "version": info.model_version},
+        conversion_window_days=settings.conversion_window_days,
+    )
+    cohort = matured_cohort(maturing, outcomes, period.until, settings.conversion_window_days)
+    header = {"week": period.label, "since": period.since.isoformat(),
+              "until": period.until.isoformat()}
+    business = business_report(current, previous, cohort, folder, settings, header)
+    index_path = (settings.reports_dir / "index.html" if root == default_drift_root(settings)
+                  else root / "index.html")
+    write_index(root, index_path)
+    run_id = None
+    if log_mlflow:
+        files = [folder / name for name in ("drift.json", "drift.html", "business.json",
+                                            "business.png", "cohort.html")]
+        run_id = log_to_mlflow(settings, period.label, result.summary, files)
+    return WeeklyReport(period, folder, result.exit_code, result.summary, business, index_path,
+                        run_id, notes)
+
+
+def _print_summary(report: WeeklyReport) -> None:
+    from rich.table import Table
+
+    d, b = report.drift, report.business
+    table = Table(title=f"drift report {report.period.label}", show_header=False,
+                  title_justify="left")
+    table.add_row("predictions", str(d["n_current"]))
+    table.add_row("drift share", f"{d['drift_share']:.3f} (threshold {d['threshold']})")
+    table.add_row("drifted columns", ", ".join(c["column"] for c in d["drifted_columns"]) or "–")
+    pd_ = d["prediction_drift"]
+    table.add_row("probability drift", f"{pd_['probability']['score']:.3f} "
+                  f"({pd_['probability']['method']}, drifted={pd_['probability']['drifted']})")
+    cohort = d["cohort"]
+    if cohort:
+        auc = "–" if cohort["auc"] is None else f"{cohort['auc']:.3f}"
+        ece = "–" if cohort["ece"] is None else f"{cohort['ece']:.3f}"
+        table.add_row("cohort", f"n={cohort['n']} AUC={auc} ECE={ece}")
+    lvr = b["lvr"]["lvr_percent"]
+    table.add_row("LVR", "–" if lvr is None else f"{lvr:+.1f}%")
+    table.add_row("folder", str(report.folder))
+    table.add_row("index", str(report.index_path))
+    if report.mlflow_run_id:
+        table.add_row("MLflow run", report.mlflow_run_id)
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if report.exit_code == EXIT_DRIFT:
+        console.print("[bold red]drift detected[/] (exit 3)")
+
+
+def drift(
+    week: Annotated[str | None, typer.Option(
+        "--week", help="ISO week to report, e.g. 2026-W47 (Monday 00:00 UTC, 7 days).")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Start of a custom period (date or ISO datetime, UTC).")] = None,
+    until: Annotated[str | None, typer.Option(
+        "--until", help="End (exclusive) of a custom period.")] = None,
+    last: Annotated[bool, typer.Option(
+        "--last-week", help="The last complete ISO week.")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the dated report folders (default: reports/drift).",
+        file_okay=False)] = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Weekly drift + business report of the logged predictions against the champion.
+
+    Exit 0 quiet, 3 drift (drift share >= drift_share_threshold), 2 bad input or missing data.
+    """
+    settings = settings_for(workdir)
+    try:
+        period = resolve_period(week, since, until, last)
+        with console.status(f"building the {period.label} report…"):
+            report = run_weekly_report(settings, period, out.resolve() if out else None)
+    except (DriftInputError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc), code=EXIT_BAD_INPUT)
+    _print_summary(report)
+    if report.exit_code != EXIT_QUIET:
+        raise typer.Exit(report.exit_code)
+
+
+__all__ = [
+    "Period", "WeeklyReport", "drift", "iso_week", "last_week", "custom_period",
+    "resolve_period", "run_weekly_report",
+]

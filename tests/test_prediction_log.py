@@ -1,0 +1,226 @@
+"""The prediction log: SQLite (embedded) and PostgreSQL (production) behave the same."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from leadscore.config import Settings
+from leadscore.prediction_log import (
+    PostgresPredictionLog,
+    PredictionLog,
+    PredictionLogError,
+    PredictionRecord,
+    SqlitePredictionLog,
+    ensure_postgres_database,
+    feature_column,
+    join_outcomes,
+    load_outcomes,
+    open_prediction_log,
+    postgres_dsn,
+)
+from conftest import require_service
+
+T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
+
+
+def record(i: int, submitted_at: datetime = T0, **changes: object) -> PredictionRecord:
+    values: dict = dict(
+        request_id=f"req-{i}", lead_id=f"L{i}", person_id=f"P{i % 7}",
+        submitted_at=submitted_at, scored_at=submitted_at + timedelta(milliseconds=40),
+        probability=(i % 100) / 100, tier="ABCD"[i % 4], channel="tmk", control=i % 10 == 0,
+        degraded=False, model_name="lead-conversion", model_version="3", policy_version="p1",
+        features={"channel": "sem", "intent_score": i * 0.5, "grade": None, "phone_valid": 1},
+    )
+    values.update(changes)
+    return PredictionRecord(**values)
+
+
+def check_roundtrip(log: PredictionLog) -> None:
+    log.append([record(i, T0 + timedelta(hours=i)) for i in range(5)])
+    log.append([record(99, T0 + timedelta(days=10), degraded=True)])
+    assert log.count() == 6
+
+    frame = log.read()
+    assert len(frame) == 6
+    assert str(frame["submitted_at"].dt.tz) == "UTC"
+    assert frame["submitted_at"].iloc[1] == pd.Timestamp(T0 + timedelta(hours=1))
+    # a feature named like a record field keeps its own column
+    assert feature_column("channel") == "feature.channel"
+    assert set(frame["feature.channel"]) == {"sem"} and set(frame["channel"]) == {"tmk"}
+    assert frame["intent_score"].tolist()[:3] == [0.0, 0.5, 1.0]
+    assert frame["grade"].isna().all()
+    assert frame["control"].dtype == bool and frame["control"].iloc[0]
+    assert frame["degraded"].tolist() == [False] * 5 + [True]
+
+    window = log.read(T0 + timedelta(hours=1), T0 + timedelta(hours=3))
+    assert window["lead_id"].tolist() == ["L1", "L2"]  # since inclusive, until exclusive
+    assert log.read(T0 + timedelta(days=30)).empty
+
+
+def hammer(log: PredictionLog, threads: int = 8, batches: int = 25) -> int:
+    """Concurrent appends from ``threads`` threads; returns how many records were sent."""
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for b in range(batches):
+                size = 1 + (t + b) % 3
+                log.append([record(10_000 * t + 100 * b + k) for k in range(size)])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert not errors, errors
+    return sum(1 + (t + b) % 3 for t in range(threads) for b in range(batches))
+
+
+def test_sqlite_roundtrip_and_time_window(tmp_path: Path) -> None:
+    with SqlitePredictionLog(tmp_path / "log.sqlite") as log:
+        check_roundtrip(log)
+
+
+def test_sqlite_concurrent_appends_lose_nothing(tmp_path: Path) -> None:
+    with SqlitePredictionLog(tmp_path / "log.sqlite") as log:
+        sent = hammer(log)
+        assert log.count() == sent
+        assert log.read()["request_id"].is_unique
+
+
+def test_sqlite_second_connection_and_reopen_see_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    writer_a, writer_b = SqlitePredictionLog(path), SqlitePredictionLog(path)
+    threads = [threading.Thread(target=hammer, args=(w, 3, 10)) for w in (writer_a, writer_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = 2 * sum(1 + (t + b) % 3 for t in range(3) for b in range(10))
+    writer_a.close()
+    writer_b.close()
+    with SqlitePredictionLog(path) as log:
+        assert log.count() == expected
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"submitted_at": datetime(2026, 11, 16, 9)}, "submitted_at"),
+        ({"probability": 1.5}, "probability"),
+        ({"features": {"x": [1, 2]}}, "features"),
+        ({"lead_id": 7}, "lead_id"),
+    ],
+)
+def test_bad_record_names_the_field_and_stores_nothing(
+    tmp_path: Path, changes: dict, field: str
+) -> None:
+    with SqlitePredictionLog(tmp_path / "log.sqlite") as log:
+        with pytest.raises(PredictionLogError, match=field):
+            log.append([record(1), record(2, **changes)])
+        assert log.count() == 0
+
+
+def test_timestamps_are_stored_as_utc(tmp_path: Path) -> None:
+    beijing = timezone(timedelta(hours=8))
+    with SqlitePredictionLog(tmp_path / "log.sqlite") as log:
+        log.append([record(1, datetime(2026, 11, 16, 17, 0, tzinfo=beijing))])
+        assert log.read()["submitted_at"].iloc[0] == pd.Timestamp(T0)
+
+
+def test_open_prediction_log_embedded_uses_the_settings_path(tmp_path: Path) -> None:
+    settings = Settings().with_workdir(tmp_path)
+    log = open_prediction_log(settings)
+    try:
+        assert isinstance(log, SqlitePredictionLog)
+        assert log.path == settings.prediction_log_path
+    finally:
+        log.close()
+
+
+def test_join_outcomes_counts_only_conversions_inside_the_window(tmp_path: Path) -> None:
+    predictions = pd.DataFrame({
+        "lead_id": ["a", "b", "c", "d", "a"],
+        "submitted_at": pd.to_datetime([T0] * 5, utc=True),
+        "probability": [0.1, 0.2, 0.3, 0.4, 0.9],
+    })
+    outcomes = pd.DataFrame({
+        "lead_id": ["a", "b", "c"],
+        "converted": [True, True, False],
+        "converted_at": pd.to_datetime([T0 + timedelta(days=3), T0 + timedelta(days=45), None],
+                                       utc=True),
+    })
+    joined = join_outcomes(predictions, outcomes, conversion_window_days=30)
+    assert joined.set_index("lead_id")["converted"].to_dict() == {"a": 1, "b": 0, "c": 0}
+    assert joined.set_index("lead_id")["probability"]["a"] == 0.1  # first prediction kept
+
+    settings = Settings().with_workdir(tmp_path)
+    assert load_outcomes(settings) is None
+    settings.raw_dir.mkdir(parents=True)
+    outcomes.to_parquet(settings.raw_dir / "outcomes.parquet")
+    assert len(load_outcomes(settings)) == 3
+
+
+def test_postgres_dsn_replaces_the_database() -> None:
+    assert postgres_dsn("postgresql://u@h:5432", "leadscore") == "postgresql://u@h:5432/leadscore"
+    assert postgres_dsn("postgresql://u@h:5432/other", "x") == "postgresql://u@h:5432/x"
+    with pytest.raises(PredictionLogError, match="postgres_url"):
+        postgres_dsn("mysql://h", "x")
+
+
+@pytest.fixture
+def postgres_database() -> str:
+    """A throw-away database on the local PostgreSQL; dropped afterwards."""
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    import psycopg
+
+    name = f"leadscore_test_{uuid.uuid4().hex[:10]}"
+    ensure_postgres_database(POSTGRES_URL, name)
+    yield name
+    with psycopg.connect(postgres_dsn(POSTGRES_URL, "postgres"), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.services
+def test_postgres_log_behaves_like_sqlite(postgres_database: str) -> None:
+    dsn = postgres_dsn(POSTGRES_URL, postgres_database)
+    with PostgresPredictionLog(dsn) as log:
+        check_roundtrip(log)
+    with PostgresPredictionLog(dsn) as log:  # table exists: reopened, rows kept
+        assert log.count() == 6
+        with pytest.raises(PredictionLogError, match="probability"):
+            log.append([record(1, probability=-0.1)])
+        assert log.count() == 6
+
+
+@pytest.mark.services
+def test_postgres_concurrent_appends_lose_nothing(postgres_database: str) -> None:
+    with PostgresPredictionLog(postgres_url := postgres_dsn(POSTGRES_URL, postgres_database)) as log:
+        sent = hammer(log, threads=6, batches=15)
+        assert log.count() == sent
+    with PostgresPredictionLog(postgres_url) as log:
+        assert log.read()["request_id"].is_unique
+
+
+def test_services_marker_fails_under_ci_when_postgres_is_down(monkeypatch) -> None:
+    """The skip/fail rule of the services tests (checked on a port nothing listens on)."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        require_service("nothing", "127.0.0.1", 1)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        require_service("nothing", "127.0.0.1", 1)
+    assert os.environ.get("CI") is None

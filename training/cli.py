@@ -1,0 +1,129 @@
+"""``leadscore train`` and ``leadscore score``: thin Typer commands over ``training``.
+
+Wire into the main CLI with::
+
+    from training.cli import score_command, train_command
+    app.command("train")(train_command)
+    app.command("score")(score_command)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from leadscore.cli_common import WorkdirOption, console, err_console, fail, settings_for
+
+
+def _print_metrics(summary: dict) -> None:
+    table = Table(title="test slice (newest leads)", title_justify="left")
+    for column in ("model", "roc_auc", "pr_auc", "log_loss", "brier", "ece"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in summary["metrics"].items():
+        table.add_row(name, *(
+            "-" if metrics[k] is None else f"{metrics[k]:.4f}"
+            for k in ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+        ))
+    console.print(table)
+
+
+def train_command(
+    workdir: WorkdirOption = None,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Optuna trials.")] = 30,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=1, help="Stop tuning after this many seconds.")] = None,
+    storage: Annotated[str | None, typer.Option(
+        "--storage", help="Optuna storage URL for a persistent/shared study "
+        "(default: SQLite in <workdir>/mlruns/optuna.db).")] = None,
+    promote: Annotated[bool, typer.Option(
+        "--promote/--no-promote",
+        help="Move the champion alias when the new model beats the champion.")] = True,
+    report: Annotated[Path | None, typer.Option(
+        "--report", dir_okay=False,
+        help="Report JSON (default: <workdir>/reports/training_report.json).")] = None,
+    csv: Annotated[Path | None, typer.Option(
+        "--csv", dir_okay=False, help="Train on a flat CRM export (CSV) instead of the "
+        "feature store; see --label, --id, --time, --drop, --allow.")] = None,
+    label: Annotated[str | None, typer.Option(
+        "--label", help="--csv: binary outcome column.")] = None,
+    id_col: Annotated[str | None, typer.Option(
+        "--id", help="--csv: identifier column (never a feature).")] = None,
+    time_col: Annotated[str | None, typer.Option(
+        "--time", help="--csv: timestamp column (evaluate on a time split).")] = None,
+    drop: Annotated[list[str] | None, typer.Option(
+        "--drop", help="--csv: column(s) to leave out (repeatable).")] = None,
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", help="--csv: column(s) the leakage guard must keep (repeatable).")] = None,
+    guard_threshold: Annotated[float, typer.Option(
+        "--guard-threshold", help="--csv: stand-alone AUC treated as a leak.")] = 0.90,
+) -> None:
+    """Tune, train, calibrate and evaluate the lead-conversion model; register it in MLflow."""
+    if csv is not None:
+        from training.csv_train import train_csv_command
+
+        if label is None:
+            fail("--csv needs --label (the binary outcome column)")
+        settings = settings_for(workdir)
+        code = train_csv_command(
+            csv_path=csv, label=label,
+            report=report or settings.reports_dir / "csv_training_report.json",
+            id_col=id_col, time_col=time_col, drop=drop, allow=allow,
+            guard_threshold=guard_threshold, trials=trials, timeout=timeout, workdir=workdir,
+        )
+        if code:
+            raise typer.Exit(code)
+        return
+    csv_only = {"--label": label, "--id": id_col, "--time": time_col, "--drop": drop,
+                "--allow": allow}
+    given = [name for name, value in csv_only.items() if value]
+    if given:
+        fail(f"{', '.join(given)} only apply with --csv")
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from training.train import train_model
+
+    settings = settings_for(workdir)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("[bold]train[/] {task.description}"),
+                      TimeElapsedColumn(), console=err_console, transient=True) as bar:
+            task = bar.add_task("starting", total=None)
+            summary = train_model(
+                settings, trials=trials, timeout=timeout, storage=storage, promote=promote,
+                report_path=report,
+                progress=lambda step: bar.update(task, description=step),
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    _print_metrics(summary)
+    console.print(
+        f"model [bold]{summary['model_name']}[/] v{summary['model_version']} "
+        f"({'champion' if summary['promoted'] else 'challenger'}): {summary['promotion_reason']}"
+    )
+    console.print(f"ECE {summary['ece_before_calibration']:.4f} → "
+                  f"{summary['ece_after_calibration']:.4f} after "
+                  f"{summary['calibration_method']} calibration")
+    console.print(f"report: {summary['report_path']}")
+
+
+def score_command(
+    workdir: WorkdirOption = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="First creation date/time to score (ISO; UTC if no zone).")] = None,
+    until: Annotated[str | None, typer.Option(
+        "--until", help="Score leads created before this date/time (ISO; exclusive).")] = None,
+) -> None:
+    """Score a period's leads with the champion and publish the predictive tags to Feast."""
+    from training.score import score_leads
+
+    settings = settings_for(workdir)
+    try:
+        with console.status("[bold]scoring leads[/] …"):
+            summary = score_leads(settings, since=since, until=until)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    console.print_json(json.dumps(summary.to_dict()))

@@ -1,0 +1,873 @@
+"""``leadscore train --csv``: train and evaluate a conversion model on a flat CRM export.
+
+Pipeline: read the CSV robustly → clean it (placeholders such as ``Select`` and blanks become
+missing, Yes/No → 0/1, text → pandas ``category`` for LightGBM's native handling) → leakage guard
+(``training.leakage``) → evaluation that never lets tuning or calibration see the test rows:
+
+* without ``--time``: seeded stratified 5-fold cross-validation. In each outer fold, Optuna tunes
+  LightGBM once on an inner stratified 80/20 split of the outer training part (one study per
+  fold — nested but cheap); the tuned LightGBM and a logistic regression are then fitted on
+  4 inner folds of the training part, whose out-of-fold predictions choose the blend weight and
+  fit the calibrator; the test fold is scored by the average of the inner models, blended and
+  calibrated. Metrics are computed on the pooled out-of-fold predictions.
+* with ``--time``: oldest 60% train, next 20% tune/calibrate, newest 20% test.
+
+Baselines (default LightGBM, one-hot logistic regression) are fitted on the same outer training
+parts and scored on the same test rows. The run is logged to MLflow (experiment
+``csv-<file stem>``) with the report and plots; only column names, never cell values, leave
+the process.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pandas as pd
+import typer
+from scipy.special import expit, logit
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from leadscore.config import Settings, get_settings
+from training.baselines import LogisticBaseline
+from training.calibration import Calibrator, fit_calibrator
+from training.evaluate import classification_metrics, expected_calibration_error
+from training.leakage import GuardReport, run_guard
+from training.search_space import BASE_PARAMS, suggest_lgbm_params
+from training.split import time_split
+from training.tune import (
+    DEFAULT_MAX_BIN,
+    OBJECTIVE_METRIC,
+    VALID_NAME,
+    make_datasets,
+    pruning_callback,
+    suggest_params_from,
+    train_booster,
+)
+
+PLACEHOLDERS = ("Select", "select", "SELECT", "-- Select --", "Please select")
+YES_VALUES = {"yes", "true", "y"}
+NO_VALUES = {"no", "false", "n"}
+OUTER_FOLDS = 5
+INNER_FOLDS = 4
+TUNING_VALID_SHARE = 0.2
+TIME_FRACTIONS = (0.6, 0.2, 0.2)
+BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+MIN_ROWS_PER_CLASS = 20
+MAX_LISTED_VALUES = 10
+PROBABILITY_CLIP = 1e-6
+DEFAULT_LGBM_ROUNDS = 100  # LightGBM's own default number of boosting rounds
+REPORT_EVERY = 5
+# One thread per model: on a shared 2-core machine two OpenMP threads busy-wait against other
+# processes and train up to 50x slower; folds are small enough for one core.
+LGBM_OVERRIDES: dict[str, Any] = {"n_jobs": 1}
+SHAP_ROWS_PER_FOLD = 400
+
+ProgressCallback = Callable[[str], None]
+
+
+class CsvTrainingError(ValueError):
+    """Bad input for ``train --csv``; the message names the file, column or option at fault."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and cleaning
+# ---------------------------------------------------------------------------------------------
+
+
+def _sniff_delimiter(sample: str) -> str:
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def read_export(path: Path | str) -> pd.DataFrame:
+    """Read a CRM export: delimiter sniffed, UTF-8 (with BOM) or Latin-1, placeholders → NaN.
+
+    Text cells are stripped; blank strings and ``Select``-style placeholders become missing.
+    """
+    file = Path(path)
+    if not file.exists():
+        raise CsvTrainingError(f"CSV file {file} does not exist")
+    if not file.is_file():
+        raise CsvTrainingError(f"CSV path {file} is not a file")
+    if file.stat().st_size == 0:
+        raise CsvTrainingError(f"CSV file {file} is empty")
+    frame: pd.DataFrame | None = None
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            with file.open(encoding=encoding) as handle:
+                sample = handle.read(65536)
+            frame = pd.read_csv(
+                file, sep=_sniff_delimiter(sample), encoding=encoding,
+                na_values=list(PLACEHOLDERS), keep_default_na=True, skipinitialspace=True,
+                low_memory=False,
+            )
+            break
+        except UnicodeDecodeError:
+            continue
+        except pd.errors.EmptyDataError:
+            raise CsvTrainingError(f"CSV file {file} is empty (no header row)") from None
+        except pd.errors.ParserError as exc:
+            raise CsvTrainingError(f"CSV file {file} cannot be parsed: {exc}") from None
+    if frame is None:
+        raise CsvTrainingError(f"CSV file {file} is neither UTF-8 nor Latin-1 text")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if frame.empty:
+        raise CsvTrainingError(f"CSV file {file} has a header but no data rows")
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            stripped = frame[column].astype("string").str.strip()
+            stripped = stripped.mask(stripped.isin(("",) + PLACEHOLDERS))
+            frame[column] = stripped.astype(object).where(stripped.notna(), np.nan)
+    return frame
+
+
+def _check_columns(frame: pd.DataFrame, option: str, names: Iterable[str]) -> None:
+    unknown = [n for n in names if n not in frame.columns]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, list(frame.columns), n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise CsvTrainingError(
+        f"{option} names column(s) not in the CSV: {', '.join(hints)}; "
+        f"columns are {list(frame.columns)}"
+    )
+
+
+def parse_label(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels and a mask of rows that have one; accepts 0/1, true/false, yes/no.
+
+    Raises ``CsvTrainingError`` listing the values found when the column is not binary.
+    """
+    present = series.notna().to_numpy()
+    values = series[present]
+    as_text = values.astype(str).str.strip().str.lower()
+    as_text = as_text.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+    mapping = {"1": 1, "0": 0, **dict.fromkeys(YES_VALUES, 1), **dict.fromkeys(NO_VALUES, 0)}
+    mapped = as_text.map(mapping)
+    if mapped.isna().any() or values.empty:
+        found = sorted(values.astype(str).unique().tolist())
+        shown = found[:MAX_LISTED_VALUES] + (["…"] if len(found) > MAX_LISTED_VALUES else [])
+        raise CsvTrainingError(
+            f"label column {series.name!r} is not binary: expected 0/1, true/false or yes/no, "
+            f"found {len(found)} distinct value(s): {shown}"
+        )
+    y = np.zeros(len(series), dtype=int)
+    y[present] = mapped.to_numpy(dtype=int)
+    return y, present
+
+
+def _as_yes_no(series: pd.Series) -> pd.Series | None:
+    """0/1 floats when every present value is yes/no or true/false, else None."""
+    values = series.dropna()
+    if values.empty or series.dtype != object:
+        return None
+    lowered = values.astype(str).str.lower()
+    if not lowered.isin(YES_VALUES | NO_VALUES).all():
+        return None
+    converted = series.astype(object).where(series.notna(), None)
+    return converted.map(
+        lambda v: np.nan if v is None else float(str(v).lower() in YES_VALUES)
+    ).astype(float)
+
+
+def _as_numeric(series: pd.Series) -> pd.Series | None:
+    """Floats when every present value parses as a number, else None."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float)
+    if pd.api.types.is_numeric_dtype(series):
+        return series.astype(float)
+    converted = pd.to_numeric(series, errors="coerce")
+    if (converted.isna() & series.notna()).any():
+        return None
+    return converted.astype(float)
+
+
+def parse_times(series: pd.Series) -> pd.Series:
+    """UTC timestamps of the time column; every row must hold a parseable date."""
+    if series.isna().any():
+        raise CsvTrainingError(
+            f"time column {series.name!r} is empty on {int(series.isna().sum())} row(s)"
+        )
+    parsed = pd.to_datetime(series.astype(str), utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna()
+    if bad.any():
+        examples = series[bad].astype(str).unique()[:3].tolist()
+        raise CsvTrainingError(
+            f"time column {series.name!r} has {int(bad.sum())} value(s) that are not dates, "
+            f"e.g. {examples}"
+        )
+    return parsed
+
+
+@dataclass
+class PreparedData:
+    """A cleaned export: model-ready features, labels and what was left out (and why)."""
+
+    features: pd.DataFrame
+    y: np.ndarray
+    times: pd.Series | None
+    categorical: list[str]
+    dropped: dict[str, str]
+    columns_in_file: int
+    rows_in_file: int
+    rows_without_label: int
+    guard: GuardReport | None = None
+    yes_no_columns: list[str] = field(default_factory=list)
+
+
+def clean_export(
+    frame: pd.DataFrame,
+    label: str,
+    id_col: str | None = None,
+    time_col: str | None = None,
+    drop: Sequence[str] = (),
+    allow: Sequence[str] = (),
+) -> PreparedData:
+    """Check the options against the columns and convert every candidate feature column.
+
+    Rows without a label are left out (and counted). Yes/No columns become 0/1, numeric text
+    becomes float, other text becomes ``category``; empty and constant columns are dropped.
+    """
+    if label not in frame.columns:
+        _check_columns(frame, "--label", [label])
+    _check_columns(frame, "--id", [id_col] if id_col else [])
+    _check_columns(frame, "--time", [time_col] if time_col else [])
+    _check_columns(frame, "--drop", drop)
+    _check_columns(frame, "--allow", allow)
+    for option, names in (("--id", [id_col]), ("--time", [time_col]), ("--drop", drop)):
+        if label in names:
+            raise CsvTrainingError(f"{option} names the label column {label!r}")
+
+    y_all, has_label = parse_label(frame[label])
+    rows = frame.loc[has_label].reset_index(drop=True)
+    y = y_all[has_label]
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < MIN_ROWS_PER_CLASS:
+        raise CsvTrainingError(
+            f"label column {label!r} has {int(counts[1])} positive and {int(counts[0])} "
+            f"negative row(s); need at least {MIN_ROWS_PER_CLASS} of each"
+        )
+    times = parse_times(rows[time_col]) if time_col else None
+
+    dropped: dict[str, str] = {}
+    if id_col:
+        dropped[id_col] = "identifier (--id)"
+    if time_col:
+        dropped[time_col] = "time column (--time), used to split only"
+    for name in drop:
+        dropped[name] = "dropped by --drop"
+    features: dict[str, pd.Series] = {}
+    categorical: list[str] = []
+    yes_no: list[str] = []
+    for column in rows.columns:
+        if column == label or column in dropped:
+            continue
+        series = rows[column]
+        if series.isna().all():
+            dropped[column] = "empty: no values"
+            continue
+        if series.nunique(dropna=True) <= 1 and not series.isna().any():
+            dropped[column] = "constant: a single value"
+            continue
+        converted = _as_yes_no(series)
+        if converted is not None:
+            yes_no.append(column)
+        else:
+            converted = _as_numeric(series)
+        if converted is None:
+            converted = series.astype(str).where(series.notna()).astype("category")
+            categorical.append(column)
+        if converted.nunique(dropna=False) <= 1:
+            dropped[column] = "constant: a single value"
+            categorical = [c for c in categorical if c != column]
+            continue
+        features[column] = converted
+    if not features:
+        raise CsvTrainingError(
+            f"no feature columns left after removing the label, --id, --time and --drop "
+            f"columns (dropped: {sorted(dropped)})"
+        )
+    return PreparedData(
+        features=pd.DataFrame(features), y=y, times=times, categorical=categorical,
+        dropped=dropped, columns_in_file=int(frame.shape[1]), rows_in_file=int(len(frame)),
+        rows_without_label=int((~has_label).sum()), yes_no_columns=yes_no,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def _lgb_dataset(X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str]) -> lgb.Dataset:
+    cats = [c for c in categorical if c in X.columns]
+    return lgb.Dataset(
+        X, label=y.astype(float), categorical_feature=cats or "auto",
+        params={"max_bin": DEFAULT_MAX_BIN, "verbosity": -1, "feature_pre_filter": False},
+    )
+
+
+def default_lgbm_predict(
+    X_train: pd.DataFrame, y_train: np.ndarray, X_test: pd.DataFrame,
+    categorical: Sequence[str], seed: int,
+) -> np.ndarray:
+    """Baseline: LightGBM with its default parameters (100 rounds), categoricals native."""
+    params = {**BASE_PARAMS, **LGBM_OVERRIDES, "seed": seed}
+    booster = lgb.train(params, _lgb_dataset(X_train, y_train, categorical), DEFAULT_LGBM_ROUNDS)
+    return booster.predict(X_test)
+
+
+def logistic_predict(
+    X_train: pd.DataFrame, y_train: np.ndarray, X_test: pd.DataFrame,
+    categorical: Sequence[str], seed: int,
+) -> np.ndarray:
+    """Baseline: one-hot logistic regression (imputation + scaling in an sklearn pipeline)."""
+    model = LogisticBaseline(list(X_train.columns), list(categorical), seed=seed)
+    return model.fit(X_train, y_train).predict_proba(X_test)
+
+
+def _blend(p_lgbm: np.ndarray, p_linear: np.ndarray, weight: float) -> np.ndarray:
+    """Blend on the logit scale: weight × LightGBM + (1 − weight) × logistic regression."""
+    clip = (PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return expit(
+        weight * logit(np.clip(p_lgbm, *clip)) + (1 - weight) * logit(np.clip(p_linear, *clip))
+    )
+
+
+def choose_blend_weight(y: np.ndarray, p_lgbm: np.ndarray, p_linear: np.ndarray) -> float:
+    """The LightGBM weight (grid 0..1) with the highest ROC-AUC on held-out predictions."""
+    scores = {w: roc_auc_score(y, _blend(p_lgbm, p_linear, w)) for w in BLEND_WEIGHTS}
+    best = max(scores.values())
+    # Prefer the weight closest to pure LightGBM among (near-)ties.
+    return max(w for w, s in scores.items() if s >= best - 1e-6)
+
+
+@dataclass
+class FoldResult:
+    """What one evaluation split produced; index arrays are positions in the prepared data."""
+
+    fold: int
+    test_idx: np.ndarray
+    tuning_idx: np.ndarray
+    calibration_idx: np.ndarray
+    predictions: dict[str, np.ndarray]
+    calibrator: Calibrator
+    blend_weight: float
+    tuning: dict[str, Any]
+    contributions: np.ndarray | None = None
+    shap_idx: np.ndarray | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fold": self.fold,
+            "test_rows": int(self.test_idx.size),
+            "tuning_rows": int(self.tuning_idx.size),
+            "calibration_rows": int(self.calibration_idx.size),
+            "blend_weight_lightgbm": self.blend_weight,
+            "calibrator": self.calibrator.to_dict(),
+            "tuning": self.tuning,
+            "test_roc_auc": float(
+                roc_auc_score(self.predictions["y"], self.predictions["ours"])
+            ),
+        }
+
+
+def _tune(
+    X: pd.DataFrame, y: np.ndarray, fit_idx: np.ndarray, valid_idx: np.ndarray,
+    categorical: Sequence[str], n_trials: int, timeout: float | None, seed: int,
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Optuna study (seeded TPE, median pruning) of the shared search space on one split.
+
+    Trials train with early stopping on the validation rows and report the validation log
+    loss through ``training.tune.pruning_callback``. Each fold runs its own study from scratch
+    (no warm start from another fold, whose training part holds this fold's test rows).
+    """
+    dtrain, dvalid = make_datasets(
+        X.iloc[fit_idx], y[fit_idx], X.iloc[valid_idx], y[valid_idx], categorical
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=30, interval_steps=REPORT_EVERY
+        ),
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {**suggest_lgbm_params(trial), **LGBM_OVERRIDES, "seed": seed}
+        booster = train_booster(
+            params, dtrain, dvalid,
+            extra_callbacks=[pruning_callback(trial, report_every=REPORT_EVERY)],
+        )
+        trial.set_user_attr("best_iteration", int(booster.best_iteration or 1))
+        trial.set_user_attr("valid_auc", float(booster.best_score[VALID_NAME]["auc"]))
+        return float(booster.best_score[VALID_NAME][OBJECTIVE_METRIC])
+
+    started = time.perf_counter()
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise CsvTrainingError("no Optuna trial completed: raise --trials or --timeout")
+    best = study.best_trial
+    params = {**suggest_params_from(best.params), **LGBM_OVERRIDES, "seed": seed}
+    rounds = max(1, int(best.user_attrs["best_iteration"]))
+    summary = {
+        "best_params": {k: v for k, v in params.items() if k not in BASE_PARAMS},
+        "best_valid_log_loss": float(best.value),
+        "best_valid_auc": float(best.user_attrs["valid_auc"]),
+        "rounds": rounds,
+        "n_trials": len(study.trials),
+        "n_complete": len(complete),
+        "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "seconds": round(time.perf_counter() - started, 2),
+        "sampled": best.params,
+    }
+    return params, rounds, summary
+
+
+def _fit_tuned_models(
+    X: pd.DataFrame, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    test_idx: np.ndarray, params: dict[str, Any], rounds: int,
+    categorical: Sequence[str], seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Held-out and test predictions of tuned LightGBM and logistic regression.
+
+    Each (fit, held-out) split trains both models on its fit rows; held-out rows get that
+    model's prediction and the test rows the average over splits. Also returns the first
+    booster's SHAP contributions on a sample of test rows (and the sampled row positions).
+    """
+    held_out = {"lightgbm": np.full(len(y), np.nan), "linear": np.full(len(y), np.nan)}
+    test = {"lightgbm": np.zeros(test_idx.size), "linear": np.zeros(test_idx.size)}
+    rng = np.random.default_rng(seed)
+    shap_idx = np.sort(rng.choice(test_idx, min(SHAP_ROWS_PER_FOLD, test_idx.size), replace=False))
+    contributions = np.zeros((0, X.shape[1] + 1))
+    X_test = X.iloc[test_idx]
+    for fit_idx, held_idx in splits:
+        booster = lgb.train(params, _lgb_dataset(X.iloc[fit_idx], y[fit_idx], categorical), rounds)
+        held_out["lightgbm"][held_idx] = booster.predict(X.iloc[held_idx])
+        test["lightgbm"] += booster.predict(X_test) / len(splits)
+        if contributions.shape[0] == 0:
+            contributions = booster.predict(X.iloc[shap_idx], pred_contrib=True)
+        linear = LogisticBaseline(list(X.columns), list(categorical), seed=seed)
+        linear.fit(X.iloc[fit_idx], y[fit_idx])
+        held_out["linear"][held_idx] = linear.predict_proba(X.iloc[held_idx])
+        test["linear"] += linear.predict_proba(X_test) / len(splits)
+    return held_out, test, contributions, shap_idx
+
+
+def evaluate_split(
+    X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, *,
+    fold: int, categorical: Sequence[str], n_trials: int, timeout: float | None, seed: int,
+    tuning_split: tuple[np.ndarray, np.ndarray] | None = None, inner_folds: int = INNER_FOLDS,
+) -> FoldResult:
+    """Tune, fit, blend and calibrate on ``train_idx`` only; score ``test_idx`` with all models.
+
+    Without ``tuning_split`` (cross-validation), tuning uses a stratified 80/20 split of the
+    training part and calibration the out-of-fold predictions of ``inner_folds`` inner folds.
+    With ``tuning_split`` = (older fit rows, newer validation rows) (time mode), tuning,
+    blending and calibration all use the validation rows, predicted by models fitted on the
+    older rows.
+    """
+    if np.intersect1d(train_idx, test_idx).size:
+        raise ValueError("training and test rows overlap")
+    if tuning_split is None:
+        fit_idx, valid_idx = train_test_split(
+            train_idx, test_size=TUNING_VALID_SHARE, stratify=y[train_idx], random_state=seed
+        )
+        inner = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
+        splits = [
+            (train_idx[a], train_idx[b])
+            for a, b in inner.split(np.zeros(train_idx.size), y[train_idx])
+        ]
+    else:
+        fit_idx, valid_idx = tuning_split
+        splits = [(fit_idx, valid_idx)]
+    params, rounds, tuning = _tune(
+        X, y, fit_idx, valid_idx, categorical, n_trials, timeout, seed
+    )
+    held_out, test, contributions, shap_idx = _fit_tuned_models(
+        X, y, splits, test_idx, params, rounds, categorical, seed
+    )
+    calibration_idx = np.sort(np.concatenate([held for _, held in splits]))
+    weight = choose_blend_weight(
+        y[calibration_idx], held_out["lightgbm"][calibration_idx],
+        held_out["linear"][calibration_idx],
+    )
+    blended_held_out = _blend(
+        held_out["lightgbm"][calibration_idx], held_out["linear"][calibration_idx], weight
+    )
+    calibrator = fit_calibrator(blended_held_out, y[calibration_idx], seed=seed)
+    raw_test = _blend(test["lightgbm"], test["linear"], weight)
+    X_train, X_test = X.iloc[train_idx], X.iloc[test_idx]
+    predictions = {
+        "y": y[test_idx],
+        "ours": calibrator.predict(raw_test),
+        "ours_uncalibrated": raw_test,
+        "lightgbm_default": default_lgbm_predict(
+            X_train, y[train_idx], X_test, categorical, seed
+        ),
+        "logistic_regression": logistic_predict(
+            X_train, y[train_idx], X_test, categorical, seed
+        ),
+    }
+    return FoldResult(
+        fold=fold, test_idx=test_idx, tuning_idx=np.sort(np.concatenate([fit_idx, valid_idx])),
+        calibration_idx=calibration_idx, predictions=predictions, calibrator=calibrator,
+        blend_weight=weight, tuning=tuning, contributions=contributions, shap_idx=shap_idx,
+    )
+
+
+def cross_validate(
+    X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str], *, n_trials: int,
+    timeout: float | None, seed: int, progress: ProgressCallback | None = None,
+    inner_folds: int = INNER_FOLDS,
+) -> list[FoldResult]:
+    """Seeded stratified 5-fold evaluation; every fold is tuned and calibrated on its own."""
+    outer = StratifiedKFold(n_splits=OUTER_FOLDS, shuffle=True, random_state=seed)
+    per_fold_timeout = None if timeout is None else timeout / OUTER_FOLDS
+    results = []
+    for fold, (train_idx, test_idx) in enumerate(outer.split(np.zeros(len(y)), y), start=1):
+        results.append(evaluate_split(
+            X, y, train_idx, test_idx, fold=fold, categorical=categorical, n_trials=n_trials,
+            timeout=per_fold_timeout, seed=seed, inner_folds=inner_folds,
+        ))
+        if progress:
+            progress(f"fold {fold}/{OUTER_FOLDS}")
+    return results
+
+
+def time_validate(
+    X: pd.DataFrame, y: np.ndarray, times: pd.Series, categorical: Sequence[str], *,
+    n_trials: int, timeout: float | None, seed: int,
+) -> tuple[list[FoldResult], dict[str, Any]]:
+    """Time split: older rows train, the next slice tunes and calibrates, the newest test."""
+    positions = pd.DataFrame({"position": np.arange(len(y)), "time": times.to_numpy()})
+    try:
+        split = time_split(positions, "time", fractions=TIME_FRACTIONS)
+    except ValueError as exc:
+        raise CsvTrainingError(f"time column: {exc}") from None
+    fit_idx, valid_idx, test_idx = (
+        part["position"].to_numpy() for part in (split.train, split.valid, split.test)
+    )
+    for name, idx in (("train", fit_idx), ("tuning", valid_idx), ("test", test_idx)):
+        if np.unique(y[idx]).size < 2:
+            raise CsvTrainingError(
+                f"the {name} slice of the time split holds only one label value; "
+                "more rows or a longer period are needed"
+            )
+    train_idx = np.concatenate([fit_idx, valid_idx])
+    result = evaluate_split(
+        X, y, train_idx, test_idx, fold=1, categorical=categorical, n_trials=n_trials,
+        timeout=timeout, seed=seed, tuning_split=(fit_idx, valid_idx),
+    )
+    return [result], split.windows()
+
+
+# ---------------------------------------------------------------------------------------------
+# Report, MLflow and the command
+# ---------------------------------------------------------------------------------------------
+
+MODEL_NAMES = ("ours", "ours_uncalibrated", "lightgbm_default", "logistic_regression")
+HEADLINE_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+
+
+def pooled_predictions(results: Sequence[FoldResult], n_rows: int) -> dict[str, np.ndarray]:
+    """Out-of-fold predictions of every model put back in row order (test rows only)."""
+    test_idx = np.concatenate([r.test_idx for r in results])
+    pooled = {name: np.concatenate([r.predictions[name] for r in results]) for name in MODEL_NAMES}
+    y = np.concatenate([r.predictions["y"] for r in results])
+    order = np.argsort(test_idx)
+    out = {name: values[order] for name, values in pooled.items()}
+    out["y"] = y[order]
+    out["index"] = test_idx[order]
+    if len(results) > 1 and test_idx.size != n_rows:
+        raise RuntimeError("cross-validation folds do not cover every row exactly once")
+    return out
+
+
+def _plots(
+    pooled: dict[str, np.ndarray], results: Sequence[FoldResult], X: pd.DataFrame, folder: Path
+) -> dict[str, Path]:
+    from training.plots import calibration_plot, gains_plot, shap_summary_plot
+
+    y = pooled["y"]
+    models = {name: pooled[name] for name in MODEL_NAMES}
+    paths = {
+        "calibration": calibration_plot(y, models, folder / "calibration.png"),
+        "gains": gains_plot(y, models, folder / "gains.png"),
+    }
+    contributions = np.concatenate([r.contributions for r in results])
+    rows = np.concatenate([r.shap_idx for r in results])
+    paths["shap_summary"] = shap_summary_plot(
+        contributions, list(X.columns), X.iloc[rows].reset_index(drop=True),
+        folder / "shap_summary.png",
+    )
+    return paths
+
+
+def _log_to_mlflow(
+    settings: Settings, experiment: str, report: dict[str, Any], plots: dict[str, Path],
+    params: dict[str, Any],
+) -> dict[str, str]:
+    import mlflow
+
+    from training.registry import setup_tracking
+
+    experiment_id = setup_tracking(settings, experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=experiment) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics = {}
+        for name, values in report["comparison"].items():
+            for metric, value in values.items():
+                if value is not None:
+                    metrics[f"{name}.{metric}"] = float(value)
+        metrics["ece_before_calibration"] = report["calibration"]["ece_before"]
+        metrics["ece_after_calibration"] = report["calibration"]["ece_after"]
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(report, "report.json")
+        for path in plots.values():
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        return {"experiment": experiment, "experiment_id": experiment_id,
+                "run_id": run.info.run_id}
+
+
+def train_csv(
+    path: Path | str,
+    label: str,
+    id_col: str | None = None,
+    time_col: str | None = None,
+    drop: Sequence[str] = (),
+    allow: Sequence[str] = (),
+    guard_threshold: float = 0.90,
+    n_trials: int = 30,
+    timeout: float | None = None,
+    seed: int = 42,
+    *,
+    settings: Settings | None = None,
+    plots_dir: Path | str | None = None,
+    log_to_mlflow: bool = True,
+    progress: ProgressCallback | None = None,
+    keep_predictions: bool = False,
+    inner_folds: int = INNER_FOLDS,
+) -> dict[str, Any]:
+    """Train and evaluate on a CRM export; return the report (see the module docstring).
+
+    ``n_trials`` Optuna trials run per outer fold (``timeout`` seconds is the total tuning
+    budget, shared by the folds). Plots go to ``plots_dir`` (a temporary folder when None).
+    With ``keep_predictions`` the pooled out-of-fold predictions are returned under the
+    private key ``_predictions`` (not JSON; for tests and benchmarks). ``inner_folds``
+    (default 4) sets how many inner models per outer fold produce the calibration set.
+    """
+    if inner_folds < 2:
+        raise CsvTrainingError(f"inner_folds must be at least 2, got {inner_folds}")
+    started = time.perf_counter()
+    if n_trials < 1:
+        raise CsvTrainingError(f"--trials must be at least 1, got {n_trials}")
+    if timeout is not None and timeout <= 0:
+        raise CsvTrainingError(f"--timeout must be positive seconds, got {timeout}")
+    if not 0.5 < guard_threshold <= 1.0:
+        raise CsvTrainingError(f"--guard-threshold must lie in (0.5, 1], got {guard_threshold}")
+    file = Path(path)
+    frame = read_export(file)
+    data = clean_export(frame, label, id_col, time_col, drop, allow)
+    del frame
+    if progress:
+        progress("data read")
+
+    data.guard = run_guard(data.features, data.y, guard_threshold, allow=allow, seed=seed)
+    data.dropped.update(data.guard.dropped)
+    kept = data.guard.kept
+    if not kept:
+        raise CsvTrainingError(
+            f"the leakage guard left no feature column (dropped: {sorted(data.guard.dropped)}); "
+            "use --allow COL to keep a column or raise --guard-threshold"
+        )
+    X = data.features[kept]
+    categorical = [c for c in data.categorical if c in kept]
+    if progress:
+        progress("leakage guard")
+
+    windows: dict[str, Any] | None = None
+    if data.times is None:
+        results = cross_validate(
+            X, data.y, categorical, n_trials=n_trials, timeout=timeout, seed=seed,
+            progress=progress, inner_folds=inner_folds,
+        )
+        protocol = (
+            f"seeded stratified {OUTER_FOLDS}-fold cross-validation (seed {seed}); per outer "
+            f"fold: Optuna tuning on a stratified {1 - TUNING_VALID_SHARE:.0%}/"
+            f"{TUNING_VALID_SHARE:.0%} split of the training part, tuned LightGBM and logistic "
+            f"regression fitted on {inner_folds} inner folds whose out-of-fold predictions "
+            "choose the blend weight and fit the calibrator; the test fold is never seen"
+        )
+    else:
+        results, windows = time_validate(
+            X, data.y, data.times, categorical, n_trials=n_trials, timeout=timeout, seed=seed
+        )
+        protocol = (
+            "time split: oldest 60% fit, next 20% tune + blend + calibrate, newest 20% test"
+        )
+        if progress:
+            progress("time split")
+    pooled = pooled_predictions(results, len(data.y))
+    y_eval = pooled["y"]
+
+    comparison = {}
+    for name in MODEL_NAMES:
+        metrics = classification_metrics(y_eval, pooled[name])
+        comparison[name] = {key: metrics[key] for key in HEADLINE_METRICS}
+    report: dict[str, Any] = {
+        "source": {"file": file.name, "label": label, "id_column": id_col,
+                   "time_column": time_col, "seed": seed},
+        "data": {
+            "rows_in_file": data.rows_in_file,
+            "rows_without_label": data.rows_without_label,
+            "rows": int(len(data.y)),
+            "positives": int(data.y.sum()),
+            "positive_rate": float(data.y.mean()),
+            "columns_in_file": data.columns_in_file,
+            "columns_used": list(X.columns),
+            "categorical_columns": categorical,
+            "numeric_columns": [c for c in X.columns if c not in categorical],
+            "yes_no_columns": [c for c in data.yes_no_columns if c in X.columns],
+            "columns_dropped": data.dropped,
+        },
+        "guard": data.guard.to_dict(),
+        "evaluation": {
+            "mode": "time" if windows else "cross-validation",
+            "protocol": protocol,
+            "evaluated_rows": int(y_eval.size),
+            "time_windows": windows,
+            "folds": [r.summary() for r in results],
+        },
+        "model": classification_metrics(y_eval, pooled["ours"]),
+        "baselines": {
+            name: classification_metrics(y_eval, pooled[name])
+            for name in ("lightgbm_default", "logistic_regression")
+        },
+        "comparison": comparison,
+        "calibration": {
+            "ece_before": expected_calibration_error(y_eval, pooled["ours_uncalibrated"]),
+            "ece_after": expected_calibration_error(y_eval, pooled["ours"]),
+            "methods": [r.calibrator.method for r in results],
+            "fitted_on": "held-out predictions inside each training part (never the test rows)",
+        },
+    }
+
+    temp_dir = None
+    if plots_dir is None:
+        temp_dir = tempfile.TemporaryDirectory(prefix="leadscore-csv-")
+        plots_dir = temp_dir.name
+    try:
+        plots = _plots(pooled, results, X, Path(plots_dir))
+        report["plots"] = {name: p.name for name, p in plots.items()}
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if log_to_mlflow:
+            params = {
+                "label": label, "mode": report["evaluation"]["mode"], "n_trials": n_trials,
+                "timeout": timeout, "guard_threshold": guard_threshold, "seed": seed,
+                "rows": len(data.y), "features": len(X.columns),
+                "guard_dropped": ",".join(sorted(data.guard.dropped)),
+            }
+            report["mlflow"] = _log_to_mlflow(
+                settings or get_settings(), f"csv-{file.stem}", report, plots, params
+            )
+    finally:
+        if temp_dir is not None:
+            temp_dir.cleanup()
+    if keep_predictions:
+        report["_predictions"] = pooled
+    return report
+
+
+def _list_option(values: Sequence[str] | None) -> list[str]:
+    """Option values, also accepting comma-separated lists (``--drop a,b``)."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(part.strip() for part in value.split(",") if part.strip())
+    return out
+
+
+def train_csv_command(
+    csv_path: Annotated[Path, typer.Option("--csv", help="CRM export (CSV) to train on.")],
+    label: Annotated[str, typer.Option("--label", help="Binary outcome column (0/1, yes/no).")],
+    report: Annotated[Path, typer.Option("--report", help="Where to write the JSON report.")],
+    id_col: Annotated[
+        str | None, typer.Option("--id", help="Identifier column (never a feature).")
+    ] = None,
+    time_col: Annotated[
+        str | None, typer.Option("--time", help="Timestamp column: evaluate on a time split.")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option("--drop", help="Column(s) to leave out (repeatable).")
+    ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Column(s) the leakage guard must keep (repeatable)."),
+    ] = None,
+    guard_threshold: Annotated[
+        float, typer.Option("--guard-threshold", help="Stand-alone AUC at which a column is "
+                            "treated as a leak.")
+    ] = 0.90,
+    trials: Annotated[int, typer.Option("--trials", help="Optuna trials per fold.")] = 30,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Total tuning budget in seconds.")
+    ] = None,
+    workdir: Annotated[Path | None, typer.Option("--workdir", help="Work folder (MLflow).")] = None,
+) -> int:
+    """Train and evaluate on a flat CRM export; write the report; return the exit code."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from leadscore.cli_common import console, err_console, settings_for
+
+    settings = settings_for(workdir)
+    report_path = Path(report)
+    steps = 2 + (1 if time_col else OUTER_FOLDS)
+    try:
+        with Progress(
+            TextColumn("[bold]train --csv[/]"), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=err_console, transient=True,
+        ) as bar:
+            task = bar.add_task("reading", total=steps)
+
+            def advance(step: str) -> None:
+                bar.update(task, advance=1, description=step)
+
+            result = train_csv(
+                csv_path, label, id_col=id_col, time_col=time_col, drop=_list_option(drop),
+                allow=_list_option(allow), guard_threshold=guard_threshold, n_trials=trials,
+                timeout=timeout, settings=settings,
+                plots_dir=report_path.parent / f"{report_path.stem}_plots", progress=advance,
+            )
+    except CsvTrainingError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(result, indent=2))
+    comparison = result["comparison"]
+    console.print(f"report: {report_path}")
+    for name, values in comparison.items():
+        console.print(
+            f"{name:22s} roc_auc={values['roc_auc']:.4f} pr_auc={values['pr_auc']:.4f} "
+            f"log_loss={values['log_loss']:.4f} ece={values['ece']:.4f}"
+        )
+    dropped = result["guard"]["dropped"]
+    console.print(f"guard dropped: {', '.join(dropped) if dropped else 'nothing'}")
+    return 0

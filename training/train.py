@@ -1,0 +1,489 @@
+"""``train_model``: tune, fit, calibrate, evaluate against baselines, log and register.
+
+The pipeline on the point-in-time training set (one row per lead, built by Feast):
+
+1. split by time (train on older leads, tune and calibrate on the next slice, test on the
+   newest slice);
+2. Optuna/TPE tuning of LightGBM with pruning (one nested MLflow run per trial);
+3. refit with the best parameters (early stopping on validation), calibrate on validation;
+4. evaluate the model and both baselines on the test slice with the same metrics;
+5. log the packaged model (signature, input example, feature-service version, data window),
+   register it, alias it ``challenger`` and apply the champion gate (``training.registry``);
+6. write the report, the hold-out scores for routing and the drift reference.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+import pyarrow.parquet as pq
+import sklearn
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from leadscore.config import Settings
+from training.baselines import fit_baselines
+from training.calibration import fit_calibrator
+from training.evaluate import assign_tiers, classification_metrics, compare_models
+from training.explain import REASON_TEMPLATES
+from training.model import LeadConversionModel, categorical_levels, prepare_features
+from training.model import signature_frame as model_signature_frame
+from training.plots import calibration_plot, gains_plot, shap_summary_plot
+from training.registry import (
+    PromotionDecision,
+    champion_predictions,
+    decide_promotion,
+    register_and_gate,
+    setup_tracking,
+)
+from training.split import TimeSplit, time_split
+from training.tune import make_datasets, study_name_for, train_booster, tune_lgbm
+
+TIME_COLUMNS = ("created_at", "event_timestamp")
+LABEL_COLUMN = "label"
+ID_COLUMNS = ("lead_id", "person_id")
+NON_FEATURE_COLUMNS = frozenset({*ID_COLUMNS, *TIME_COLUMNS, LABEL_COLUMN,
+                                 "created_timestamp", "label_timestamp"})
+DEFAULT_CUTOFFS: dict[str, float] = {"A": 0.35, "B": 0.15, "C": 0.05}
+MODEL_KEY = "lightgbm"
+REFERENCE_MAX_ROWS = 20_000
+SHAP_MAX_ROWS = 5_000
+MIN_ROWS = 200
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainingInputs:
+    """The training frame and its feature contract."""
+
+    frame: pd.DataFrame
+    feature_columns: list[str]
+    categorical_columns: list[str]
+    feature_service_version: str
+    source: str
+
+
+# ---- inputs -------------------------------------------------------------------------------
+def time_column_of(frame: pd.DataFrame) -> str:
+    """The lead-time column of a training frame: ``created_at`` (feature store) or
+    ``event_timestamp``."""
+    for column in TIME_COLUMNS:
+        if column in frame.columns:
+            return column
+    raise ValueError(f"training set lacks a time column (one of {list(TIME_COLUMNS)})")
+
+
+def _stored_version(path: Path) -> str | None:
+    """Feature-service version from the Parquet metadata written by ``build_training_set``."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        summary = json.loads(meta.get(b"leadscore.summary", b"{}"))
+    except (OSError, ValueError):
+        return None
+    version = summary.get("feature_service_version")
+    return str(version) if version else None
+
+
+def _feature_contract(settings: Settings, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(feature columns, categorical columns): the feature store's list when the frame holds
+    it, else every non-id column of the frame (text columns categorical)."""
+    from features.training_set import categorical_feature_columns, model_feature_columns
+
+    declared = model_feature_columns(settings)
+    if all(c in frame.columns for c in declared):
+        cats = [c for c in categorical_feature_columns(settings) if c in declared]
+        return list(declared), cats
+    features = [c for c in frame.columns if c not in NON_FEATURE_COLUMNS]
+    cats = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])
+            and not pd.api.types.is_bool_dtype(frame[c])]
+    return features, cats
+
+
+def load_training_inputs(settings: Settings, rebuild: bool = False) -> TrainingInputs:
+    """Read ``data/training_set.parquet`` (built through Feast when missing or ``rebuild``)."""
+    path = settings.data_dir / "training_set.parquet"
+    if rebuild or not path.exists():
+        from features.training_set import build_training_set
+
+        try:
+            frame = build_training_set(settings)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"{path} does not exist and cannot be built: {exc} "
+                "(generate or ingest data and build features first)"
+            ) from None
+    else:
+        frame = pd.read_parquet(path)
+    features, cats = _feature_contract(settings, frame)
+    version = _stored_version(path) or f"{settings.feature_service}@unversioned"
+    validate_training_frame(frame, features)
+    return TrainingInputs(frame, features, cats, version, str(path))
+
+
+def validate_training_frame(frame: pd.DataFrame, feature_columns: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the column when the frame cannot be trained on."""
+    time_column = time_column_of(frame)
+    required = [LABEL_COLUMN, "lead_id", *feature_columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ValueError(f"training set lacks column(s) {missing}")
+    if not feature_columns:
+        raise ValueError("training set has no model feature columns")
+    leaked = sorted(set(feature_columns) & NON_FEATURE_COLUMNS)
+    if leaked:
+        raise ValueError(f"identifier/label column(s) {leaked} must not be model features")
+    if len(frame) < MIN_ROWS:
+        raise ValueError(f"training set has {len(frame)} rows; at least {MIN_ROWS} are needed")
+    labels = pd.to_numeric(frame[LABEL_COLUMN], errors="coerce")
+    if labels.isna().any() or not labels.isin((0, 1)).all():
+        raise ValueError(f"column {LABEL_COLUMN!r} must hold only 0 and 1")
+    if frame[time_column].isna().any():
+        raise ValueError(f"column {time_column!r} holds missing timestamps")
+
+
+# ---- MLflow helpers -----------------------------------------------------------------------
+def _trial_logger(parent_run_id: str) -> Callable[[optuna.Study, Any], None]:
+    """Optuna callback: one nested MLflow run per finished trial (params, validation metric)."""
+    client = MlflowClient()
+    experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
+
+    def _log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run = client.create_run(
+            experiment_id, run_name=f"trial-{trial.number}",
+            tags={"mlflow.parentRunId": parent_run_id, "optuna.study": study.study_name,
+                  "optuna.state": trial.state.name},
+        )
+        metrics = []
+        if trial.value is not None:
+            metrics.append(mlflow.entities.Metric("valid_log_loss", float(trial.value),
+                                                  int(time.time() * 1000), 0))
+        if "valid_auc" in trial.user_attrs:
+            metrics.append(mlflow.entities.Metric("valid_auc", float(trial.user_attrs["valid_auc"]),
+                                                  int(time.time() * 1000), 0))
+        if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            last_step = max(trial.intermediate_values)
+            metrics.append(mlflow.entities.Metric(
+                "valid_log_loss_at_prune", float(trial.intermediate_values[last_step]),
+                int(time.time() * 1000), last_step))
+        params = [mlflow.entities.Param(k, str(v)) for k, v in trial.params.items()]
+        if "best_iteration" in trial.user_attrs:
+            params.append(mlflow.entities.Param("best_iteration",
+                                                str(trial.user_attrs["best_iteration"])))
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    return _log
+
+
+def _pip_requirements() -> list[str]:
+    return [
+        f"lightgbm=={importlib.metadata.version('lightgbm')}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}",
+    ]
+
+
+# ---- outputs ------------------------------------------------------------------------------
+def _metrics_table(comparison: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+    return {name: {k: metrics[k] for k in keys} for name, metrics in comparison.items()}
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def _write_holdout(settings: Settings, test: pd.DataFrame, split_time_column: str,
+                   p_test: np.ndarray, cutoffs: Mapping[str, float]) -> Path:
+    """Test-slice leads with their calibrated probability, for the routing engineer."""
+    out = pd.DataFrame({
+        "lead_id": test["lead_id"].astype(str).to_numpy(),
+        "person_id": (test["person_id"].astype(str).to_numpy() if "person_id" in test
+                      else np.full(len(test), None)),
+        "created_at": pd.to_datetime(test[split_time_column], utc=True).to_numpy(),
+        "probability": p_test,
+        "tier": assign_tiers(p_test, cutoffs),
+        "funnel_step": test["funnel_step"].to_numpy() if "funnel_step" in test else None,
+        "rule_score": test["rule_score"].to_numpy() if "rule_score" in test else None,
+        "label": test[LABEL_COLUMN].astype(int).to_numpy(),
+    })
+    out["created_at"] = pd.to_datetime(out["created_at"], utc=True)
+    path = settings.reports_dir / "holdout_scored.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(path, index=False)
+    return path
+
+
+def _write_reference(settings: Settings, inputs: TrainingInputs, split: TimeSplit,
+                     model: LeadConversionModel, version: str,
+                     cutoffs: Mapping[str, float], seed: int) -> tuple[Path, Path]:
+    """Drift reference: a sample (≤ 20k) of validation+test rows with probability and tier."""
+    recent = pd.concat([split.valid, split.test], ignore_index=True)
+    if len(recent) > REFERENCE_MAX_ROWS:
+        recent = recent.sample(REFERENCE_MAX_ROWS, random_state=seed).sort_values(split.time_col)
+    reference = recent[inputs.feature_columns].reset_index(drop=True).copy()
+    probability = model.predict_proba(recent)
+    reference["probability"] = probability
+    reference["tier"] = assign_tiers(probability, cutoffs)
+    parquet_path = settings.reports_dir / "reference.parquet"
+    reference.to_parquet(parquet_path, index=False)
+    json_path = _write_json(settings.reports_dir / "reference.json", {
+        "model_name": settings.model_name,
+        "model_version": version,
+        "feature_columns": inputs.feature_columns,
+        "categorical_columns": inputs.categorical_columns,
+    })
+    return parquet_path, json_path
+
+
+# ---- the pipeline -------------------------------------------------------------------------
+@dataclass
+class PublishedModel:
+    """A logged and registered model version and the champion decision taken for it."""
+
+    model_uri: str
+    version: str
+    promoted: bool
+    reason: str
+    decision: PromotionDecision
+
+
+def publish_model(
+    settings: Settings,
+    model: LeadConversionModel,
+    test: pd.DataFrame,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    *,
+    promote: bool,
+    feature_service_version: str,
+) -> PublishedModel:
+    """Log ``model`` in the active run, register it and apply the champion gate on ``test``.
+
+    The current champion scores the same ``test`` rows; the decision and its reason are set as
+    run tags and model-version tags.
+    """
+    features, levels = model.feature_columns, model.levels
+    example = model_signature_frame(test.head(5), features, levels)
+    signature = infer_signature(example, model.predict(None, example))
+    model_info = mlflow.pyfunc.log_model(
+        name="model", python_model=model, signature=signature, input_example=example,
+        pip_requirements=_pip_requirements(),
+        metadata={"feature_service_version": feature_service_version},
+    )
+    client = MlflowClient()
+    champion_version, p_champion, champion_error = champion_predictions(
+        client, settings.model_name, test)
+    decision = decide_promotion(y_test, p_test, p_champion, champion_version, champion_error)
+    if not promote:
+        decision.extra["promotion_disabled"] = True
+    run_id = mlflow.active_run().info.run_id
+    registered, promoted = register_and_gate(
+        client, settings.model_name, model_info.model_uri, run_id, decision, promote,
+        tags={"feature_service_version": feature_service_version},
+    )
+    version = str(registered.version)
+    reason = decision.reason if promote else f"--no-promote: {decision.reason}"
+    mlflow.set_tags({
+        "model_version": version, "promoted": str(promoted),
+        "promotion_reason": reason, "champion_before": str(champion_version),
+    })
+    if decision.champion is not None:
+        mlflow.log_metrics({f"champion_test_{k}": v for k, v in decision.champion.items()
+                            if v is not None})
+    return PublishedModel(model_info.model_uri, version, promoted, reason, decision)
+
+
+def train_model(
+    settings: Settings,
+    trials: int = 30,
+    timeout: float | None = None,
+    storage: str | None = None,
+    promote: bool = True,
+    report_path: Path | str | None = None,
+    *,
+    cutoffs: Mapping[str, float] | None = None,
+    max_rounds: int = 1000,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate, log, register and gate one model; return the summary.
+
+    The summary holds the model's and the baselines' test metrics side by side, the registered
+    version, whether it became champion and why, and where the report was written.
+    """
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    cutoffs = dict(cutoffs or DEFAULT_CUTOFFS)
+    settings.ensure_dirs()
+    report_file = Path(report_path) if report_path else settings.reports_dir / (
+        "training_report.json")
+
+    say("loading the training set")
+    inputs = load_training_inputs(settings)
+    frame = inputs.frame.copy()
+    time_column = time_column_of(frame)
+    frame[time_column] = pd.to_datetime(frame[time_column], utc=True)
+    split = time_split(frame, time_column)
+    for name, part in (("train", split.train), ("validation", split.valid),
+                       ("test", split.test)):
+        if part[LABEL_COLUMN].nunique() < 2:
+            raise ValueError(f"the {name} slice holds a single class; need more leads")
+    features, cats = inputs.feature_columns, inputs.categorical_columns
+    levels = categorical_levels(split.train, cats)
+    x_train, x_valid, x_test = (prepare_features(p, features, levels)
+                                for p in (split.train, split.valid, split.test))
+    y_train, y_valid, y_test = (p[LABEL_COLUMN].astype(int).to_numpy()
+                                for p in (split.train, split.valid, split.test))
+
+    setup_tracking(settings)
+    storage_url = storage or settings.optuna_storage
+    study_name = study_name_for(settings.model_name, inputs.feature_service_version)
+    windows = split.windows()
+    with mlflow.start_run(run_name=f"train-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
+        run_id = run.info.run_id
+        mlflow.set_tags({
+            "feature_service_version": inputs.feature_service_version,
+            "optuna.study": study_name,
+            "training_window": f"{windows['train']['start']} .. {windows['train']['end']}",
+            "test_window": f"{windows['test']['start']} .. {windows['test']['end']}",
+        })
+        mlflow.log_params({
+            "feature_service": settings.feature_service,
+            "feature_service_version": inputs.feature_service_version,
+            "n_features": len(features),
+            "n_train": len(split.train), "n_valid": len(split.valid), "n_test": len(split.test),
+            "train_start": windows["train"]["start"], "train_end": windows["train"]["end"],
+            "valid_start": windows["valid"]["start"], "valid_end": windows["valid"]["end"],
+            "test_start": windows["test"]["start"], "test_end": windows["test"]["end"],
+            "trials_requested": trials, "timeout_s": timeout,
+        })
+
+        say(f"tuning LightGBM ({trials} trials)")
+        dtrain, dvalid = make_datasets(x_train, y_train, x_valid, y_valid, cats)
+        tuning = tune_lgbm(
+            dtrain, dvalid, n_trials=trials, timeout=timeout, storage=storage_url,
+            study_name=study_name, seed=settings.seed, max_rounds=max_rounds,
+            callbacks=[_trial_logger(run_id)],
+        )
+        mlflow.log_params({f"best_{k}": v for k, v in tuning.best_params.items()
+                           if k not in {"objective", "verbosity", "n_jobs"}})
+        mlflow.log_metrics({"best_valid_log_loss": tuning.best_log_loss,
+                            "best_valid_auc": tuning.best_auc,
+                            "trials_complete": tuning.n_complete,
+                            "trials_pruned": tuning.n_pruned})
+
+        say("refitting the best model and calibrating on the validation slice")
+        booster = train_booster(tuning.best_params, dtrain, dvalid, max_rounds=max_rounds)
+        raw_valid = booster.predict(x_valid, num_iteration=booster.best_iteration)
+        calibrator = fit_calibrator(raw_valid, y_valid, method="auto", seed=settings.seed)
+        model = LeadConversionModel(
+            model_string=booster.model_to_string(num_iteration=booster.best_iteration),
+            calibrator=calibrator, feature_columns=features, levels=levels,
+            reason_templates=REASON_TEMPLATES,
+            metadata={"feature_service_version": inputs.feature_service_version,
+                      "trained_at": datetime.now(UTC).isoformat()},
+        )
+        raw_test = model.raw_scores(split.test)
+        p_test = model.predict_proba(split.test)
+
+        say("evaluating against the baselines on the test slice")
+        baselines = fit_baselines(split.train, y_train, features, cats, seed=settings.seed)
+        predictions = {MODEL_KEY: p_test}
+        predictions |= {name: b.predict_proba(split.test) for name, b in baselines.items()}
+        comparison = compare_models(y_test, predictions, cutoffs)
+        uncalibrated = classification_metrics(y_test, raw_test, cutoffs)
+        for name, metrics in _metrics_table(comparison).items():
+            mlflow.log_metrics({f"test_{k}_{name}": v for k, v in metrics.items()
+                                if v is not None})
+        mlflow.log_metrics({"test_ece_uncalibrated": uncalibrated["ece"],
+                            "test_log_loss_uncalibrated": uncalibrated["log_loss"]})
+
+        with tempfile.TemporaryDirectory() as tmp:
+            plots_dir = Path(tmp)
+            calibration_plot(y_test, {**predictions, f"{MODEL_KEY} (uncalibrated)": raw_test},
+                             plots_dir / "calibration.png")
+            gains_plot(y_test, predictions, plots_dir / "gains.png")
+            shap_rows = split.test.sample(min(SHAP_MAX_ROWS, len(split.test)),
+                                          random_state=settings.seed)
+            shap_summary_plot(model.contributions(shap_rows), features,
+                              prepare_features(shap_rows, features, levels),
+                              plots_dir / "shap_summary.png")
+            mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
+
+        say("logging and registering the model")
+        published = publish_model(
+            settings, model, split.test, y_test, p_test, promote=promote,
+            feature_service_version=inputs.feature_service_version,
+        )
+        decision, version, promoted, reason = (
+            published.decision, published.version, published.promoted, published.reason)
+        champion_version = decision.champion_version
+
+        say("writing the report, hold-out scores and drift reference")
+        holdout_path = _write_holdout(settings, split.test, split.time_col, p_test, cutoffs)
+        reference_paths = _write_reference(settings, inputs, split, model, version,
+                                           cutoffs, settings.seed)
+        report = {
+            "model_name": settings.model_name,
+            "model_version": version,
+            "run_id": run_id,
+            "model_uri": f"models:/{settings.model_name}/{version}",
+            "promoted": promoted,
+            "promotion": {**decision.to_dict(), "reason": reason},
+            "feature_service_version": inputs.feature_service_version,
+            "data_windows": windows,
+            "feature_columns": features,
+            "categorical_columns": cats,
+            "tuning": tuning.to_dict(),
+            "calibration": calibrator.to_dict(),
+            "ece_before_calibration": uncalibrated["ece"],
+            "ece_after_calibration": comparison[MODEL_KEY]["ece"],
+            "cutoffs": cutoffs,
+            "test_metrics": comparison,
+            "test_metrics_uncalibrated": uncalibrated,
+            "metrics_side_by_side": _metrics_table(comparison),
+            "outputs": {"holdout_scored": str(holdout_path),
+                        "reference": str(reference_paths[0]),
+                        "reference_meta": str(reference_paths[1])},
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        _write_json(report_file, report)
+        mlflow.log_artifact(str(report_file), artifact_path="reports")
+        mlflow.log_artifact(str(holdout_path), artifact_path="reports")
+        for path in reference_paths:
+            mlflow.log_artifact(str(path), artifact_path="reference")
+
+    return {
+        "model_name": settings.model_name,
+        "model_version": version,
+        "run_id": run_id,
+        "promoted": promoted,
+        "promotion_reason": reason,
+        "champion_before": champion_version,
+        "metrics": _metrics_table(comparison),
+        "ece_before_calibration": uncalibrated["ece"],
+        "ece_after_calibration": comparison[MODEL_KEY]["ece"],
+        "calibration_method": calibrator.method,
+        "trials_complete": tuning.n_complete,
+        "trials_pruned": tuning.n_pruned,
+        "tuning_seconds": round(tuning.seconds, 2),
+        "report_path": str(report_file),
+        "seconds": report["seconds"],
+    }
