@@ -313,9 +313,11 @@ def _page_types(urls: Sequence[str]) -> list[str]:
     return _map_unique(urls, _page_type_one)
 
 
-def normalise_submission(form: dict[str, Sequence[Any]]) -> dict[str, list[Any]]:
-    """Normalised fact tags of submitted forms (columns of equal length; missing keys allowed)."""
-    n = max((len(v) for v in form.values() if v is not None), default=0)
+def normalise_submission(form: dict[str, Sequence[Any] | None], n: int | None = None
+                         ) -> dict[str, list[Any]]:
+    """Normalised fact tags of ``n`` submitted forms (equal-length columns; missing allowed)."""
+    if n is None:
+        n = max((len(v) for v in form.values() if v is not None), default=0)
 
     def col(name: str) -> Sequence[Any]:
         values = form.get(name)
@@ -372,7 +374,7 @@ def transform_request(
         tables = tables or score2d.load_scoring_tables(settings.scoring_config)
     n = max((len(v) for v in inputs.values() if v is not None), default=0)
     out: dict[str, list[Any]] = {}
-    facts = normalise_submission({k: inputs.get(FORM_PREFIX + k) for k in FORM_FIELDS})
+    facts = normalise_submission({k: inputs.get(FORM_PREFIX + k) for k in FORM_FIELDS}, n)
     for name in MODEL_FEATURES:
         if name in facts:
             out[name] = facts[name]

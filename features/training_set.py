@@ -120,7 +120,7 @@ def label_leads(
     created = pd.to_datetime(leads["created_at"], utc=True)
     out = pd.DataFrame({"lead_id": leads["lead_id"].astype(str), "created_at": created})
     outcome = outcomes.drop_duplicates("lead_id").set_index("lead_id")
-    converted = out["lead_id"].map(outcome["converted"]).fillna(False).astype(bool)
+    converted = out["lead_id"].map(outcome["converted"].astype(bool)).eq(True)
     conv_at = pd.to_datetime(out["lead_id"].map(outcome["converted_at"]), utc=True)
     window = timedelta(days=window_days)
     out["label"] = (converted & conv_at.notna() & (conv_at <= created + window)).astype("int64")

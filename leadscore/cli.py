@@ -10,6 +10,7 @@ from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
 from leadscore.generate_cli import generate
 from leadscore.identity_cli import identity_command, ingest_command
+from monitoring.cli import drift
 from routing.cli import app as route_app
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.command("generate")(generate)
 app.command("identity")(identity_command)
 app.command("ingest")(ingest_command)
 app.add_typer(route_app, name="route")
+app.command("drift")(drift)
 
 
 @app.command()

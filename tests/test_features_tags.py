@@ -46,7 +46,8 @@ def frames(leads: list[dict], events: list[dict], persons: dict[str, str],
         "leads": pd.DataFrame(leads),
         "events": ev,
         "orders": orders_df,
-        "lead_person": pd.DataFrame({"lead_id": list(persons), "person_id": list(persons.values())}),
+        "lead_person": pd.DataFrame({"lead_id": list(persons),
+                                     "person_id": list(persons.values())}),
         "identifier_person": pd.DataFrame(
             {"id_hash": list((identifiers or {}).keys()),
              "person_id": list((identifiers or {}).values())}, dtype=object),
@@ -81,7 +82,7 @@ def test_url_page_types() -> None:
     assert request.url_page_type("/careers") == "recruitment"
     assert request.url_page_type("/free-material/exam-guide") == "download"
     assert request.url_page_type("/") == "home"
-    assert request.url_page_type("email://newsletter", "pricing_page") == "pricing"
+    assert request.url_page_type("app://x", "pricing_page") == "pricing"
     assert request.url_page_type(None) == "other"
     assert request.url_page_type(42) == "other"
 
@@ -267,3 +268,11 @@ def test_missing_columns_are_named() -> None:
     data = frames(leads=[lead("A", ts(0)), lead("A", ts(1))], events=[], persons={"A": "P1"})
     with pytest.raises(ValueError, match="'lead_id' is not unique"):
         compute_tables(data, Settings())
+
+
+def test_docs_list_every_model_feature() -> None:
+    from leadscore.config import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "docs" / "features.md").read_text()
+    missing = [name for name in request.MODEL_FEATURES if f"| `{name}` |" not in text]
+    assert not missing

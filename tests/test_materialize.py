@@ -373,3 +373,40 @@ def test_tables_are_clustered_whether_created_by_apply_or_by_feast_plan(tmp_path
         ddl = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert set(ddl) == {"leadtest_lead_features", "leadtest_person_features"}
     assert all("WITHOUT ROWID" in sql for sql in ddl.values())
+
+
+def test_wide_views_split_into_several_statements(tmp_path: Path):
+    """450 features (> 400 per statement), packed doubles mixed with bound ints and nulls."""
+    names = [f"f{i:03d}" for i in range(450)]
+    dtypes = {name: Int64 if i % 7 == 0 else Float64 for i, name in enumerate(names)}
+    rng = np.random.default_rng(14)
+    frame = pd.DataFrame(
+        {
+            name: pd.array(rng.integers(-9, 9, 4), dtype="Int64")
+            if dtypes[name] is Int64
+            else rng.standard_normal(4)
+            for name in names
+        }
+    )
+    frame.loc[2, names[1]] = np.nan
+    frame.insert(0, "lead_id", ["w0", "w1", "w2", "w3"])
+    frame["event_timestamp"] = pd.Series([T0] * 4, dtype="datetime64[us, UTC]")
+    frame.to_parquet(tmp_path / "wide.parquet", index=False)
+    lead = Entity(name="lead", join_keys=["lead_id"], value_type=ValueType.STRING)
+    view = FeatureView(
+        name="wide",
+        entities=[lead],
+        schema=[Field(name="lead_id", dtype=String)]
+        + [Field(name=name, dtype=dtype) for name, dtype in dtypes.items()],
+        source=FileSource(path=str(tmp_path / "wide.parquet"), timestamp_field="event_timestamp"),
+    )
+    store = FeatureStore(config=_config(tmp_path, fast.FAST_SQLITE_TYPE))
+    store.apply([lead, view])
+    write_frame_fast(store, "wide", frame)
+    served = store.get_online_features(
+        features=[f"wide:{name}" for name in names],
+        entity_rows=[{"lead_id": i} for i in frame["lead_id"]],
+    ).to_dict()
+    for name in names:
+        want = [None if pd.isna(v) else v for v in frame[name]]
+        assert served[name] == want, name

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import require_service
 
 from leadscore.config import Settings
 from leadscore.prediction_log import (
@@ -26,7 +27,6 @@ from leadscore.prediction_log import (
     open_prediction_log,
     postgres_dsn,
 )
-from conftest import require_service
 
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
@@ -208,10 +208,11 @@ def test_postgres_log_behaves_like_sqlite(postgres_database: str) -> None:
 
 @pytest.mark.services
 def test_postgres_concurrent_appends_lose_nothing(postgres_database: str) -> None:
-    with PostgresPredictionLog(postgres_url := postgres_dsn(POSTGRES_URL, postgres_database)) as log:
+    dsn = postgres_dsn(POSTGRES_URL, postgres_database)
+    with PostgresPredictionLog(dsn) as log:
         sent = hammer(log, threads=6, batches=15)
         assert log.count() == sent
-    with PostgresPredictionLog(postgres_url) as log:
+    with PostgresPredictionLog(dsn) as log:
         assert log.read()["request_id"].is_unique
 
 

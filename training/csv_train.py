@@ -39,6 +39,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from leadscore.cli_common import WorkdirOption
 from leadscore.config import Settings, get_settings
 from training.baselines import LogisticBaseline
 from training.calibration import Calibrator, fit_calibrator
@@ -437,7 +438,6 @@ def _tune(
         "n_complete": len(complete),
         "n_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "seconds": round(time.perf_counter() - started, 2),
-        "sampled": best.params,
     }
     return params, rounds, summary
 
@@ -830,7 +830,7 @@ def train_csv_command(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Total tuning budget in seconds.")
     ] = None,
-    workdir: Annotated[Path | None, typer.Option("--workdir", help="Work folder (MLflow).")] = None,
+    workdir: WorkdirOption = None,
 ) -> int:
     """Train and evaluate on a flat CRM export; write the report; return the exit code."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

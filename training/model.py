@@ -86,10 +86,16 @@ def prepare_features(
 def signature_frame(
     df: pd.DataFrame, feature_columns: Sequence[str], levels: Mapping[str, Sequence[str]]
 ) -> pd.DataFrame:
-    """The feature frame as the model's public input: categoricals as text, numerics float."""
+    """The feature frame as the model's public input (for the MLflow signature): categoricals
+    as text, integer columns of ``df`` as int64 (what Feast returns for Int64 features; MLflow
+    refuses int64 input for a double column), other numerics as float64."""
     prepared = prepare_features(df, feature_columns, levels)
-    for column in levels:
-        prepared[column] = prepared[column].astype(object).where(prepared[column].notna(), None)
+    for column in feature_columns:
+        if column in levels:
+            prepared[column] = prepared[column].astype(object).where(
+                prepared[column].notna(), None)
+        elif pd.api.types.is_integer_dtype(df[column]) or pd.api.types.is_bool_dtype(df[column]):
+            prepared[column] = df[column].astype("int64")
     return prepared
 
 

@@ -140,5 +140,5 @@ def shap_summary_plot(
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels([f"{names[i]} ({importance[i]:.3f})" for i in order], fontsize=8)
     ax.set_xlabel("SHAP value (contribution to log-odds)")
-    ax.set_title("Feature contributions (colour: feature value, low blue → high red)")
+    ax.set_title("SHAP summary (colour: value low blue → high red, grey missing)", fontsize=10)
     return _save(fig, path)

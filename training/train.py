@@ -100,12 +100,14 @@ def _stored_version(path: Path) -> str | None:
 def _feature_contract(settings: Settings, frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(feature columns, categorical columns): the feature store's list when the frame holds
     it, else every non-id column of the frame (text columns categorical)."""
-    from features.training_set import categorical_feature_columns, model_feature_columns
+    # the feature service's list (features.training_set.model_feature_columns(settings) returns
+    # the same), read without importing Feast, which takes seconds
+    from features.request import MODEL_FEATURES
 
-    declared = model_feature_columns(settings)
+    declared = list(MODEL_FEATURES)
     if all(c in frame.columns for c in declared):
-        cats = [c for c in categorical_feature_columns(settings) if c in declared]
-        return list(declared), cats
+        cats = [name for name, kind in MODEL_FEATURES.items() if kind == "string"]
+        return declared, cats
     features = [c for c in frame.columns if c not in NON_FEATURE_COLUMNS]
     cats = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])
             and not pd.api.types.is_bool_dtype(frame[c])]

@@ -1,0 +1,178 @@
+"""Point-in-time correctness through Feast on a small generated CRM: no leakage from later
+events, orders or leads, earlier-lead visibility, and no training/serving skew."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import build_features, materialize
+from features.online import online_features
+from features.request import MODEL_FEATURES
+from features.store import get_store
+from features.training_set import build_training_set, feature_service_version
+from leadscore.config import Settings, get_settings
+
+N_LEADS = 1200
+
+
+def _generate(settings: Settings) -> None:
+    from leadscore.generate import generate_crm
+    from leadscore.identity import resolve_identities
+
+    generate_crm(settings.data_dir, n_leads=N_LEADS, seed=11, salt=settings.hash_salt)
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
+    identities = pd.read_parquet(settings.raw_dir / "identities.parquet")
+    resolve_identities(identities, leads, settings.identity_dir)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("features_pit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEADSCORE_WORKDIR", str(root))
+        get_settings.cache_clear()
+        settings = get_settings()
+        settings.ensure_dirs()
+        _generate(settings)
+        build_features(settings)
+        training = build_training_set(settings)
+        yield settings, training
+    get_settings.cache_clear()
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def test_training_set_shape_and_defaults(workdir) -> None:
+    settings, training = workdir
+    summary = training.attrs["summary"]
+    assert len(training) + summary["excluded_open_window"] == N_LEADS
+    assert summary["excluded_open_window"] > 0
+    assert list(training.columns[4:]) == list(MODEL_FEATURES)
+    assert not training[list(MODEL_FEATURES)].isna().any().any()
+    assert set(training["label"].unique()) <= {0, 1}
+    assert summary["feature_service_version"].startswith(settings.feature_service + "@")
+    on_disk = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    assert len(on_disk) == len(training)
+
+
+def test_leads_see_only_earlier_leads_of_their_person(workdir) -> None:
+    settings, training = workdir
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
+    lp = pd.read_parquet(settings.identity_dir / "lead_person.parquet")
+    merged = leads.merge(lp[["lead_id", "person_id"]], on="lead_id")
+    expected = {}
+    for _, group in merged.groupby("person_id"):
+        times = group["created_at"].to_numpy()
+        for lead_id, t in zip(group["lead_id"], times, strict=True):
+            earlier = group[times < t]
+            expected[lead_id] = (len(earlier), earlier["channel"].nunique())
+    got = training.set_index("lead_id")[["prior_leads", "prior_channels"]]
+    mismatches = [lid for lid, row in got.iterrows()
+                  if (row["prior_leads"], row["prior_channels"]) != expected[lid]]
+    assert not mismatches
+    assert got["prior_leads"].max() >= 1  # the data has repeat persons at all
+
+
+def test_later_event_order_and_lead_never_change_earlier_rows(workdir, tmp_path) -> None:
+    settings, training = workdir
+    other = Settings().with_workdir(tmp_path / "planted")
+    shutil.copytree(settings.data_dir, other.data_dir)
+    (other.data_dir / "training_set.parquet").unlink()
+    shutil.rmtree(other.features_dir)
+    raw, ident = other.raw_dir, other.identity_dir
+    leads = pd.read_parquet(raw / "leads.parquet")
+    lp = pd.read_parquet(ident / "lead_person.parquet")
+    idp = pd.read_parquet(ident / "identifier_person.parquet")
+    # a person with several leads and a known identifier; plant right after its first lead
+    merged = leads.merge(lp[["lead_id", "person_id"]], on="lead_id").sort_values("created_at")
+    counts = merged.groupby("person_id")["lead_id"].transform("size")
+    person = merged.loc[(counts >= 2) & merged["person_id"].isin(idp["person_id"]),
+                        "person_id"].iloc[0]
+    first = merged[merged["person_id"] == person].iloc[0]
+    plant_at = first["created_at"] + pd.Timedelta(minutes=1)
+    assert not ((merged["person_id"] == person) & (merged["created_at"] > first["created_at"])
+                & (merged["created_at"] <= plant_at)).any()
+
+    new_lead = leads[leads["lead_id"] == first["lead_id"]].copy()
+    new_lead["lead_id"], new_lead["created_at"] = "PLANTED", plant_at
+    new_lead["channel"] = "seo" if first["channel"] != "seo" else "app"
+    pd.concat([leads, new_lead]).to_parquet(raw / "leads.parquet", index=False)
+    new_lp = lp.iloc[:1].copy()
+    new_lp["lead_id"], new_lp["person_id"] = "PLANTED", person
+    pd.concat([lp, new_lp]).to_parquet(ident / "lead_person.parquet", index=False)
+    events = pd.read_parquet(raw / "events.parquet")
+    planted_events = events.iloc[:2].copy()
+    planted_events["event_id"] = ["PE1", "PE2"]
+    planted_events["lead_id"] = [first["lead_id"], "PLANTED"]
+    planted_events["event_type"] = ["offline_event", "trial_class"]
+    planted_events["url"] = ["/events/open-day", "/trial/math"]
+    # PE1: the first lead's own event, after its submission; PE2: the planted lead's
+    # pre-submission event dated BEFORE the first lead: neither may reach the first lead
+    planted_events["event_time"] = [plant_at, first["created_at"] - pd.Timedelta(days=1)]
+    pd.concat([events, planted_events]).to_parquet(raw / "events.parquet", index=False)
+    orders = pd.read_parquet(raw / "orders.parquet")
+    planted_order = pd.DataFrame({
+        "order_id": ["PO1"], "id_hash": [idp.loc[idp["person_id"] == person, "id_hash"].iloc[0]],
+        "ordered_at": [plant_at], "amount": [99999.0]}).astype(orders.dtypes.to_dict())
+    pd.concat([orders, planted_order]).to_parquet(raw / "orders.parquet", index=False)
+
+    build_features(other)
+    replanted = build_training_set(other).set_index("lead_id")
+    before = training.set_index("lead_id")
+    earlier = before.index[before["created_at"] < plant_at]
+    pd.testing.assert_frame_equal(before.loc[earlier], replanted.loc[earlier])
+    later_of_person = [lid for lid in replanted.index
+                       if lid in before.index and replanted.loc[lid, "person_id"] == person
+                       and replanted.loc[lid, "created_at"] > plant_at]
+    if "PLANTED" in replanted.index:
+        assert replanted.loc["PLANTED", "prior_leads"] >= 1
+        assert replanted.loc["PLANTED", "trial_class_90d"] >= 1
+    changed = [lid for lid in later_of_person
+               if replanted.loc[lid, "prior_leads"] != before.loc[lid, "prior_leads"]]
+    assert changed or "PLANTED" in replanted.index, "the plant had no visible effect at all"
+
+
+def test_online_features_equal_training_rows(workdir) -> None:
+    settings, training = workdir
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet").set_index("lead_id")
+    rng = np.random.default_rng(3)
+    pools = [training[training["prior_leads"] > 0], training[training["has_history"] == 1],
+             training[training["is_customer"] == 1], training]
+    picks = pd.concat([p.sample(min(2, len(p)), random_state=int(rng.integers(1e6)))
+                       for p in pools if len(p)]).drop_duplicates("lead_id")
+    picks = picks.sort_values("created_at")
+    assert len(picks) >= 5
+    store = get_store(settings)
+    assert feature_service_version(store) == training.attrs["summary"][
+        "feature_service_version"]
+    for _, row in picks.iterrows():
+        at = row["created_at"].to_pydatetime()
+        materialize(settings, end=at)
+        store = get_store(settings)
+        submission = leads.loc[row["lead_id"]].to_dict()
+        served = online_features(store, submission, row["person_id"], at)
+        assert list(served) == list(MODEL_FEATURES)
+        diffs = {k: (v, row[k]) for k, v in served.items() if not _same(v, row[k])}
+        assert not diffs, f"lead {row['lead_id']}: {diffs}"
+
+
+def test_online_unknown_person_gets_defaults(workdir) -> None:
+    settings, _ = workdir
+    store = get_store(settings)
+    at = pd.Timestamp("2026-06-01 08:00", tz="UTC").to_pydatetime()
+    served = online_features(store, {"channel": "sem", "grade": 99}, None, at)
+    assert served["has_history"] == 0 and served["events_total"] == 0
+    assert served["days_since_last_touch"] == 9999.0
+    assert served["rfm_segment"] == "no_orders" and served["grade"] == "unknown"
+    assert all(v is not None for v in served.values())
+    with pytest.raises(ValueError, match="timezone-aware"):
+        online_features(store, {}, None, at.replace(tzinfo=None))
