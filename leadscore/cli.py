@@ -6,12 +6,14 @@ from typing import Annotated
 
 import typer
 
+from features.cli import features_app
 from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
 from leadscore.generate_cli import generate
 from leadscore.identity_cli import identity_command, ingest_command
 from monitoring.cli import drift
 from routing.cli import app as route_app
+from training.cli import score_command, train_command
 
 app = typer.Typer(
     name="leadscore",
@@ -38,6 +40,9 @@ app.command("generate")(generate)
 app.command("identity")(identity_command)
 app.command("ingest")(ingest_command)
 app.add_typer(route_app, name="route")
+app.add_typer(features_app, name="features")
+app.command("train")(train_command)
+app.command("score")(score_command)
 app.command("drift")(drift)
 
 

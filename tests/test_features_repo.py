@@ -73,6 +73,7 @@ def test_production_profile_is_a_config_change() -> None:
     assert config["offline_store"] == {"type": "duckdb"}
 
 
+@pytest.mark.slow
 def test_feast_cli_apply_list_and_materialize(tmp_path: Path) -> None:
     settings = Settings().with_workdir(tmp_path)
     _tiny_crm(settings)
