@@ -63,9 +63,51 @@ def stage_identity(ctx: DemoContext) -> dict[str, Any]:
     return figures
 
 
+def stage_features(ctx: DemoContext) -> dict[str, Any]:
+    """Build the offline feature tables, apply the Feast repo, materialize, training set."""
+    from features.build import build_features, materialize
+    from features.training_set import build_training_set
+
+    build = build_features(ctx.settings).to_dict()
+    materialized = materialize(ctx.settings)
+    training_set = build_training_set(ctx.settings)
+    return {
+        "build_seconds": build.get("seconds"),
+        "tables": build.get("rows", build.get("tables")),
+        "materialize_seconds": materialized.get("seconds"),
+        "training_rows": len(training_set),
+        "positive_rate": float(training_set["label"].mean()),
+    }
+
+
+def stage_train(ctx: DemoContext) -> dict[str, Any]:
+    """Tune (Optuna), train, calibrate, evaluate against baselines, register (MLflow)."""
+    from training.train import train_model
+
+    summary = train_model(ctx.settings, trials=ctx.trials)
+    return summary
+
+
+def stage_route(ctx: DemoContext) -> dict[str, Any]:
+    """Optimise tier cut-offs under capacity, then simulate against the rule policies."""
+    from routing.cli import run_optimize, run_simulate
+
+    policy_path, optimize_report = run_optimize(ctx.settings)
+    report = run_simulate(ctx.settings, ctx.settings.reports_dir / "routing_simulation.json")
+    return {
+        "policy": str(policy_path),
+        "policies": report.get("policies"),
+        "goal": report.get("goal"),
+        "drivers": report.get("drivers"),
+    }
+
+
 STAGES: list[tuple[str, Stage]] = [
     ("generate", stage_generate),
     ("identity", stage_identity),
+    ("features", stage_features),
+    ("train", stage_train),
+    ("route", stage_route),
 ]
 
 
