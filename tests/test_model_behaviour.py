@@ -30,6 +30,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from features.training_set import build_training_set
     from leadscore.generate import generate_crm
     from leadscore.identity import resolve_identities
+    from training.registry import setup_tracking
     from training.split import time_split
     from training.train import load_training_inputs, time_column_of, train_model
 
@@ -48,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         build_training_set(settings)
         summary = train_model(settings, trials=TRIALS)
         inputs = load_training_inputs(settings)
-        mlflow.set_tracking_uri(settings.tracking_uri)
+        setup_tracking(settings)
         champion = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
         test = time_split(inputs.frame, time_column_of(inputs.frame)).test
         yield {"settings": settings, "summary": summary, "model": champion,

@@ -89,12 +89,23 @@ def _check_inputs(X: Any, y: Any) -> None:
             )
 
 
-def to_dask(X: pd.DataFrame, y: Any, npartitions: int) -> tuple[dd.DataFrame, dd.Series]:
-    """Split a pandas frame and its labels into ``npartitions`` aligned Dask partitions."""
+def to_dask(X: pd.DataFrame, y: Any, npartitions: int,
+            client: Client | None = None) -> tuple[dd.DataFrame, dd.Series]:
+    """Split a pandas frame and its labels into ``npartitions`` aligned Dask partitions.
+
+    With ``client`` the partitions are scattered to the workers first (no large task graph)."""
     frame = X.reset_index(drop=True).copy()
     label = "__label__"
     frame[label] = np.asarray(y).astype(np.int8)
-    dask_frame = dd.from_pandas(frame, npartitions=max(1, min(npartitions, len(frame))))
+    npartitions = max(1, min(npartitions, len(frame)))
+    if client is None:
+        dask_frame = dd.from_pandas(frame, npartitions=npartitions)
+    else:
+        bounds = np.linspace(0, len(frame), npartitions + 1).astype(int)
+        chunks = [frame.iloc[start:stop] for start, stop in zip(bounds[:-1], bounds[1:],
+                                                                  strict=True)]
+        futures = client.scatter(chunks)
+        dask_frame = dd.from_delayed(futures, meta=frame.iloc[:0])
     return dask_frame.drop(columns=[label]), dask_frame[label]
 
 
@@ -125,11 +136,11 @@ def _fit(client: Client, X: Any, y: Any, params: dict[str, Any] | None
     merged = {**DEFAULT_PARAMS, **(params or {})}
     categorical = merged.pop("categorical_feature", "auto")
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    began = time.perf_counter()
     if isinstance(X, pd.DataFrame):
-        dX, dy = to_dask(X, y, npartitions=workers * PARTITIONS_PER_WORKER)
+        dX, dy = to_dask(X, y, npartitions=workers * PARTITIONS_PER_WORKER, client=client)
     else:
         dX, dy = X, y
-    began = time.perf_counter()
     dX, dy = client.persist([dX, dy])
     model = DaskLGBMClassifier(client=client, **merged)
     with warnings.catch_warnings():  # lightgbm.dask sets the threads per worker itself

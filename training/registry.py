@@ -15,6 +15,7 @@ The first model of a name becomes champion. A champion that cannot score the cur
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,14 +32,24 @@ from leadscore.config import Settings
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 LOG_LOSS_TIE = 1e-4
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 PROBABILITY_CLIP = 1e-6
 
 
 def setup_tracking(settings: Settings, experiment_name: str | None = None) -> str:
     """Point MLflow at ``settings.tracking_uri`` and return the experiment id (created if new)."""
     settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    uri = settings.tracking_uri
+    # mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would make
+    # every later Settings (another workdir) resolve to this store: restore the environment.
+    saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     name = experiment_name or settings.model_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
