@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, RequestSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Bool, Float64, Int64, String
 from feast.value_type import ValueType
@@ -56,6 +56,11 @@ def build_definitions(settings: Settings) -> list[Any]:
         name="person_behaviour_source", path=str(features_dir / "person_behaviour.parquet"),
         timestamp_field="event_timestamp",
     )
+    # events pushed by the service (serving.events) update a person's snapshot online
+    behaviour_push_source = PushSource(
+        name="person_behaviour_push", batch_source=behaviour_source,
+        description="Incremental behaviour snapshots pushed by POST /events.",
+    )
     rfm_source = FileSource(
         name="person_rfm_source", path=str(features_dir / "person_rfm.parquet"),
         timestamp_field="event_timestamp",
@@ -68,7 +73,7 @@ def build_definitions(settings: Settings) -> list[Any]:
     )
     person_behaviour = FeatureView(
         name="person_behaviour", entities=[person], ttl=PERSON_TTL, online=True,
-        schema=_fields(BEHAVIOUR_SNAPSHOT_FIELDS), source=behaviour_source,
+        schema=_fields(BEHAVIOUR_SNAPSHOT_FIELDS), source=behaviour_push_source,
         description="Behaviour snapshot of a person at each of its leads' created_at.",
     )
     person_rfm = FeatureView(
@@ -95,14 +100,15 @@ def build_definitions(settings: Settings) -> list[Any]:
         description="Features of the lead conversion model.",
     )
     return [lead, person, lead_facts_source, behaviour_source, rfm_source, lead_facts,
-            person_behaviour, person_rfm, submission, lead_request_features, service]
+            person_behaviour, person_rfm, submission, lead_request_features, service,
+            behaviour_push_source]
 
 
 # module-level objects for `feast apply` / `feast plan` run inside feature_repo/
 (
     lead_entity, person_entity, lead_facts_source, person_behaviour_source, person_rfm_source,
     lead_facts_view, person_behaviour_view, person_rfm_view, submission_request,
-    lead_request_features_view, lead_conversion_service,
+    lead_request_features_view, lead_conversion_service, person_behaviour_push_source,
 ) = build_definitions(get_settings())
 
 

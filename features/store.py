@@ -21,33 +21,16 @@ import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 from feast import FeatureStore, RepoConfig
 
 from leadscore.config import PROJECT_ROOT, Settings
+from leadscore.profiles import feast_registry_path, redis_online_store
 
 PROJECT = "leadscore"
 FAST_ONLINE_STORE_TYPE = "features.online_store.FastSqliteOnlineStore"
 DEFINITIONS_FILE = "definitions.py"
-
-
-def fast_online_store_available() -> bool:
-    """True when the fast SQLite online store module and class exist."""
-    path = Path(__file__).with_name("online_store.py")
-    return path.exists() and "class FastSqliteOnlineStore" in path.read_text()
-
-
-def _redis_connection_string(url: str) -> str:
-    parsed = urlparse(url)
-    host = parsed.hostname or "127.0.0.1"
-    port = parsed.port or 6379
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    parts = [f"{host}:{port}", f"db={db}"]
-    if parsed.password:
-        parts.append(f"password={parsed.password}")
-    return ",".join(parts)
 
 
 def repo_config_dict(settings: Settings, relative: bool = False) -> dict[str, Any]:
@@ -57,22 +40,18 @@ def repo_config_dict(settings: Settings, relative: bool = False) -> dict[str, An
     if settings.profile == "production":
         registry: dict[str, Any] = {
             "registry_type": "sql",
-            "path": settings.postgres_url.replace("postgresql://", "postgresql+psycopg://", 1),
+            "path": feast_registry_path(settings),
             "cache_ttl_seconds": 60,
             "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
         }
-        online: dict[str, Any] = {
-            "type": "redis",
-            "connection_string": _redis_connection_string(settings.redis_url),
-        }
+        online: dict[str, Any] = redis_online_store(settings)
     else:
         registry = {
             "registry_type": "file",
             "path": f"{state}/registry.db",
             "cache_ttl_seconds": 60,
         }
-        online_type = FAST_ONLINE_STORE_TYPE if fast_online_store_available() else "sqlite"
-        online = {"type": online_type, "path": f"{state}/online_store.db"}
+        online = {"type": FAST_ONLINE_STORE_TYPE, "path": f"{state}/online_store.db"}
     return {
         "project": PROJECT,
         "provider": "local",

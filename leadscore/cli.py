@@ -9,6 +9,7 @@ import typer
 from features.cli import features_app
 from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
+from leadscore.doctor import doctor
 from leadscore.generate_cli import generate
 from leadscore.identity_cli import identity_command, ingest_command
 from monitoring.cli import drift
@@ -44,6 +45,7 @@ app.add_typer(features_app, name="features")
 app.command("train")(train_command)
 app.command("score")(score_command)
 app.command("drift")(drift)
+app.command("doctor")(doctor)
 
 
 @app.command()

@@ -84,7 +84,8 @@ def test_artifact_root_setting(tmp_path: Path) -> None:
         ("redis://cache:6380/2", "redis", "cache:6380,db=2"),
         ("rediss://:pw@cache:6380", "redis", "cache:6380,db=0,password=pw,ssl=true"),
         ("redis+cluster://n1:7000,n2:7001,n3:7002", "redis_cluster", "n1:7000,n2:7001,n3:7002"),
-        ("rediss+cluster://:pw@n1:7000,n2", "redis_cluster", "n1:7000,n2:6379,password=pw,ssl=true"),
+        ("rediss+cluster://:pw@n1:7000,n2", "redis_cluster",
+         "n1:7000,n2:6379,password=pw,ssl=true"),
     ],
 )
 def test_redis_url_becomes_the_feast_online_store(
