@@ -67,9 +67,12 @@ def test_production_profile_is_a_config_change() -> None:
                                redis_url="redis://cache:6380/2",
                                postgres_url="postgresql://u:p@db:5432/feast")
     config = repo_config_dict(prod)
-    assert config["online_store"] == {"type": "redis", "connection_string": "cache:6380,db=2"}
+    assert config["online_store"]["type"] == "redis"
+    assert config["online_store"]["redis_type"] == "redis"
+    assert config["online_store"]["connection_string"] == "cache:6380,db=2"
     assert config["registry"]["registry_type"] == "sql"
-    assert config["registry"]["path"] == "postgresql+psycopg://u:p@db:5432/feast"
+    # the registry lives in its own database on the configured server
+    assert config["registry"]["path"] == "postgresql+psycopg://u:p@db:5432/leadscore_feast"
     assert config["offline_store"] == {"type": "duckdb"}
 
 

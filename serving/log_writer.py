@@ -1,0 +1,117 @@
+"""Writing the prediction log off the request path, without ever dropping a record.
+
+``BackgroundLogWriter.append`` validates the records (a malformed one raises at once, in the
+request) and hands them to one writer thread through a bounded queue; the thread appends what has
+queued up in one transaction. When the queue is full ``append`` blocks until there is room
+(back-pressure slows requests down rather than losing records). A failed write is retried with
+back-off and never discarded while the writer runs; ``close`` (service shutdown) drains the queue
+before it returns, and ``flush`` waits until everything appended so far is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+
+from leadscore.prediction_log import PredictionLog, PredictionRecord
+
+logger = logging.getLogger("leadscore.prediction_log")
+
+_STOP = object()
+
+
+class BackgroundLogWriter:
+    """A ``PredictionLog`` front that stores records from a background thread."""
+
+    def __init__(self, log: PredictionLog, max_queued_batches: int = 10_000,
+                 max_records_per_write: int = 2_000) -> None:
+        self.log = log
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued_batches)
+        self._max_records = max_records_per_write
+        self._cond = threading.Condition()
+        self._appended = 0  # records handed to append()
+        self._stored = 0  # records committed to the log
+        self.write_failures = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="prediction-log-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    # ---- producer side -------------------------------------------------------------------
+    def append(self, records: Sequence[PredictionRecord]) -> None:
+        """Queue ``records`` (validated now); blocks while the queue is full."""
+        if self._closed:
+            raise RuntimeError("the prediction log writer is closed")
+        batch = [record.validated() for record in records]
+        if not batch:
+            return
+        with self._cond:
+            self._appended += len(batch)
+        self._queue.put(batch)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record appended so far is stored; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._appended
+            while self._stored < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Records appended but not stored yet."""
+        with self._cond:
+            return self._appended - self._stored
+
+    def close(self) -> None:
+        """Store everything queued, stop the thread and close the underlying log."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self.log.close()
+
+    # ---- writer thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = list(item)
+            # take whatever else is waiting, up to one write's worth
+            while len(batch) < self._max_records:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop = True
+                    break
+                batch.extend(more)
+            self._write(batch)
+
+    def _write(self, batch: list[PredictionRecord]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                self.log.append(batch)
+            except Exception as exc:  # disk full, database locked …: retry, never drop
+                self.write_failures += 1
+                logger.error("prediction log write of %d record(s) failed (%s); retrying",
+                             len(batch), type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            with self._cond:
+                self._stored += len(batch)
+                self._cond.notify_all()
+            return
