@@ -11,11 +11,16 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from leadscore.config import Settings
 
-OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json"})
+# health, readiness, metrics and documentation need no key
+OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/schema.json"}
+)
+OPEN_PREFIXES = ("/static_content/", "/assets/")
 KEY_FILE_NAME = ".leadscore_api_key"
 
 
@@ -24,6 +29,7 @@ class MissingApiKeyError(RuntimeError):
 
 
 def key_file(settings: Settings) -> Path:
+    """Where ``leadscore serve`` keeps the key it created (mode 0600)."""
     return settings.workdir / KEY_FILE_NAME
 
 
@@ -49,7 +55,7 @@ def resolve_api_key(settings: Settings, create: bool = False) -> tuple[str, str]
 
 
 def _is_open(path: str) -> bool:
-    return path in OPEN_PATHS or path.startswith("/static_assets") or path == "/"
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
 class ApiKeyMiddleware:
@@ -59,7 +65,14 @@ class ApiKeyMiddleware:
     for field-level validation errors.
     """
 
-    def __init__(self, app, api_key: str) -> None:  # noqa: ANN001 - ASGI app
+    def __init__(self, app, api_key: str | None = None,  # noqa: ANN001 - ASGI app
+                 key_loader: Callable[[], str] | None = None) -> None:
+        if api_key is None:
+            if key_loader is None:
+                raise MissingApiKeyError("ApiKeyMiddleware needs api_key or key_loader")
+            api_key = key_loader()  # raises MissingApiKeyError: no key, no service
+        if not api_key:
+            raise MissingApiKeyError("the API key is empty")
         self.app = app
         self._key = api_key.encode()
 

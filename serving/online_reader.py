@@ -1,4 +1,4 @@
-"""The serving read of the model's features: Feast's online store + the on-demand view, resolved once.
+"""The serving read of the model features: the online store + on-demand view, resolved once.
 
 ``features.online.online_features`` goes through ``FeatureStore.get_online_features``, which
 re-parses the registry's feature service and views from protobuf on every call (~35 ms per

@@ -1,9 +1,14 @@
 """The in-process scoring path behind the service: One ID → features → model → routing → log.
 
 ``Predictor.predict`` is what ``POST /predict`` and ``/predict_batch`` run; it has no HTTP in it,
-so the benchmark measures its floor directly. Pieces that can fail at run time (online store,
-model) fail soft where a useful answer exists (degraded mode) and loudly where it does not
-(no model: ``ModelUnavailableError``, never a made-up score).
+so the benchmark measures its floor directly. Everything that can be resolved once is resolved at
+start-up (feature service, views, model columns, categorical codes, the booster); a batch makes
+one online-store read per feature view, one transformation and one booster call.
+
+Pieces that can fail at run time fail soft where a useful answer exists and loudly where it does
+not: an unreachable online store or a person it does not know gives an answer from the request's
+own features (``degraded: true`` with the reason, logged and counted); no model raises
+``ModelUnavailableError`` (never a made-up score).
 """
 
 from __future__ import annotations
@@ -11,130 +16,181 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
-from features import request as request_features
-from features.online import online_features, submission_request
+from features.online import submission_request
 from leadscore.config import Settings
+from leadscore.generate_mechanism import CITIES
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.identity import load_identity_state, lookup_person, new_person_id
 from leadscore.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
-from routing.control import route_with_control
+from routing.control import control_draw
 from routing.policy import RoutingPolicy, load_policy
-from serving.schemas import Prediction, Submission
+from routing.simulate import rule_2d_channels
+from serving.log_writer import BackgroundLogWriter
+from serving.model_store import LoadedModel, ModelUnavailableError, load_champion
+from serving.online_reader import OnlineFeatureReader, OnlineStoreError
+from serving.schemas import Event, EventsResponse, Identifiers, Prediction, Submission
 
 logger = logging.getLogger("leadscore.predictor")
 
-# identifier kinds in the order One ID trusts them
-_ID_FIELDS = (("phone", "phone"), ("wechat", "wechat_id"), ("email", "email"),
-              ("cookie", "cookie_id"))
-TAG_FIELDS = ("channel", "funnel_step", "rule_score", "fit_score", "interest_score",
-              "intent_score", "days_since_last_touch", "prior_leads", "rfm_segment")
+# identifier kinds in the order One ID trusts them: (id type, request field)
+ID_FIELDS: tuple[tuple[str, str], ...] = (
+    ("phone", "phone"), ("wechat", "wechat_id"), ("email", "email"), ("cookie", "cookie_id"),
+)
+TAG_FIELDS: tuple[str, ...] = (
+    "channel", "funnel_step", "rule_score", "fit_score", "interest_score", "intent_score",
+    "days_since_last_touch", "prior_leads", "rfm_segment",
+)
+# city name (lower case) → tier, for forms that give a city but no tier
+CITY_TIER: dict[str, int] = {name: tier for name, tier in CITIES}
+DEGRADED_STORE = "online_store_unavailable"
+DEGRADED_PERSON = "person_unknown"
+RULE_THRESHOLD = 60.0
 
-
-class ModelUnavailableError(RuntimeError):
-    """No champion model could be loaded."""
+__all__ = ["ModelUnavailableError", "Predictor", "Resolved"]
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """The model the service answers with; swapped as one object on reload."""
+class Resolved:
+    """One submission after One ID: its person, its form fields, unusable identifier kinds."""
 
-    python_model: Any
-    name: str
-    version: str
+    person_id: str
+    form: dict[str, Any]
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
-def load_champion(settings: Settings) -> LoadedModel:
-    """The champion from the BentoML model store (a Bento) or else the MLflow registry."""
-    import mlflow
+@dataclass
+class IdentityMaps:
+    """One ID lookups of the service (hashes and lead ids → person)."""
 
-    from serving.model_store import load_bento_champion
+    identifier_person: dict[str, str]
+    lead_person: dict[str, str]
 
-    bento = load_bento_champion(settings)
-    if bento is not None:
-        return bento
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(settings.model_name, "champion")
-    except Exception as exc:  # registry empty or unreachable
-        raise ModelUnavailableError(
-            f"no champion of '{settings.model_name}' in the MLflow registry "
-            f"({type(exc).__name__}); run `leadscore train`"
-        ) from None
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
-    return LoadedModel(pyfunc.unwrap_python_model(), settings.model_name, str(version.version))
+    @classmethod
+    def load(cls, settings: Settings) -> IdentityMaps:
+        state = load_identity_state(settings.identity_dir)
+        return cls(
+            state.identifier_map(),
+            dict(zip(state.lead_person["lead_id"], state.lead_person["person_id"], strict=True)),
+        )
+
+
+def identifier_hashes(identifiers: Identifiers, salt: str) -> tuple[list[str], dict[str, str]]:
+    """Salted hashes of the usable identifiers, and ``field → reason`` for unusable ones."""
+    hashes: list[str] = []
+    rejected: dict[str, str] = {}
+    for id_type, name in ID_FIELDS:
+        raw = getattr(identifiers, name)
+        if raw is None:
+            continue
+        hashed, reason = hash_identifier(id_type, raw, salt)
+        if hashed is None:
+            rejected[name] = reason or "unusable"
+        else:
+            hashes.append(hashed)
+    return hashes, rejected
 
 
 class Predictor:
-    """Scores submissions; thread-safe; the model reference is swapped atomically."""
+    """Scores submissions; thread-safe; model and identity maps are swapped atomically."""
 
-    def __init__(self, settings: Settings, store: Any, identifier_person: dict[str, str],
-                 policy: RoutingPolicy, log: PredictionLog) -> None:
+    def __init__(self, settings: Settings, reader: OnlineFeatureReader, identity: IdentityMaps,
+                 policy: RoutingPolicy, log: PredictionLog | BackgroundLogWriter,
+                 updater: Any = None) -> None:
         self.settings = settings
-        self.store = store
-        self.identifier_person = identifier_person
+        self.reader = reader
+        self.identity = identity
         self.policy = policy
         self.log = log
+        self.updater = updater
         self.load_error: str | None = None
         self._model: LoadedModel | None = None
         self._reload_lock = threading.Lock()
-        self.degraded_count = 0
+        self._count_lock = threading.Lock()
+        self.degraded_counts: Counter = Counter()
+        self.on_degraded: Callable[[str, int], None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Predictor:
-        """Build from the work folder: feature store, One ID state, policy, log, champion."""
+    def from_settings(cls, settings: Settings, background_log: bool = True,
+                      load_model: bool = True) -> Predictor:
+        """Build from the work folder: feature store, One ID, policy, log and the champion."""
+        from features.score2d import load_scoring_tables
         from features.store import get_store
+        from serving.events import BehaviourUpdater
 
         store = get_store(settings)
-        state = load_identity_state(settings.identity_dir)
-        identifier_person = dict(
-            zip(state.identifier_person["id_hash"], state.identifier_person["person_id"],
-                strict=True)
-        )
+        _ensure_push_source(store, settings)
+        reader = OnlineFeatureReader(store, settings)
         optimized = settings.reports_dir / "routing_policy.yaml"
         policy_path = settings.routing_policy or (optimized if optimized.exists() else None)
-        predictor = cls(settings, store, identifier_person, load_policy(policy_path),
-                        open_prediction_log(settings))
-        predictor.reload()
+        log: PredictionLog | BackgroundLogWriter = open_prediction_log(settings)
+        if background_log:
+            log = BackgroundLogWriter(log)
+        updater = BehaviourUpdater(store, reader, load_scoring_tables(settings.scoring_config),
+                                   settings.intent_half_life_days)
+        predictor = cls(settings, reader, IdentityMaps.load(settings), load_policy(policy_path),
+                        log, updater)
+        if load_model:
+            predictor.reload()
         return predictor
 
     # ---- model -------------------------------------------------------------------------------
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
     def ready(self) -> bool:
+        """True when a model is loaded (the feature store was resolved at construction)."""
         return self._model is not None
 
     def reload(self) -> str | None:
-        """Load the current champion; on failure keep serving the old one (if any)."""
+        """Load the current champion and One ID maps; on failure keep serving the old model."""
         with self._reload_lock:
             try:
-                self._model = load_champion(self.settings)
-                self.load_error = None
-            except Exception as exc:
+                model = load_champion(self.settings)
+                identity = IdentityMaps.load(self.settings)
+            except Exception as exc:  # noqa: BLE001 - any failure keeps the old model
                 self.load_error = str(exc)
                 logger.error("model load failed: %s", exc)
-        return self._model.version if self._model else None
-
-    # ---- scoring -----------------------------------------------------------------------------
-    def resolve(self, sub: Submission) -> tuple[str, dict[str, Any], dict[str, str]]:
-        """Person id, the form as feature inputs, and rejected identifier kinds (no raw values)."""
-        hashes: list[str] = []
-        rejected: dict[str, str] = {}
-        for id_type, field in _ID_FIELDS:
-            raw = getattr(sub.identifiers, field)
-            if raw is None:
-                continue
-            hashed, reason = hash_identifier(id_type, raw, self.settings.hash_salt)
-            if hashed is None:
-                rejected[field] = reason or "unusable"
             else:
-                hashes.append(hashed)
-        person = lookup_person(hashes, self.identifier_person) or new_person_id(sub.lead_id)
-        phone_raw = sub.identifiers.phone
+                self._model, self.identity = model, identity  # one reference swap each
+                self.load_error = None
+        current = self._model
+        return current.version if current else None
+
+    def close(self) -> None:
+        """Flush and close the prediction log and the online store connection."""
+        self.log.close()
+        self.reader.close()
+
+    # ---- identity ----------------------------------------------------------------------------
+    def find_person(self, identifiers: Identifiers, lead_id: str | None) -> str | None:
+        """Person of identifiers or a lead id (None when neither is usable)."""
+        hashes, _ = identifier_hashes(identifiers, self.settings.hash_salt)
+        return self._person(hashes, lead_id)
+
+    def _person(self, hashes: list[str], lead_id: str | None) -> str | None:
+        identity = self.identity
+        person = lookup_person(hashes, identity.identifier_person)
+        if person is None and lead_id:
+            person = identity.lead_person.get(lead_id) or new_person_id(lead_id)
+        return person
+
+    def resolve(self, sub: Submission) -> Resolved:
+        """Person id, the form as feature inputs, and rejected identifier kinds (no raw values)."""
+        hashes, rejected = identifier_hashes(sub.identifiers, self.settings.hash_salt)
+        person = self._person(hashes, sub.lead_id) or new_person_id(sub.lead_id)
+        city_tier = sub.form.city_tier
+        if city_tier is None and sub.form.city:
+            city_tier = CITY_TIER.get(sub.form.city.strip().lower())
+        email = sub.identifiers.email
         form = {
             "channel": sub.channel,
             "campaign": sub.campaign,
@@ -142,87 +198,128 @@ class Predictor:
             "funnel_step": sub.funnel_step,
             "grade": sub.form.grade,
             "subject": sub.form.subject,
-            "city": sub.form.city,
-            "city_tier": sub.form.city_tier,
+            "city_tier": city_tier,
             "device": sub.form.device,
-            "phone_valid": phone_raw is not None and "phone" not in rejected,
-            "email_domain_type": email_domain_type(sub.identifiers.email)
-            if isinstance(sub.identifiers.email, str | type(None)) else "invalid",
+            "phone_valid": sub.identifiers.phone is not None and "phone" not in rejected,
+            "email_domain_type": email_domain_type(email)
+            if email is None or isinstance(email, str) else "invalid",
         }
-        return person, form, rejected
+        return Resolved(person, form, rejected)
 
-    def _features(self, form: dict[str, Any], person: str, at: datetime
-                  ) -> tuple[dict[str, Any], bool]:
+    # ---- scoring -----------------------------------------------------------------------------
+    def features(self, submissions: Sequence[Submission], resolved: Sequence[Resolved]
+                 ) -> tuple[dict[str, list[Any]], list[str | None]]:
+        """Model feature columns of a batch, and per submission why it is degraded (or None)."""
+        rows = [submission_request(r.form, s.submitted_at)
+                for s, r in zip(submissions, resolved, strict=True)]
+        request_columns = {name: [row[name] for row in rows] for name in rows[0]}
         try:
-            return online_features(self.store, form, person, at), False
-        except Exception as exc:  # online store down: answer from the request alone
-            logger.warning("online store read failed (%s): degraded answer", type(exc).__name__)
-            inputs = {k: [v] for k, v in submission_request(form, at).items()}
-            row = request_features.transform_request(inputs)
-            return {name: values[0] for name, values in row.items()}, True
+            columns, known = self.reader.features(request_columns,
+                                                  [r.person_id for r in resolved])
+        except OnlineStoreError as exc:
+            logger.warning("%s: answering %d lead(s) from the request alone", exc, len(rows))
+            return self.reader.request_only(request_columns), [DEGRADED_STORE] * len(rows)
+        return columns, [None if k else DEGRADED_PERSON for k in known]
 
-    def predict(self, submissions: list[Submission]) -> list[Prediction]:
+    def route(self, person_ids: Sequence[str], probability: np.ndarray,
+              rule_score: np.ndarray) -> tuple[list[str], list[str], list[bool]]:
+        """Tier, channel and control flag per lead, as ``routing.control.route_with_control``."""
+        policy = self.policy
+        tiers, channels = policy.assign(probability)
+        control = [control_draw(str(p), policy.control_salt) < policy.control_share
+                   for p in person_ids]
+        rule = rule_2d_channels(rule_score, RULE_THRESHOLD)
+        out_tiers, out_channels = [], []
+        for i, is_control in enumerate(control):
+            if is_control:
+                out_channels.append(str(rule[i]))
+                out_tiers.append(policy.tier_of_channel(str(rule[i])))
+            else:
+                out_channels.append(str(channels[i]))
+                out_tiers.append(str(tiers[i]))
+        return out_tiers, out_channels, control
+
+    def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""
         model = self._model
         if model is None:
-            raise ModelUnavailableError(self.load_error or "no model loaded")
+            raise ModelUnavailableError(self.load_error or "no model is loaded")
+        if not submissions:
+            return []
         resolved = [self.resolve(s) for s in submissions]
-        rows: list[dict[str, Any]] = []
-        degraded: list[bool] = []
-        for sub, (person, form, _) in zip(submissions, resolved, strict=True):
-            features, was_degraded = self._features(form, person, sub.submitted_at)
-            rows.append(features)
-            degraded.append(was_degraded)
-        frame = pd.DataFrame(rows)
-        scored = model.python_model.predict_with_reasons(frame, top_k=3)
-        routing_input = pd.DataFrame(
-            {
-                "person_id": [r[0] for r in resolved],
-                "probability": [s["probability"] for s in scored],
-                "rule_score": frame["rule_score"].to_numpy()
-                if "rule_score" in frame else [0.0] * len(frame),
-            }
-        )
-        routed = route_with_control(routing_input, self.policy)
+        columns, degraded = self.features(submissions, resolved)
+        scored = model.scorer.score(columns, top_k=3)
+        person_ids = [r.person_id for r in resolved]
+        probability = np.array([s["probability"] for s in scored], dtype=float)
+        rule_score = np.asarray(columns.get("rule_score", [0.0] * len(scored)), dtype=float)
+        tiers, channels, control = self.route(person_ids, probability, rule_score)
+        self._count_degraded(degraded)
         now = datetime.now(UTC)
+        policy_version = self.policy.version
+        names = list(columns)
         answers: list[Prediction] = []
         records: list[PredictionRecord] = []
         for i, sub in enumerate(submissions):
-            person, _, rejected = resolved[i]
-            features = {k: _plain(v) for k, v in rows[i].items()}
-            tier, channel = str(routed["tier"].iat[i]), str(routed["channel"].iat[i])
-            control = bool(routed["control"].iat[i])
-            answers.append(
-                Prediction(
-                    lead_id=sub.lead_id,
-                    person_id=person,
-                    probability=round(scored[i]["probability"], 6),
-                    tier=tier,
-                    channel=channel,
-                    control=control,
-                    reasons={"positive": scored[i]["positive_reasons"],
-                             "negative": scored[i]["negative_reasons"]},
-                    tags={k: features[k] for k in TAG_FIELDS if k in features},
-                    identifiers_rejected=rejected,
-                    model={"name": model.name, "version": model.version},
-                    policy=self.policy.version,
-                    degraded=degraded[i],
-                    scored_at=now,
-                )
-            )
-            records.append(
-                PredictionRecord(
-                    request_id=uuid.uuid4().hex, lead_id=sub.lead_id, person_id=person,
-                    submitted_at=sub.submitted_at, scored_at=now,
-                    probability=scored[i]["probability"], tier=tier, channel=channel,
-                    control=control, degraded=degraded[i], model_name=model.name,
-                    model_version=model.version, policy_version=self.policy.version,
-                    features=features,
-                )
-            )
-        self.degraded_count += sum(degraded)
+            features = {name: _plain(columns[name][i]) for name in names}
+            answers.append(Prediction.model_construct(
+                lead_id=sub.lead_id,
+                person_id=person_ids[i],
+                probability=round(scored[i]["probability"], 6),
+                tier=tiers[i],
+                channel=channels[i],
+                control=control[i],
+                reasons={"positive": scored[i]["positive_reasons"],
+                         "negative": scored[i]["negative_reasons"]},
+                tags={k: features[k] for k in TAG_FIELDS if k in features},
+                identifiers_rejected=resolved[i].rejected,
+                model={"name": model.name, "version": model.version},
+                policy=policy_version,
+                degraded=degraded[i] is not None,
+                degraded_reason=degraded[i],
+                scored_at=now,
+            ))
+            records.append(PredictionRecord(
+                request_id=uuid.uuid4().hex, lead_id=sub.lead_id, person_id=person_ids[i],
+                submitted_at=sub.submitted_at, scored_at=now,
+                probability=scored[i]["probability"], tier=tiers[i], channel=channels[i],
+                control=control[i], degraded=degraded[i] is not None, model_name=model.name,
+                model_version=model.version, policy_version=policy_version, features=features,
+            ))
         self.log.append(records)
         return answers
+
+    def _count_degraded(self, degraded: list[str | None]) -> None:
+        counts = Counter(reason for reason in degraded if reason is not None)
+        if not counts:
+            return
+        with self._count_lock:
+            self.degraded_counts.update(counts)
+        for reason, n in counts.items():
+            if reason == DEGRADED_PERSON:
+                logger.info("degraded answer (%s) for %d lead(s)", reason, n)
+            if self.on_degraded is not None:
+                self.on_degraded(reason, n)
+
+    # ---- events ------------------------------------------------------------------------------
+    def push_events(self, events: Sequence[Event]) -> EventsResponse:
+        """Fold behaviour events into the persons' online snapshots (``serving.events``)."""
+        from serving.events import push_events
+
+        if self.updater is None:
+            raise OnlineStoreError("this predictor has no event updater")
+        return push_events(events, self.updater, self.find_person)
+
+
+def _ensure_push_source(store: Any, settings: Settings) -> None:
+    """Register the project's definitions when the registry predates the event push source."""
+    from features.store import apply_definitions
+    from serving.events import PUSH_SOURCE
+
+    try:
+        store.get_data_source(PUSH_SOURCE)
+    except Exception:  # noqa: BLE001 - Feast raises its own "not found" types
+        logger.warning("registry lacks push source '%s': applying the definitions", PUSH_SOURCE)
+        apply_definitions(store, settings)
 
 
 def _plain(value: Any) -> float | int | str | bool | None:

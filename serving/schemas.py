@@ -1,8 +1,10 @@
 """Request and response schemas of the prediction service (documented in the OpenAPI spec).
 
 Identifier fields accept any JSON value on purpose: they are checked and hashed by
-``leadscore.identifiers`` (unusable ones are counted, never echoed), so that a malformed raw
-identifier can never appear in a validation message or a log line.
+``leadscore.identifiers`` (unusable ones are reported by kind and reason, never echoed), so that
+a malformed raw identifier can never appear in a validation message. Every request model hides
+input values in its validation errors (``hide_input_in_errors``): BentoML logs a failed
+validation with its message, and that message must not carry what the client sent.
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ def _check_time(value: datetime, field: str) -> datetime:
     return value.astimezone(UTC)
 
 
+# request models: unknown keys refused, input values never repeated in error messages
+STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
 class FormFields(BaseModel):
     """Form fields of the submission; all optional, unknown keys refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     grade: Grade | None = Field(None, description="School grade G1–G12.")
     subject: Subject | None = None
@@ -56,7 +62,7 @@ class FormFields(BaseModel):
 class Identifiers(BaseModel):
     """Raw identifiers, normalised and hashed at the door; raw values are never stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     phone: JsonValue = Field(None, description="Mainland mobile number, any common format.")
     wechat_id: JsonValue = None
@@ -67,7 +73,7 @@ class Identifiers(BaseModel):
 class Submission(BaseModel):
     """One form submission from the CRM."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     lead_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
     submitted_at: datetime = Field(description="ISO 8601 with offset; ≤ 5 min in the future.")
@@ -85,7 +91,7 @@ class Submission(BaseModel):
 
 
 class BatchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     submissions: list[Submission] = Field(min_length=1, max_length=MAX_BATCH)
 
@@ -93,7 +99,7 @@ class BatchRequest(BaseModel):
 class Event(BaseModel):
     """One behaviour event pushed by the CRM or website."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     lead_id: str | None = Field(None, max_length=64)
     identifiers: Identifiers = Field(default_factory=Identifiers)
@@ -109,13 +115,16 @@ class Event(BaseModel):
 
 
 class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class Reason(BaseModel):
+    """One reason: the feature, its value as text, its log-odds contribution, a sentence."""
+
     feature: str
+    value: str | None = None
     text: str
     contribution: float
 
@@ -141,7 +150,11 @@ class Prediction(BaseModel):
     )
     model: ModelRef
     policy: str
-    degraded: bool
+    degraded: bool = Field(description="True when the answer rests on the request alone.")
+    degraded_reason: Literal["online_store_unavailable", "person_unknown"] | None = Field(
+        None, description="Why the answer is degraded: the online store could not be read, or "
+        "it holds no behaviour or orders of this person (e.g. a brand-new person)."
+    )
     scored_at: datetime
 
 

@@ -1,23 +1,32 @@
 """The BentoML service the CRM calls on form submission.
 
-``bentoml serve serving.service:LeadScoring`` (or ``leadscore serve``) runs it. The champion
-model comes from the BentoML model store (imported from the MLflow registry by
-``leadscore serve`` or at ``bentoml build``; the import records the registry version).
+``leadscore serve`` (or ``bentoml serve serving.service:LeadScoring`` with ``LEADSCORE_WORKDIR``
+and ``LEADSCORE_API_KEY`` set) runs it. Endpoints: ``POST /predict``, ``/predict_batch``,
+``/events``, ``/reload`` (Bearer key), and BentoML's ``/healthz``, ``/livez``, ``/readyz``,
+``/metrics`` and the OpenAPI docs at ``/docs`` and ``/docs.json`` (open). See docs/api.md.
+
+Settings are read when the service starts (not at import), so ``bentoml build`` can import this
+module without a key or a work folder. The service refuses to start without an API key.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import bentoml
-from bentoml.exceptions import BentoMLException, ServiceUnavailable
+from starlette.responses import JSONResponse
 
 from leadscore.config import get_settings
 from serving.auth import ApiKeyMiddleware, resolve_api_key
-from serving.predictor import ModelUnavailableError, Predictor
+from serving.http_guards import RequestGuardMiddleware
+from serving.model_store import ModelUnavailableError
+from serving.online_reader import OnlineStoreError
+from serving.predictor import Predictor
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
+    Event,
     EventsRequest,
     EventsResponse,
     Prediction,
@@ -26,66 +35,106 @@ from serving.schemas import (
 
 logger = logging.getLogger("leadscore.service")
 
-_settings = get_settings()
-_api_key, _ = resolve_api_key(_settings, create=False)
+DEGRADED_TOTAL = bentoml.metrics.Counter(
+    name="leadscore_degraded_predictions_total",
+    documentation="Predictions answered from the request alone, by reason.",
+    labelnames=["reason"],
+)
+MODEL_INFO = bentoml.metrics.Gauge(
+    name="leadscore_model_loaded",
+    documentation="1 for the registry version of the model being served.",
+    labelnames=["version"],
+)
+
+
+def _api_key() -> str:
+    key, _ = resolve_api_key(get_settings(), create=False)
+    return key
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=503)
 
 
 @bentoml.service(
     name="lead-scoring",
-    traffic={"timeout": 10, "max_concurrency": 256},
+    traffic={"timeout": 30, "max_concurrency": 256},
     workers=1,
     http={"port": 3000},
+    logging={"access": {"enabled": True}},
 )
 class LeadScoring:
     """Conversion probability, tier, follow-up channel and reasons for CRM form submissions."""
 
     def __init__(self) -> None:
-        self.predictor = Predictor.from_settings(_settings)
+        settings = get_settings()
+        _api_key()  # no key, no service: fail at start-up with a clear message
+        self.predictor = Predictor.from_settings(settings)
+        self.predictor.on_degraded = lambda reason, n: DEGRADED_TOTAL.labels(reason=reason).inc(n)
+        self._report_model()
+        if not self.predictor.ready():
+            logger.error("serving without a model: %s", self.predictor.load_error)
 
     def __is_ready__(self) -> bool:
         return self.predictor.ready()
 
-    def _require_model(self) -> None:
-        if not self.predictor.ready():
-            raise ServiceUnavailable(
-                "no model is loaded: train and register a champion (`leadscore train`), "
-                f"then reload; detail: {self.predictor.load_error}"
-            )
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Store every queued prediction-log record before the process ends."""
+        self.predictor.close()
+
+    def _report_model(self) -> None:
+        model = self.predictor.model
+        if model is not None:
+            MODEL_INFO.labels(version=model.version).set(1)
+
+    def _no_model(self) -> JSONResponse:
+        return _unavailable(
+            "no model is loaded: train and register a champion (`leadscore train`), then "
+            f"POST /reload. Detail: {self.predictor.load_error or 'none'}"
+        )
 
     @bentoml.api(route="/predict", input_spec=Submission, output_spec=Prediction)
-    def predict(self, **submission: object) -> Prediction:
+    async def predict(self, **fields: Any) -> Prediction | JSONResponse:
         """Score one form submission."""
-        self._require_model()
+        if not self.predictor.ready():
+            return self._no_model()
         try:
-            return self.predictor.predict([Submission.model_validate(submission)])[0]
-        except ModelUnavailableError as exc:
-            raise ServiceUnavailable(str(exc)) from None
+            return self.predictor.predict([Submission.model_construct(**fields)])[0]
+        except ModelUnavailableError:
+            return self._no_model()
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchResponse)
-    def predict_batch(self, submissions: list[Submission]) -> BatchResponse:
-        """Score up to 1,000 submissions, answered in order."""
-        self._require_model()
+    def predict_batch(self, submissions: list[Submission]) -> BatchResponse | JSONResponse:
+        """Score up to 1,000 submissions, answered in the order given."""
+        if not self.predictor.ready():
+            return self._no_model()
         try:
             return BatchResponse(predictions=self.predictor.predict(submissions))
-        except ModelUnavailableError as exc:
-            raise ServiceUnavailable(str(exc)) from None
+        except ModelUnavailableError:
+            return self._no_model()
 
     @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
-    def events(self, events: list) -> EventsResponse:
-        """Push behaviour events into the online store so the next prediction sees them."""
+    def events(self, events: list[Event]) -> EventsResponse | JSONResponse:
+        """Push behaviour events into the online store; the person's next prediction sees them."""
         try:
             return self.predictor.push_events(events)
-        except BentoMLException:
-            raise
-        except Exception as exc:  # the online store is down: say so, do not 500
+        except OnlineStoreError as exc:
+            logger.warning("event push failed: %s", exc)
+            return _unavailable("the online feature store is unreachable; retry later")
+        except Exception as exc:  # noqa: BLE001 - Feast/SQLite write errors: store trouble
             logger.warning("event push failed: %s", type(exc).__name__)
-            raise ServiceUnavailable("the online feature store is unreachable; retry") from None
+            return _unavailable("the online feature store could not be updated; retry later")
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:
         """Load the current champion atomically (the old model serves until the swap)."""
         version = self.predictor.reload()
-        return {"model_version": version, "ready": self.predictor.ready()}
+        self._report_model()
+        return {"model_version": version, "ready": self.predictor.ready(),
+                "error": self.predictor.load_error}
 
 
-LeadScoring.add_asgi_middleware(ApiKeyMiddleware, api_key=_api_key)
+# outermost first: guards (size/type/docs alias), then the key check
+LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key)
+LeadScoring.add_asgi_middleware(RequestGuardMiddleware)

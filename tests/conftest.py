@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 
