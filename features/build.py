@@ -141,6 +141,30 @@ def compute_tables(
     )
 
 
+PREDICTIVE_TAGS_FILE = "predictive_tags.parquet"
+
+
+def ensure_predictive_tags_table(settings: Settings) -> Path:
+    """An empty predictive-tag table until ``leadscore score`` writes one, so that every view
+    of the repo has a readable source (``feast materialize-incremental`` works before scoring).
+    """
+    path = settings.features_dir / PREDICTIVE_TAGS_FILE
+    if not path.exists():
+        empty = pd.DataFrame(
+            {
+                "lead_id": pd.Series(dtype="string"),
+                "event_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
+                "created_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
+                "conversion_probability": pd.Series(dtype="float64"),
+                "conversion_tier": pd.Series(dtype="string"),
+                "top_reasons": pd.Series(dtype="string"),
+                "model_version": pd.Series(dtype="string"),
+            }
+        )
+        _write(empty, path)
+    return path
+
+
 def build_features(settings: Settings, apply: bool = True) -> BuildSummary:
     """Compute and write the offline feature tables; register the Feast definitions."""
     started = time.perf_counter()
@@ -155,6 +179,7 @@ def build_features(settings: Settings, apply: bool = True) -> BuildSummary:
         path = settings.features_dir / TABLE_FILES[name]
         _write(frame, path)
         paths[name] = str(path)
+    ensure_predictive_tags_table(settings)
     timings["write"] = round(time.perf_counter() - t0, 2)
     if apply:
         t0 = time.perf_counter()

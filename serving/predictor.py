@@ -36,7 +36,15 @@ from routing.simulate import rule_2d_channels
 from serving.log_writer import BackgroundLogWriter
 from serving.model_store import LoadedModel, ModelUnavailableError, load_champion
 from serving.online_reader import OnlineFeatureReader, OnlineStoreError
-from serving.schemas import Event, EventsResponse, Identifiers, Prediction, Submission
+from serving.schemas import (
+    Event,
+    EventsResponse,
+    Identifiers,
+    ModelRef,
+    Prediction,
+    Reason,
+    Submission,
+)
 
 logger = logging.getLogger("leadscore.predictor")
 
@@ -256,6 +264,7 @@ class Predictor:
         self._count_degraded(degraded)
         now = datetime.now(UTC)
         policy_version = self.policy.version
+        model_ref = ModelRef.model_construct(name=model.name, version=model.version)
         names = list(columns)
         answers: list[Prediction] = []
         records: list[PredictionRecord] = []
@@ -268,11 +277,11 @@ class Predictor:
                 tier=tiers[i],
                 channel=channels[i],
                 control=control[i],
-                reasons={"positive": scored[i]["positive_reasons"],
-                         "negative": scored[i]["negative_reasons"]},
+                reasons={"positive": _reasons(scored[i]["positive_reasons"]),
+                         "negative": _reasons(scored[i]["negative_reasons"])},
                 tags={k: features[k] for k in TAG_FIELDS if k in features},
                 identifiers_rejected=resolved[i].rejected,
-                model={"name": model.name, "version": model.version},
+                model=model_ref,
                 policy=policy_version,
                 degraded=degraded[i] is not None,
                 degraded_reason=degraded[i],
@@ -320,6 +329,11 @@ def _ensure_push_source(store: Any, settings: Settings) -> None:
     except Exception:  # noqa: BLE001 - Feast raises its own "not found" types
         logger.warning("registry lacks push source '%s': applying the definitions", PUSH_SOURCE)
         apply_definitions(store, settings)
+
+
+def _reasons(reasons: list[dict[str, Any]]) -> list[Reason]:
+    return [Reason.model_construct(feature=r["feature"], value=r.get("value"), text=r["text"],
+                                   contribution=r["contribution"]) for r in reasons]
 
 
 def _plain(value: Any) -> float | int | str | bool | None:

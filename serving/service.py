@@ -135,6 +135,6 @@ class LeadScoring:
                 "error": self.predictor.load_error}
 
 
-# outermost first: guards (size/type/docs alias), then the key check
+# the first added is the outermost: the key check, then the guards (size, type, /docs)
 LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key)
 LeadScoring.add_asgi_middleware(RequestGuardMiddleware)
