@@ -509,13 +509,9 @@ def log_to_mlflow(
         return None
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("drift")
-    experiment_id = (
-        experiment.experiment_id if experiment is not None
-        else client.create_experiment("drift", artifact_location=settings.artifact_location)
-    )
+    from training.registry import setup_tracking
+
+    experiment_id = setup_tracking(settings, experiment_name="drift")
     model = summary.get("model") or {}
     tags = {"week": label, "model_name": str(model.get("name", "")),
             "model_version": str(model.get("version", ""))}
