@@ -78,7 +78,6 @@ FREE_DOMAINS = ("qq.com", "163.com", "126.com", "gmail.com", "foxmail.com", "sin
 CORPORATE_DOMAINS = ("huawei.com", "tencent.com", "alibaba-inc.com", "bytedance.com",
                      "ctrip.com", "sany.com.cn", "midea.com", "cmbchina.com")
 EDU_DOMAINS = ("pku.edu.cn", "tsinghua.edu.cn", "zju.edu.cn", "fudan.edu.cn", "whu.edu.cn")
-SEASONS = ("winter", "spring", "summer", "autumn")
 _AFFINE_MULTIPLIER = 2_654_435_761  # prime, coprime with the phone number space
 
 
@@ -275,21 +274,24 @@ class _Leads:
 
 
 def _campaigns(seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Campaign names per (channel, season, subject group) and their hidden quality effects."""
+    """Persistent campaign names per (channel, theme, subject group) and their hidden quality
+    effects. Campaigns run through the whole period, so the newest leads come from campaigns
+    that older leads came from too (no unseen campaign level in the newest slice)."""
     groups = ("stem", "lang", "arts")
     subject_channels = {"sem", "feed_ads", "new_media"}
     names: list[str] = []
-    index = np.zeros((len(CHANNELS), len(SEASONS), len(groups)), dtype=np.int64)
+    themes = m.CAMPAIGN_THEMES
+    index = np.zeros((len(CHANNELS), len(themes), len(groups)), dtype=np.int64)
     for c, channel in enumerate(CHANNELS):
-        for s, season in enumerate(SEASONS):
+        for s, theme in enumerate(themes):
             for g, group in enumerate(groups):
                 if channel in subject_channels:
-                    names.append(f"{channel}-{season}-{group}")
+                    names.append(f"{channel}-{theme}-{group}")
                 elif g > 0:
                     index[c, s, g] = index[c, s, 0]
                     continue
                 else:
-                    names.append(f"{channel}-{season}")
+                    names.append(f"{channel}-{theme}")
                 index[c, s, g] = len(names) - 1
     effect = np.random.default_rng([seed, 7]).normal(0.0, m.CAMPAIGN_EFFECT_SD, len(names))
     return names, index, effect
@@ -309,7 +311,7 @@ def _landing_pages() -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, index, np.array([t.startswith("/trial") for t in templates])
 
 
-def _draw_leads(rng: np.random.Generator, people: _People, start: date, days: int, drift: bool,
+def _draw_leads(rng: np.random.Generator, people: _People, days: int, drift: bool,
                 seed: int) -> _Leads:
     t, pos, gap_prev = _lead_times(rng, people, days)
     n = t.size
@@ -324,13 +326,11 @@ def _draw_leads(rng: np.random.Generator, people: _People, start: date, days: in
     device = np.where(rng.random(n) < 0.8, people.device[person], _choice(rng, m.DEVICE_P, n))
     city = people.city[person]
 
-    day_index = (t // DAY).astype("timedelta64[D]")
-    month = (np.datetime64(start, "D") + day_index).astype("datetime64[M]").astype(np.int64) % 12
-    season = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 0])[month]
+    theme = _choice(rng, m.CAMPAIGN_THEME_P, n)
     group_of = {"stem": 0, "lang": 1, "arts": 2}
     subject_group = np.array([group_of[m.SUBJECT_GROUP[s]] for s in SUBJECTS])[subject]
     campaign_names, campaign_index, campaign_effect = _campaigns(seed)
-    campaign = campaign_index[channel, season, subject_group]
+    campaign = campaign_index[channel, theme, subject_group]
 
     landing_names, landing_index, landing_is_trial = _landing_pages()
     high = rng.random(n) < m.sigmoid(0.8 * intent - 1.2)
@@ -668,13 +668,20 @@ class _History:
     """Per lead, what the person did strictly before the lead's creation."""
 
     behaviour: np.ndarray  # time-decayed weighted behaviour score
-    recruitment: np.ndarray  # time-decayed recruitment-page visits
-    inactive: np.ndarray  # no activity in the last INACTIVE_DAYS days
+    days_since_last: np.ndarray  # inf without any earlier event
+    high_intent_30d: np.ndarray  # pricing-page, live-class and trial-class events
+    pricing_30d: np.ndarray
+    recruitment_30d: np.ndarray
+    offline_event_90d: np.ndarray
+
+
+_HIGH_INTENT_TYPES = np.isin(EVENT_TYPES, ("pricing_page", "live_class", "trial_class"))
 
 
 def _person_history(people: _People, leads: _Leads, events: _Events) -> _History:
-    """Decayed sums over the person's events before each lead (exponential decay factorises,
-    so one cumulative sum per person's time-sorted events answers every lead)."""
+    """Decayed sums and window counts over the person's events before each lead (exponential
+    decay factorises, so one cumulative sum per person's time-sorted events answers every lead;
+    a window count is a difference of cumulative counts at two searched positions)."""
     rate = np.log(2) / (m.HALF_LIFE_DAYS * DAY)
     ev_person = leads.person[events.lead]
     t0 = min(int(events.t.min(initial=0)), int(leads.t.min()))
@@ -685,16 +692,30 @@ def _person_history(people: _People, leads: _Leads, events: _Events) -> _History
     t_ref = leads.t[people.start][ev_person[order]]
     grow = np.exp((events.t[order] - t_ref) * rate)
     cum_w = np.concatenate(([0.0], np.cumsum(events.weight[order] * grow)))
-    cum_r = np.concatenate(([0.0], np.cumsum(events.recruitment[order] * grow)))
-    before = np.searchsorted(sorted_key, leads.person * span + (leads.t - t0), side="left")
+    lead_key = leads.person * span + (leads.t - t0)
+    before = np.searchsorted(sorted_key, lead_key, side="left")
     first = np.searchsorted(sorted_key, leads.person * span, side="left")
     decay = np.exp(-(leads.t - leads.t[people.start][leads.person]) * rate)
     behaviour = np.maximum((cum_w[before] - cum_w[first]) * decay, 0.0)
-    recruitment = np.maximum((cum_r[before] - cum_r[first]) * decay, 0.0)
     sorted_t = events.t[order]
     last = sorted_t[np.maximum(before - 1, 0)] if sorted_t.size else np.zeros(leads.t.size)
-    inactive = (before <= first) | (leads.t - last > m.INACTIVE_DAYS * DAY)
-    return _History(behaviour=behaviour, recruitment=recruitment, inactive=inactive)
+    days_since_last = np.where(before > first, (leads.t - last) / DAY, np.inf)
+
+    sorted_type = events.type[order]
+    since = {w: np.maximum(first, np.searchsorted(sorted_key, lead_key - w * DAY, side="right"))
+             for w in (30, 90)}
+
+    def count(flag: np.ndarray, window_days: int) -> np.ndarray:
+        cum = np.concatenate(([0], np.cumsum(flag, dtype=np.int64)))
+        return cum[before] - cum[np.minimum(since[window_days], before)]
+
+    return _History(
+        behaviour=behaviour, days_since_last=days_since_last,
+        high_intent_30d=count(_HIGH_INTENT_TYPES[sorted_type], 30),
+        pricing_30d=count(sorted_type == EVENT_TYPES.index("pricing_page"), 30),
+        recruitment_30d=count(sorted_type == EVENT_TYPES.index("recruitment_page"), 30),
+        offline_event_90d=count(sorted_type == EVENT_TYPES.index("offline_event"), 90),
+    )
 
 
 # ---- orders and outcomes --------------------------------------------------------------------
@@ -721,13 +742,14 @@ def _prices(rng: np.random.Generator, size: int) -> np.ndarray:
                     * m.DISCOUNTS[rng.integers(0, len(m.DISCOUNTS), size)], 2)
 
 
-def _rfm(people: _People, leads: _Leads, orders: _Orders) -> np.ndarray:
+def _rfm(people: _People, leads: _Leads, orders: _Orders) -> tuple[np.ndarray, ...]:
+    """Per lead: the person's order count, total amount and days since the last order."""
     count = np.bincount(orders.person, minlength=people.n)
     total = np.bincount(orders.person, orders.amount, minlength=people.n)
     last = np.full(people.n, np.iinfo(np.int64).min // 2)
     np.maximum.at(last, orders.person, orders.t)
     days_since = (leads.t - last[leads.person]) / DAY
-    return m.rfm_effect(count[leads.person], total[leads.person], days_since)
+    return count[leads.person], total[leads.person], days_since
 
 
 def _email_type(leads: _Leads, slots: _Slots) -> np.ndarray:
@@ -750,30 +772,25 @@ class _Outcomes:
 
 
 def _draw_outcomes(rng: np.random.Generator, people: _People, leads: _Leads, slots: _Slots,
-                   history: _History, rfm: np.ndarray, email_type: np.ndarray,
+                   history: _History, rfm: tuple[np.ndarray, ...], email_type: np.ndarray,
                    window_days: int) -> _Outcomes:
     n = leads.t.size
     has_phone = (slots.mask.astype(np.int64) & PHONE_BITS) != 0
-    city_tier = np.array([tier for _, tier in m.CITIES])[leads.city]
-    logit = (
-        m.BASE_LOGIT
-        + m.INTENT_WEIGHT * leads.intent
-        + m.BEHAVIOUR_WEIGHT * np.log1p(history.behaviour)
-        + m.RECRUITMENT_WEIGHT * np.log1p(history.recruitment)
-        + m.INACTIVE_EFFECT * history.inactive
-        + m.by_channel(m.CHANNEL_EFFECT)[leads.channel]
-        + leads.campaign_effect[leads.campaign]
-        + m.FUNNEL_EFFECT[leads.funnel]
-        + m.grade_effect()[leads.grade]
-        + m.CITY_TIER_EFFECT[city_tier - 1]
-        + m.DEVICE_EFFECT[leads.device]
-        + m.email_type_effect()[email_type]
-        + np.select([slots.bad_phone, ~has_phone], [m.BAD_PHONE_EFFECT, m.NO_PHONE_EFFECT], 0.0)
-        + rfm
-        + m.EARLIER_LEADS_EFFECT * np.minimum(leads.pos, 3)
-        + m.WRONG_PERSONA_EFFECT * people.wrong_persona[leads.person]
-        + rng.normal(0.0, m.LOGIT_NOISE_SD, n)
+    n_orders, order_total, days_since_order = rfm
+    facts = m.LeadFacts(
+        intent=leads.intent, behaviour=history.behaviour,
+        days_since_last_event=history.days_since_last, high_intent_30d=history.high_intent_30d,
+        pricing_30d=history.pricing_30d, recruitment_30d=history.recruitment_30d,
+        offline_event_90d=history.offline_event_90d, channel=leads.channel,
+        campaign_effect=leads.campaign_effect[leads.campaign], funnel=leads.funnel,
+        grade=leads.grade, subject=leads.subject,
+        city_tier=np.array([tier for _, tier in m.CITIES])[leads.city], device=leads.device,
+        email_type=email_type,
+        phone_state=np.select([slots.bad_phone, ~has_phone], [2, 1], 0),
+        n_orders=n_orders, order_total=order_total, days_since_order=days_since_order,
+        earlier_leads=leads.pos, wrong_persona=people.wrong_persona[leads.person],
     )
+    logit = m.conversion_logit(facts, rng.normal(0.0, m.LOGIT_NOISE_SD, n))
     propensity = m.followup_propensities(logit)
     followup = np.where(rng.random(n) < m.RANDOM_FOLLOWUP_SHARE,
                         rng.integers(0, len(FOLLOWUP_CHANNELS), n),
@@ -836,7 +853,7 @@ def simulate_crm(
 
     say("persons and leads")
     people = _draw_people(rng, n_leads)
-    leads = _draw_leads(rng, people, start, days, drift, seed)
+    leads = _draw_leads(rng, people, days, drift, seed)
     slots = _draw_slots(rng, people, leads)
     say("behaviour events")
     urls = m.UrlVocabulary()

@@ -18,6 +18,8 @@ from top sales, which is what makes routing by score pay). Only the funnel step 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from leadscore.schemas import (
@@ -84,7 +86,7 @@ SUBJECT_GROUP = dict(
     coding="stem", art="arts",
 )
 GRADE_P = np.array([0.05, 0.06, 0.08, 0.09, 0.09, 0.10, 0.09, 0.10, 0.11, 0.07, 0.07, 0.09])
-GRADE_EFFECT = dict(G1=-0.2, G2=-0.2, G6=0.15, G8=0.15, G9=0.35, G11=0.15, G12=0.35)
+GRADE_EFFECT = dict(G1=-0.2, G2=-0.2, G6=0.1, G9=0.1, G12=0.1)  # + grade_subject_fit
 CITIES: tuple[tuple[str, int], ...] = (
     ("beijing", 1), ("shanghai", 1), ("guangzhou", 1), ("shenzhen", 1),
     ("chengdu", 2), ("hangzhou", 2), ("wuhan", 2), ("nanjing", 2), ("xian", 2),
@@ -226,21 +228,53 @@ class UrlVocabulary:
 
 
 # ---- conversion -----------------------------------------------------------------------------
-BASE_LOGIT = -5.5
-INTENT_WEIGHT = 0.55
-BEHAVIOUR_WEIGHT = 0.35  # on log1p(decayed behaviour score)
-RECRUITMENT_WEIGHT = -0.5  # on log1p(decayed recruitment-page visits)
-INACTIVE_EFFECT = -0.45
-EARLIER_LEADS_EFFECT = 0.25  # per earlier lead of the person, up to 3
+BASE_LOGIT = -9.2
+INTENT_WEIGHT = 0.6  # latent intent: seen by a model only through behaviour and the funnel step
+# Behaviour saturates: BEHAVIOUR_MAX * (1 - exp(-score / BEHAVIOUR_SCALE)) on the decayed score
+# (median ~4, 90th percentile ~30): the 20th page view adds little over the 5th.
+BEHAVIOUR_MAX, BEHAVIOUR_SCALE = 1.6, 4.0
+# High-intent events (pricing page, live class, trial class) in the last 30 days, saturating,
+# count in full only while the person is active (last touch within ACTIVE_DAYS), else a fraction.
+HIGH_INTENT_MAX, HIGH_INTENT_SCALE = 2.0, 1.5
+ACTIVE_DAYS, STALE_HIGH_INTENT_SHARE = 3.0, 0.0
+OFFLINE_EVENT_EFFECT = 0.8  # attended an open day/seminar in the last 90 days: a step
+# The intent evidence above plus the funnel step below saturates as a whole: a booked trial and
+# a week of pricing visits are two views of one decision, not two independent reasons.
+ENGAGEMENT_MAX: float | None = None
+RECRUITMENT_MAX, RECRUITMENT_SCALE = -0.9, 1.5  # recruitment pages in 30 days: job seekers
+INACTIVE_EFFECT = -0.6  # threshold: no activity at all in the last INACTIVE_DAYS days
+# Funnel step effect scaled by how much the channel's leads mean it: a trial booked by a
+# purchased-list lead (often pushed by a caller) is worth far less than one from WeChat.
+FUNNEL_EFFECT = np.array([0.0, 0.5, 1.2, 2.4])  # FUNNEL_STEPS order
+CHANNEL_FUNNEL_TRUST = dict(
+    sem=0.95, feed_ads=0.4, channel_agent=0.7, list_purchase=0.1, seo=1.2, app=1.3,
+    wechat_private=1.8, new_media=0.8,
+)
+# Grade × subject fit: exam years with exam subjects convert far more; young children buy
+# coding/art enrichment more than exam drill; senior-high art leads are mostly hobbyists.
+EXAM_GRADES, EXAM_SUBJECTS = ("G9", "G12"), ("math", "physics", "chemistry")
+EXAM_FIT_EFFECT = 1.6
+PRE_EXAM_GRADES, PRE_EXAM_FIT_EFFECT = ("G8", "G11"), 0.6
+YOUNG_GRADES, ENRICHMENT_SUBJECTS = ("G1", "G2", "G3"), ("coding", "art")
+ENRICHMENT_FIT_EFFECT = 0.8
+YOUNG_EXAM_DRILL_EFFECT = -0.8  # G1-G3 with physics/chemistry: wrong form or idle browsing
+# Earlier leads of the person: the first return matters, more returns add little.
+EARLIER_LEADS_EFFECT = np.array([0.0, 0.5, 0.65, 0.7])  # by min(earlier leads, 3)
 WRONG_PERSONA_EFFECT = -1.5
 NO_PHONE_EFFECT, BAD_PHONE_EFFECT = -0.2, -0.9
-LOGIT_NOISE_SD = 0.35
+LOGIT_NOISE_SD = 1.8
 CAMPAIGN_EFFECT_SD = 0.2
-# Returning customers (RFM of orders before the lead).
-RFM_ANY_ORDER = 0.35
-RFM_FREQUENCY = 0.2  # on log1p(order count)
-RFM_RECENT_DAYS, RFM_RECENT = 180, 0.3
-RFM_MONETARY = 0.15  # on log(total / 3000), clipped to ±2
+# Persistent campaigns per channel (and subject group for the subject-targeted channels).
+CAMPAIGN_THEMES = ("brand", "exam-prep", "trial-offer")
+CAMPAIGN_THEME_P = np.array([0.45, 0.35, 0.20])
+# Returning customers (RFM of orders before the lead): recency is a threshold, frequency and
+# monetary saturate; a returning customer on the pricing page is renewing (strong), a returning
+# customer without recent pricing visits converts only a little more than a new person.
+RFM_ANY_ORDER = 0.2
+RFM_FREQUENCY = 0.15  # on min(order count - 1, 2)
+RFM_RECENT_DAYS, RFM_RECENT = 180, 0.35
+RFM_MONETARY = 0.1  # on log(total / 3000), clipped to ±1
+RENEWAL_PRICING_EFFECT = 1.5  # returning customer with a pricing-page visit in the last 30 days
 ORDERS_EXTRA_MEAN = 0.7  # orders per returning customer: 1 + Poisson
 PRICES = np.array([1999.0, 2999.0, 4999.0, 6999.0, 9999.0])
 PRICE_P = np.array([0.25, 0.30, 0.25, 0.12, 0.08])
@@ -283,18 +317,109 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def rfm_effect(
-    n_orders: np.ndarray, total_amount: np.ndarray, days_since_last_order: np.ndarray
-) -> np.ndarray:
-    """RFM term: any purchase, frequency, recency (≤ 180 days) and monetary value."""
-    has = n_orders > 0
-    monetary = np.clip(np.log(np.maximum(total_amount, 1.0) / 3000.0), -2.0, 2.0)
-    recent = has & (days_since_last_order <= RFM_RECENT_DAYS)
-    return np.where(
-        has,
-        RFM_ANY_ORDER + RFM_FREQUENCY * np.log1p(n_orders) + RFM_MONETARY * monetary,
-        0.0,
-    ) + RFM_RECENT * recent
+def saturating(x: np.ndarray, scale: float) -> np.ndarray:
+    """``1 - exp(-x / scale)``: 0 at 0, 63% at ``scale``, 1 in the limit."""
+    return -np.expm1(-np.maximum(x, 0.0) / scale)
+
+
+def grade_subject_fit() -> np.ndarray:
+    """Grade × subject interaction, shape (len(GRADES), len(SUBJECTS))."""
+    out = np.zeros((len(GRADES), len(SUBJECTS)))
+    for g, grade in enumerate(GRADES):
+        for s, subject in enumerate(SUBJECTS):
+            if subject in EXAM_SUBJECTS and grade in EXAM_GRADES:
+                out[g, s] = EXAM_FIT_EFFECT
+            elif subject in EXAM_SUBJECTS and grade in PRE_EXAM_GRADES:
+                out[g, s] = PRE_EXAM_FIT_EFFECT
+            elif subject in ENRICHMENT_SUBJECTS and grade in YOUNG_GRADES:
+                out[g, s] = ENRICHMENT_FIT_EFFECT
+            elif subject in ("physics", "chemistry") and grade in YOUNG_GRADES:
+                out[g, s] = YOUNG_EXAM_DRILL_EFFECT
+    return out
+
+
+@dataclass
+class LeadFacts:
+    """What the mechanism reads per lead (arrays of one length; indices in schema order).
+
+    Behaviour fields describe the person's events strictly before the lead; order fields the
+    person's purchases before it.
+    """
+
+    intent: np.ndarray
+    behaviour: np.ndarray  # time-decayed weighted behaviour score
+    days_since_last_event: np.ndarray  # inf without any earlier event
+    high_intent_30d: np.ndarray  # pricing-page, live-class and trial-class events
+    pricing_30d: np.ndarray
+    recruitment_30d: np.ndarray
+    offline_event_90d: np.ndarray
+    channel: np.ndarray
+    campaign_effect: np.ndarray
+    funnel: np.ndarray
+    grade: np.ndarray
+    subject: np.ndarray
+    city_tier: np.ndarray  # 1..4
+    device: np.ndarray
+    email_type: np.ndarray
+    phone_state: np.ndarray  # 0 usable, 1 none given, 2 unusable
+    n_orders: np.ndarray
+    order_total: np.ndarray
+    days_since_order: np.ndarray
+    earlier_leads: np.ndarray
+    wrong_persona: np.ndarray
+
+
+def engagement_terms(f: LeadFacts) -> dict[str, np.ndarray]:
+    """The pieces of intent evidence (behaviour, recency, offline event, funnel step), before
+    they are summed and saturated into the ``engagement`` term of ``logit_terms``."""
+    active = f.days_since_last_event <= ACTIVE_DAYS
+    return {
+        "behaviour": BEHAVIOUR_MAX * saturating(f.behaviour, BEHAVIOUR_SCALE),
+        "high_intent_x_recency": HIGH_INTENT_MAX * saturating(f.high_intent_30d, HIGH_INTENT_SCALE)
+        * np.where(active, 1.0, STALE_HIGH_INTENT_SHARE),
+        "offline_event": OFFLINE_EVENT_EFFECT * (f.offline_event_90d > 0),
+        "funnel_x_channel": FUNNEL_EFFECT[f.funnel] * by_channel(CHANNEL_FUNNEL_TRUST)[f.channel],
+    }
+
+
+def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
+    """The conversion logit under ``ai_bot`` by term (noise and base excluded)."""
+    returning = f.n_orders > 0
+    monetary = np.clip(np.log(np.maximum(f.order_total, 1.0) / 3000.0), -1.0, 1.0)
+    evidence = sum(engagement_terms(f).values())
+    if ENGAGEMENT_MAX is not None:
+        evidence = ENGAGEMENT_MAX * saturating(evidence, ENGAGEMENT_MAX)
+    return {
+        "intent": INTENT_WEIGHT * f.intent,
+        "engagement": evidence,
+        "recruitment": RECRUITMENT_MAX * saturating(f.recruitment_30d, RECRUITMENT_SCALE),
+        "inactive": INACTIVE_EFFECT * (f.days_since_last_event > INACTIVE_DAYS),
+        "channel": by_channel(CHANNEL_EFFECT)[f.channel],
+        "campaign": f.campaign_effect,
+        "grade": grade_effect()[f.grade],
+        "grade_x_subject": grade_subject_fit()[f.grade, f.subject],
+        "city_tier": CITY_TIER_EFFECT[f.city_tier - 1],
+        "device": DEVICE_EFFECT[f.device],
+        "email": email_type_effect()[f.email_type],
+        "phone": np.array([0.0, NO_PHONE_EFFECT, BAD_PHONE_EFFECT])[f.phone_state],
+        "rfm": np.where(
+            returning,
+            RFM_ANY_ORDER + RFM_FREQUENCY * np.minimum(f.n_orders - 1, 2)
+            + RFM_MONETARY * monetary + RFM_RECENT * (f.days_since_order <= RFM_RECENT_DAYS),
+            0.0,
+        ),
+        "returning_x_pricing": RENEWAL_PRICING_EFFECT * (returning & (f.pricing_30d > 0)),
+        "earlier_leads": EARLIER_LEADS_EFFECT[np.minimum(f.earlier_leads, 3)],
+        "wrong_persona": WRONG_PERSONA_EFFECT * f.wrong_persona,
+    }
+
+
+def conversion_logit(f: LeadFacts, noise: np.ndarray) -> np.ndarray:
+    """Conversion logit under the cheapest follow-up (``ai_bot``): base + terms + noise."""
+    total = BASE_LOGIT + noise
+    for term in logit_terms(f).values():
+        total = total + term
+    return total
 
 
 def followup_propensities(base_logit: np.ndarray) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""``leadscore serve``: run the BentoML service on the work folder's champion and features."""
+"""``leadscore serve``: run the BentoML service on the work folder's champion and features.
+
+Wire into the main CLI with ``app.command("serve")(serve)``.
+"""
 
 from __future__ import annotations
 
@@ -26,24 +29,39 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
-    """Serve POST /predict, /predict_batch and /events (OpenAPI docs at /docs)."""
+    """Serve POST /predict, /predict_batch, /events and /reload (docs at /docs).
+
+    Uses LEADSCORE_API_KEY (or api_key in the config); without one, creates a key on first use
+    in <workdir>/.leadscore_api_key (mode 0600). Imports the MLflow champion into BentoML's
+    model store first (the import records the registry version).
+    """
     from serving.auth import resolve_api_key
     from serving.model_store import bentoml_home
 
     settings = settings_for(workdir)
     home = bentoml_home(settings)
-    os.environ["BENTOML_HOME"] = home
-    key, source = resolve_api_key(settings, create=True)
+    os.environ["BENTOML_HOME"] = home  # before BentoML first reads it
     try:
-        from serving.model_store import import_champion
+        key, source = resolve_api_key(settings, create=True)
+    except OSError as exc:
+        fail(f"cannot create the API key file in {settings.workdir}: {exc}")
+    from serving.model_store import import_champion
 
+    try:
         tag, version = import_champion(settings)
         console.print(f"champion: registry version {version} → BentoML model {tag}")
-    except Exception as exc:
-        console.print(f"[yellow]no champion imported[/] ({exc}); /readyz will fail until one is")
-    console.print(f"API key from {source}. Call it with:\n"
-                  f"  curl -H 'Authorization: Bearer <key from {source}>' "
-                  f"http://{host}:{port}/readyz")
+    except Exception as exc:  # noqa: BLE001 - serve anyway; /readyz says not ready
+        console.print(f"[yellow]no champion imported[/] ({type(exc).__name__}: {exc}); "
+                      "/readyz answers 503 until `leadscore train` registers one and "
+                      "POST /reload is called")
+    key_hint = ("$LEADSCORE_API_KEY" if source == "environment/config"
+                else f"$(cat {source})")
+    console.print(
+        f"API key from {source}. Call the service with:\n"
+        f"  curl -H \"Authorization: Bearer {key_hint}\" -H 'Content-Type: application/json' "
+        f"-d @submission.json http://{host}:{port}/predict\n"
+        f"OpenAPI docs: http://{host}:{port}/docs (no key needed)"
+    )
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LeadScoring",
                "--host", host, "--port", str(port)]
     try:

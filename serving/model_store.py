@@ -58,7 +58,11 @@ def import_champion(settings: Settings) -> tuple[str, str]:
     import bentoml
 
     version = registry_champion(settings)
-    for existing in bentoml.models.list(BENTO_MODEL_NAME):
+    try:
+        imported = bentoml.models.list(BENTO_MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # nothing imported yet
+        imported = []
+    for existing in imported:
         labels = existing.info.labels
         if (labels.get("registry_name") == settings.model_name
                 and labels.get("registry_version") == str(version.version)):
@@ -91,6 +95,17 @@ def load_bento_model(tag: str) -> LoadedModel:
                    labels.get("registry_version", str(model.tag.version)), f"bentoml:{model.tag}")
 
 
+def newest_import(settings: Settings) -> str:
+    """Tag of the newest BentoML model imported from ``settings.model_name`` (or NotFound)."""
+    import bentoml
+
+    models = [m for m in bentoml.models.list(BENTO_MODEL_NAME)
+              if m.info.labels.get("registry_name") == settings.model_name]
+    if not models:
+        raise bentoml.exceptions.NotFound(f"no import of '{settings.model_name}'")
+    return str(max(models, key=lambda m: m.info.creation_time).tag)
+
+
 def load_champion(settings: Settings) -> LoadedModel:
     """The current champion: registry version via the BentoML store, else the newest import."""
     import mlflow
@@ -99,7 +114,7 @@ def load_champion(settings: Settings) -> LoadedModel:
         version = registry_champion(settings)
     except Exception as registry_error:  # no registry here, or no champion in it
         try:
-            return load_bento_model(f"{BENTO_MODEL_NAME}:latest")
+            return load_bento_model(newest_import(settings))
         except Exception:  # noqa: BLE001 - the store is empty too
             raise ModelUnavailableError(
                 f"no champion of '{settings.model_name}' in the MLflow registry "

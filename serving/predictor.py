@@ -61,6 +61,7 @@ CITY_TIER: dict[str, int] = {name: tier for name, tier in CITIES}
 DEGRADED_STORE = "online_store_unavailable"
 DEGRADED_PERSON = "person_unknown"
 RULE_THRESHOLD = 60.0
+MAX_NEW_LINKS = 1_000_000
 
 __all__ = ["ModelUnavailableError", "Predictor", "Resolved"]
 
@@ -123,6 +124,8 @@ class Predictor:
         self._reload_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self.degraded_counts: Counter = Counter()
+        # identifiers and lead ids of persons founded here (keys "<type>:<hash>", "lead:<id>")
+        self._new_links: dict[str, str] = {}
         self.on_degraded: Callable[[str, int], None] | None = None
 
     @classmethod
@@ -187,14 +190,31 @@ class Predictor:
     def _person(self, hashes: list[str], lead_id: str | None) -> str | None:
         identity = self.identity
         person = lookup_person(hashes, identity.identifier_person)
+        if person is None:
+            person = lookup_person(hashes, self._new_links)
         if person is None and lead_id:
-            person = identity.lead_person.get(lead_id) or new_person_id(lead_id)
+            person = (identity.lead_person.get(lead_id) or self._new_links.get("lead:" + lead_id)
+                      or new_person_id(lead_id))
         return person
+
+    def _remember(self, hashes: list[str], lead_id: str, person: str) -> None:
+        """Link a new lead's identifiers to the person it founds, until One ID runs again."""
+        if len(self._new_links) >= MAX_NEW_LINKS:
+            return
+        with self._count_lock:
+            for key in (*hashes, "lead:" + lead_id):
+                self._new_links.setdefault(key, person)
 
     def resolve(self, sub: Submission) -> Resolved:
         """Person id, the form as feature inputs, and rejected identifier kinds (no raw values)."""
         hashes, rejected = identifier_hashes(sub.identifiers, self.settings.hash_salt)
-        person = self._person(hashes, sub.lead_id) or new_person_id(sub.lead_id)
+        identity = self.identity
+        person = lookup_person(hashes, identity.identifier_person)
+        if person is None:
+            person = identity.lead_person.get(sub.lead_id)
+        if person is None:  # not in One ID's state: link what this lead founds or joins
+            person = self._person(hashes, sub.lead_id) or new_person_id(sub.lead_id)
+            self._remember(hashes, sub.lead_id, person)
         city_tier = sub.form.city_tier
         if city_tier is None and sub.form.city:
             city_tier = CITY_TIER.get(sub.form.city.strip().lower())

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import bentoml
+from prometheus_client import Counter, Gauge
 from starlette.responses import JSONResponse
 
 from leadscore.config import get_settings
@@ -35,15 +36,17 @@ from serving.schemas import (
 
 logger = logging.getLogger("leadscore.service")
 
-DEGRADED_TOTAL = bentoml.metrics.Counter(
+# prometheus_client directly (BentoML 1.4 runs it in multiprocess mode behind /metrics)
+DEGRADED_TOTAL = Counter(
     name="leadscore_degraded_predictions_total",
     documentation="Predictions answered from the request alone, by reason.",
     labelnames=["reason"],
 )
-MODEL_INFO = bentoml.metrics.Gauge(
+MODEL_INFO = Gauge(
     name="leadscore_model_loaded",
     documentation="1 for the registry version of the model being served.",
     labelnames=["version"],
+    multiprocess_mode="livemax",
 )
 
 

@@ -1,0 +1,153 @@
+"""Fixtures of the serving tests: a small real work folder and a served ``bentoml serve`` process.
+
+``service_workdir`` (session-scoped) runs the product's pipeline (``leadscore.demo.run_demo``:
+generate → One ID → features + materialize → train with 2 trials → routing) on 3,000 leads, then
+links one made-up raw phone (``KNOWN_PHONE``) to an existing person who has behaviour in the
+online store, as One ID would after that person left the phone on an earlier form.
+``ServedService`` runs ``python -m bentoml serve serving.service:LeadScoring`` on a free
+loopback port with its output captured to a file (for the tests that grep the logs).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from leadscore.config import PROJECT_ROOT, Settings
+
+API_KEY = "test-key-0123456789abcdef"
+KNOWN_PHONE = "+86 139 1234 5678"
+KNOWN_PHONE_DIGITS = "13912345678"
+N_LEADS = 3000
+
+
+@dataclass(frozen=True)
+class ServiceWorkdir:
+    """A built work folder and the person the known phone belongs to."""
+
+    settings: Settings
+    known_person: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def build_service_workdir(root: Path) -> ServiceWorkdir:
+    """Run the pipeline on ``N_LEADS`` leads in ``root`` and link ``KNOWN_PHONE`` to a person."""
+    from leadscore.demo import run_demo
+    from leadscore.identifiers import hash_identifier
+    from leadscore.identity import IDENTIFIER_PERSON_FILE
+
+    settings = Settings().with_workdir(root)
+    # BentoML reads its home on first use: keep this session's imports inside the work folder
+    os.environ["BENTOML_HOME"] = str(settings.workdir / "bentoml_home")
+    run_demo(settings, n_leads=N_LEADS, seed=11, trials=2)
+    behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet")
+    active = behaviour[behaviour["snap_events_30d"] > 0].sort_values("person_id")
+    person = str(active["person_id"].iloc[0])
+    id_hash, reason = hash_identifier("phone", KNOWN_PHONE, settings.hash_salt)
+    assert reason is None, reason
+    path = settings.identity_dir / IDENTIFIER_PERSON_FILE
+    table = pd.read_parquet(path)
+    extra = pd.DataFrame({"id_hash": [id_hash], "id_type": ["phone"], "person_id": [person]})
+    pd.concat([table, extra], ignore_index=True).to_parquet(path, index=False)
+    return ServiceWorkdir(settings, person)
+
+
+@pytest.fixture(scope="session")
+def service_workdir(tmp_path_factory: pytest.TempPathFactory) -> ServiceWorkdir:
+    """One small real work folder for every serving test of the session."""
+    return build_service_workdir(tmp_path_factory.mktemp("service_workdir"))
+
+
+def submission(lead_id: str, **overrides: Any) -> dict[str, Any]:
+    """A valid ``POST /predict`` body (the issue's example, submitted a minute ago)."""
+    body: dict[str, Any] = {
+        "lead_id": lead_id,
+        "submitted_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat(),
+        "channel": "sem",
+        "campaign": "winter-math-2026",
+        "landing_page": "/trial/math",
+        "funnel_step": "verified",
+        "form": {"grade": "G5", "subject": "math", "city": "Hangzhou"},
+        "identifiers": {"phone": KNOWN_PHONE, "wechat_id": "wx_abc123", "email": None,
+                        "cookie_id": "c-9f8e7d"},
+    }
+    body.update(overrides)
+    return body
+
+
+def service_env(workdir: Path, **extra: str) -> dict[str, str]:
+    """Environment of a service process on ``workdir`` with the test key."""
+    env = dict(os.environ)
+    env.update({
+        "LEADSCORE_WORKDIR": str(workdir),
+        "LEADSCORE_API_KEY": API_KEY,
+        "BENTOML_HOME": str(workdir / "bentoml_home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONWARNINGS": "ignore",
+    })
+    env.update(extra)
+    return env
+
+
+class ServedService:
+    """``bentoml serve`` of the project in a subprocess on a free 127.0.0.1 port."""
+
+    def __init__(self, workdir: Path, log_path: Path, **extra_env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LeadScoring",
+                   "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=service_env(workdir, **extra_env),
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_until(self, path: str = "/readyz", timeout: float = 120.0) -> None:
+        """Wait until ``GET path`` answers 200 (fails with the log's tail otherwise)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        tail = self.log_path.read_text(errors="replace")[-3000:]
+        self.stop()
+        pytest.fail(f"the service did not answer {path} in {timeout:.0f} s; log tail:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGINT: BentoML runs the shutdown hooks), then for good."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self._log.close()
+
+    def log_text(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,78 @@
+"""No client input causes a server error: schemathesis against the service's own OpenAPI spec.
+
+The spec is read from the served process (``GET /docs.json``); every operation gets generated
+valid and invalid requests (schemathesis' positive and negative modes) with the API key, and the
+only check is schemathesis' ``not_a_server_error``: answers are 2xx/4xx, never 5xx.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+from service_fixtures import (
+    API_KEY,
+    ServedService,
+    ServiceWorkdir,
+    service_workdir,  # noqa: F401 - session fixture
+)
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MIN_CASES = 500
+CASES: Counter = Counter()
+STATUSES: Counter = Counter()
+
+
+@pytest.fixture(scope="module")
+def fuzz_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+                ) -> Iterator[ServedService]:
+    log_path = tmp_path_factory.mktemp("fuzz_logs") / "service.log"
+    service = ServedService(service_workdir.settings.workdir, log_path)
+    service.wait_until("/readyz")
+    yield service
+    service.stop()
+
+
+def _cases(operation, mode: GenerationMode, examples: int) -> None:  # noqa: ANN001
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
+              derandomize=True, database=None, phases=[Phase.generate])
+    def run(case) -> None:  # noqa: ANN001 - a schemathesis Case
+        response = case.call(base_url=BASE_URL[0], headers=AUTH, timeout=30)
+        CASES[f"{case.method.upper()} {case.path}"] += 1
+        STATUSES[response.status_code] += 1
+        case.validate_response(response, checks=[not_a_server_error])
+
+    run()
+
+
+BASE_URL: list[str] = []
+
+
+def test_no_input_causes_a_server_error(fuzz_served: ServedService) -> None:
+    BASE_URL[:] = [fuzz_served.url]
+    schema = schemathesis.openapi.from_url(f"{fuzz_served.url}/docs.json")
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        is_api = operation.method.upper() == "POST"
+        if is_api and operation.path != "/reload":  # valid and invalid bodies
+            _cases(operation, GenerationMode.POSITIVE, 85)
+            _cases(operation, GenerationMode.NEGATIVE, 85)
+        elif is_api:  # /reload takes no body and reloads the model: a few calls suffice
+            _cases(operation, GenerationMode.POSITIVE, 5)
+            _cases(operation, GenerationMode.NEGATIVE, 5)
+        else:  # parameterless GETs (health, metrics): nothing to make invalid
+            _cases(operation, GenerationMode.POSITIVE, 5)
+    total = sum(CASES.values())
+    posts = {label: n for label, n in CASES.items() if label.startswith("POST")}
+    assert total >= MIN_CASES, f"only {total} generated cases: {dict(CASES)}"
+    assert len(posts) == 4, dict(CASES)
+    assert min(n for label, n in posts.items() if "reload" not in label) >= 150, dict(CASES)
+    assert not any(status >= 500 for status in STATUSES), dict(STATUSES)
+    assert STATUSES[200] > 0 and STATUSES[422] > 0, dict(STATUSES)
+    print(f"schemathesis: {total} cases {dict(CASES)} statuses {dict(STATUSES)}")
