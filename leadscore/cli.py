@@ -14,6 +14,7 @@ from leadscore.generate_cli import generate
 from leadscore.identity_cli import identity_command, ingest_command
 from monitoring.cli import drift
 from routing.cli import app as route_app
+from serving.cli import serve
 from training.cli import score_command, train_command
 
 app = typer.Typer(
@@ -45,6 +46,7 @@ app.add_typer(features_app, name="features")
 app.command("train")(train_command)
 app.command("score")(score_command)
 app.command("drift")(drift)
+app.command("serve")(serve)
 app.command("doctor")(doctor)
 
 

@@ -265,6 +265,7 @@ class _Leads:
     campaign_effect: np.ndarray
     landing: np.ndarray
     landing_names: list[str]
+    landed_on_pricing: np.ndarray
     grade: np.ndarray
     subject: np.ndarray
     city: np.ndarray
@@ -345,8 +346,9 @@ def _draw_leads(rng: np.random.Generator, people: _People, days: int, drift: boo
     return _Leads(
         person=person, pos=pos, t=t, gap_prev_days=gap_prev, intent=intent, channel=channel,
         campaign=campaign, campaign_names=campaign_names, campaign_effect=campaign_effect,
-        landing=landing, landing_names=landing_names, grade=grade, subject=subject, city=city,
-        device=device, funnel=m.funnel_index(funnel_score), nulls=nulls,
+        landing=landing, landing_names=landing_names,
+        landed_on_pricing=template == m.LANDING_HIGH.index("/pricing"), grade=grade,
+        subject=subject, city=city, device=device, funnel=m.funnel_index(funnel_score), nulls=nulls,
     )
 
 
@@ -783,6 +785,7 @@ def _draw_outcomes(rng: np.random.Generator, people: _People, leads: _Leads, slo
         pricing_30d=history.pricing_30d, recruitment_30d=history.recruitment_30d,
         offline_event_90d=history.offline_event_90d, channel=leads.channel,
         campaign_effect=leads.campaign_effect[leads.campaign], funnel=leads.funnel,
+        landed_on_pricing=leads.landed_on_pricing, submit_hour_cn=(leads.t // 3600 + 8) % 24,
         grade=leads.grade, subject=leads.subject,
         city_tier=np.array([tier for _, tier in m.CITIES])[leads.city], device=leads.device,
         email_type=email_type,

@@ -258,6 +258,17 @@ PRE_EXAM_GRADES, PRE_EXAM_FIT_EFFECT = ("G8", "G11"), 0.6
 YOUNG_GRADES, ENRICHMENT_SUBJECTS = ("G1", "G2", "G3"), ("coding", "art")
 ENRICHMENT_FIT_EFFECT = 0.8
 YOUNG_EXAM_DRILL_EFFECT = -0.8  # G1-G3 with physics/chemistry: wrong form or idle browsing
+EXAM_YEAR_HOBBY_EFFECT = -0.8  # G9/G12 with coding/art: no time for hobbies in an exam year
+# Submission hour (China time) × channel: in-feed ad forms sent between 0 and 6 h are mostly
+# accidental taps; WeChat-private parents reading the account late at night are real buyers.
+NIGHT_HOURS = 6
+NIGHT_EFFECT = dict(
+    sem=-0.3, feed_ads=-1.2, channel_agent=0.0, list_purchase=0.0, seo=0.0, app=0.0,
+    wechat_private=0.5, new_media=-0.8,
+)
+# Landing on /pricing × funnel step: a price shopper who stops at the form converts less than an
+# ordinary lead of the same step; one who goes on to book a trial has decided.
+PRICING_LANDING_FUNNEL_EFFECT = np.array([-0.8, -0.3, 0.2, 0.6])  # FUNNEL_STEPS order
 # Earlier leads of the person: the first return matters, more returns add little.
 EARLIER_LEADS_EFFECT = np.array([0.0, 0.5, 0.65, 0.7])  # by min(earlier leads, 3)
 WRONG_PERSONA_EFFECT = -1.5
@@ -335,6 +346,8 @@ def grade_subject_fit() -> np.ndarray:
                 out[g, s] = ENRICHMENT_FIT_EFFECT
             elif subject in ("physics", "chemistry") and grade in YOUNG_GRADES:
                 out[g, s] = YOUNG_EXAM_DRILL_EFFECT
+            elif subject in ENRICHMENT_SUBJECTS and grade in EXAM_GRADES:
+                out[g, s] = EXAM_YEAR_HOBBY_EFFECT
     return out
 
 
@@ -356,6 +369,8 @@ class LeadFacts:
     channel: np.ndarray
     campaign_effect: np.ndarray
     funnel: np.ndarray
+    landed_on_pricing: np.ndarray
+    submit_hour_cn: np.ndarray  # 0..23, China time
     grade: np.ndarray
     subject: np.ndarray
     city_tier: np.ndarray  # 1..4
@@ -396,6 +411,8 @@ def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
         "inactive": INACTIVE_EFFECT * (f.days_since_last_event > INACTIVE_DAYS),
         "channel": by_channel(CHANNEL_EFFECT)[f.channel],
         "campaign": f.campaign_effect,
+        "pricing_landing_x_funnel": PRICING_LANDING_FUNNEL_EFFECT[f.funnel] * f.landed_on_pricing,
+        "night_x_channel": by_channel(NIGHT_EFFECT)[f.channel] * (f.submit_hour_cn < NIGHT_HOURS),
         "grade": grade_effect()[f.grade],
         "grade_x_subject": grade_subject_fit()[f.grade, f.subject],
         "city_tier": CITY_TIER_EFFECT[f.city_tier - 1],
