@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,31 @@ def stage_identity(ctx: DemoContext) -> dict[str, Any]:
     return figures
 
 
+REPLAY_DAYS = 14
+
+
+def replay_start(settings: Settings) -> datetime:
+    """Monday 00:00 UTC about two weeks before the last lead: the demo's replayed traffic."""
+    import pandas as pd
+
+    created = pd.read_parquet(settings.raw_dir / "leads.parquet", columns=["created_at"])
+    last = created["created_at"].max().to_pydatetime()
+    start = (last - timedelta(days=REPLAY_DAYS)).replace(hour=0, minute=0, second=0,
+                                                         microsecond=0)
+    return start - timedelta(days=start.weekday())
+
+
 def stage_features(ctx: DemoContext) -> dict[str, Any]:
-    """Build the offline feature tables, apply the Feast repo, materialize, training set."""
+    """Build the offline feature tables, apply the Feast repo, materialize, training set.
+
+    The online store is loaded up to the start of the replayed traffic only, so the service
+    answers replayed leads from what was known before them.
+    """
     from features.build import build_features, materialize
     from features.training_set import build_training_set
 
     build = build_features(ctx.settings).to_dict()
-    materialized = materialize(ctx.settings)
+    materialized = materialize(ctx.settings, end=replay_start(ctx.settings))
     training_set = build_training_set(ctx.settings)
     return {
         "build_seconds": build.get("seconds"),
@@ -102,12 +120,69 @@ def stage_route(ctx: DemoContext) -> dict[str, Any]:
     }
 
 
+def stage_serve(ctx: DemoContext) -> dict[str, Any]:
+    """Serve the champion with BentoML and send it the last two weeks' leads as the CRM would."""
+    import httpx
+    from serving.demo_traffic import replay_submissions
+
+    from serving.launcher import ServedService
+    from serving.model_store import import_champion
+
+    settings = ctx.settings
+    tag, version = import_champion(settings)
+    submissions = replay_submissions(settings, ctx.seed, since=replay_start(settings))
+    key = "demo-" + ctx.settings.hash_salt[:8]
+    log_path = settings.reports_dir / "service.log"
+    answers: list[dict[str, Any]] = []
+    with ServedService(settings.workdir, log_path, key) as service:
+        service.wait_until("/readyz", timeout=180)
+        with httpx.Client(base_url=service.url, headers=service.headers, timeout=60) as client:
+            for body in submissions[:3]:
+                reply = client.post("/predict", json=body)
+                reply.raise_for_status()
+                answers.append(reply.json())
+            batches = [submissions[i:i + 500] for i in range(3, len(submissions), 500)]
+            for batch in batches:
+                reply = client.post("/predict_batch", json={"submissions": batch})
+                reply.raise_for_status()
+    for answer in answers:
+        console.print(
+            f"  {answer['lead_id']}: p={answer['probability']:.3f} tier {answer['tier']} → "
+            f"{answer['channel']}; "
+            + "; ".join(r["text"] for r in answer["reasons"]["positive"][:2])
+        )
+    return {"bento_model": tag, "registry_version": version, "submissions": len(submissions),
+            "sample_answers": answers}
+
+
+def stage_drift(ctx: DemoContext) -> dict[str, Any]:
+    """Weekly Evidently drift and business report of the last replayed week."""
+    from monitoring.cli import iso_week, run_weekly_report
+
+    start = replay_start(ctx.settings) + timedelta(days=7)
+    year, week, _ = start.isocalendar()
+    report = run_weekly_report(ctx.settings, iso_week(f"{year}-W{week:02d}"))
+    drift = report.drift
+    return {
+        "week": report.period.label,
+        "folder": str(report.folder),
+        "exit_code": report.exit_code,
+        "dataset_drift": drift.get("dataset_drift"),
+        "drift_share": drift.get("drift_share"),
+        "n_current": drift.get("n_current"),
+        "cohort": drift.get("cohort"),
+        "index": str(report.index_path),
+    }
+
+
 STAGES: list[tuple[str, Stage]] = [
     ("generate", stage_generate),
     ("identity", stage_identity),
     ("features", stage_features),
     ("train", stage_train),
     ("route", stage_route),
+    ("serve", stage_serve),
+    ("drift", stage_drift),
 ]
 
 

@@ -11,21 +11,16 @@ loopback port with its output captured to a file (for the tests that grep the lo
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 import pytest
 
-from leadscore.config import PROJECT_ROOT, Settings
+from leadscore.config import Settings
+from serving import launcher
 
 API_KEY = "test-key-0123456789abcdef"
 KNOWN_PHONE = "+86 139 1234 5678"
@@ -39,12 +34,6 @@ class ServiceWorkdir:
 
     settings: Settings
     known_person: str
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def build_service_workdir(root: Path) -> ServiceWorkdir:
@@ -92,62 +81,14 @@ def submission(lead_id: str, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def service_env(workdir: Path, **extra: str) -> dict[str, str]:
-    """Environment of a service process on ``workdir`` with the test key."""
-    env = dict(os.environ)
-    env.update({
-        "LEADSCORE_WORKDIR": str(workdir),
-        "LEADSCORE_API_KEY": API_KEY,
-        "BENTOML_HOME": str(workdir / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONWARNINGS": "ignore",
-    })
-    env.update(extra)
-    return env
-
-
-class ServedService:
-    """``bentoml serve`` of the project in a subprocess on a free 127.0.0.1 port."""
+class ServedService(launcher.ServedService):
+    """The package's launcher with the test key; a start failure fails the test."""
 
     def __init__(self, workdir: Path, log_path: Path, **extra_env: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LeadScoring",
-                   "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=service_env(workdir, **extra_env),
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        super().__init__(workdir, log_path, API_KEY, **extra_env)
 
     def wait_until(self, path: str = "/readyz", timeout: float = 120.0) -> None:
-        """Wait until ``GET path`` answers 200 (fails with the log's tail otherwise)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        tail = self.log_path.read_text(errors="replace")[-3000:]
-        self.stop()
-        pytest.fail(f"the service did not answer {path} in {timeout:.0f} s; log tail:\n{tail}")
-
-    def stop(self) -> None:
-        """Stop gracefully (SIGINT: BentoML runs the shutdown hooks), then for good."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-
-    def log_text(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        try:
+            super().wait_until(path, timeout)
+        except launcher.ServiceStartError as exc:
+            pytest.fail(str(exc))
