@@ -39,7 +39,7 @@ def replay_submissions(settings: Settings, seed: int, since: datetime) -> list[d
         form = {}
         for name in _FORM_FIELDS:
             value = getattr(row, name)
-            if value is not None and not (isinstance(value, float) and value != value):
+            if not pd.isna(value):
                 form[name] = int(value) if name == "city_tier" else value
         ids = raw.get(row.lead_id, {})
         bodies.append({
