@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -123,8 +124,8 @@ def stage_route(ctx: DemoContext) -> dict[str, Any]:
 def stage_serve(ctx: DemoContext) -> dict[str, Any]:
     """Serve the champion with BentoML and send it the last two weeks' leads as the CRM would."""
     import httpx
-    from serving.demo_traffic import replay_submissions
 
+    from serving.demo_traffic import replay_submissions
     from serving.launcher import ServedService
     from serving.model_store import import_champion
 
@@ -199,6 +200,10 @@ def _print_stage(name: str, figures: dict[str, Any]) -> None:
 def run_demo(settings: Settings, n_leads: int, seed: int, trials: int) -> dict[str, Any]:
     """Run every stage; write and return ``summary.json`` in the work folder."""
     settings.ensure_dirs()
+    # library deprecation chatter hides the figures people read; errors still surface
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials)
     summary: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
