@@ -1,7 +1,7 @@
 """Traffic for the main job: generated leads replayed as the CRM's form submissions.
 
 The raw identifiers of generated leads are never stored; the generator draws them again in
-memory from the same seed (``SyntheticCrm.raw_identifiers_of``), so the service receives them
+memory from the same seed and matched to the stored hashes, so the service receives them
 exactly as a CRM would send them and hashes them at the door.
 """
 
@@ -19,21 +19,39 @@ _IDENTIFIER_FIELDS = {"phone": "phone", "wechat": "wechat_id", "email": "email",
                       "cookie": "cookie_id"}
 
 
-def _raw_identifiers(settings: Settings, seed: int, n_leads: int) -> dict[str, dict[str, str]]:
-    """lead_id → {field: raw value}, drawn again in memory (empty when unavailable)."""
+def _raw_identifiers(settings: Settings, seed: int, n_leads: int,
+                     lead_ids: set[str]) -> dict[str, dict[str, str]]:
+    """lead_id → {form field: raw value} for ``lead_ids``, drawn again in memory.
+
+    The generator's raw values are matched to the stored hashes of each lead, so a value the
+    CRM would send is exactly the one whose hash One ID knows.
+    """
     from leadscore.generate import simulate_crm
+    from leadscore.identifiers import hash_identifier
 
     crm = simulate_crm(n_leads, seed, salt=settings.hash_salt)
-    of = getattr(crm, "raw_identifiers_of", None)
-    return of() if callable(of) else {}
+    by_hash: dict[str, str] = {}
+    for value in crm.raw_identifiers:
+        for id_type in _IDENTIFIER_FIELDS:
+            hashed, _ = hash_identifier(id_type, value, settings.hash_salt)
+            if hashed is not None:
+                by_hash[hashed] = value
+    identities = pd.read_parquet(settings.raw_dir / "identities.parquet")
+    identities = identities[identities["lead_id"].isin(lead_ids)]
+    raw: dict[str, dict[str, str]] = {}
+    for lead_id, id_type, id_hash in identities.itertuples(index=False):
+        value = by_hash.get(id_hash)
+        if value is not None:
+            raw.setdefault(lead_id, {})[_IDENTIFIER_FIELDS[id_type]] = value
+    return raw
 
 
 def replay_submissions(settings: Settings, seed: int, since: datetime) -> list[dict[str, Any]]:
     """``POST /predict`` bodies for every lead created at or after ``since``, oldest first."""
     leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
     leads = leads[leads["created_at"] >= pd.Timestamp(since)].sort_values("created_at")
-    raw = _raw_identifiers(settings, seed, n_leads=len(pd.read_parquet(
-        settings.raw_dir / "leads.parquet", columns=["lead_id"])))
+    n_leads = len(pd.read_parquet(settings.raw_dir / "leads.parquet", columns=["lead_id"]))
+    raw = _raw_identifiers(settings, seed, n_leads, set(leads["lead_id"]))
     bodies: list[dict[str, Any]] = []
     for row in leads.itertuples(index=False):
         form = {}
@@ -50,6 +68,6 @@ def replay_submissions(settings: Settings, seed: int, since: datetime) -> list[d
             "landing_page": row.landing_page,
             "funnel_step": row.funnel_step,
             "form": form,
-            "identifiers": {field: ids.get(kind) for kind, field in _IDENTIFIER_FIELDS.items()},
+            "identifiers": {field: ids.get(field) for field in _IDENTIFIER_FIELDS.values()},
         })
     return bodies
