@@ -6,9 +6,12 @@ Needs a built work folder (``leadscore demo --workdir DIR``). Steps, all in one 
    routing + log hand-off, no HTTP), ``--floor-calls`` times: p50/p99;
 2. starts ``bentoml serve serving.service:LeadScoring`` on a free 127.0.0.1 port (or uses
    ``--url``, which must be a loopback address) and waits for ``/readyz``;
-3. single ``POST /predict`` at a fixed rate (``--rate`` per second for ``--duration`` s; an
-   open-loop schedule, so a slow answer does not slow the offered load) from this process over
-   keep-alive connections: p50/p99/max and errors;
+3. single ``POST /predict`` at a fixed rate (``--rate`` per second for ``--duration`` s) over
+   keep-alive connections, from a separate light load generator so that the client does not eat
+   the server's CPU: ``wrk`` (``apt-get install -y wrk``; a Lua script paces requests on a fixed
+   schedule, latency from send to answer) when it is installed, otherwise (or with
+   ``--generator python``) a spawned process of ``http.client`` threads on the same schedule:
+   p50/p99/max, achieved rate and errors;
 4. ``POST /predict_batch`` of ``--batch-size`` leads, ``--batch-repeats`` times: p50/min;
 5. ratio served p50 / floor p50; one JSON line (also written to ``reports/bench_serving.json``).
 
@@ -20,14 +23,18 @@ Load goes only to 127.0.0.1, is bounded in count (rate × duration) and time (du
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
+import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -127,50 +134,163 @@ def stop_server(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-async def fixed_rate(url: str, rate: float, duration: float, connections: int
-                     ) -> dict[str, Any]:
-    """Open-loop load: request i is sent at start + i / rate; latencies of all answers."""
+# wrk script: one thread, every connection asks delay() for the next slot of a fixed schedule
+# (rate per second), so the offered load does not depend on how fast answers come back while a
+# connection is free. Lead ids are unique; every other lead is a brand-new cookie-only person.
+WRK_SCRIPT = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clk_id, bench_timespec *tp);
+]]
+local ts = ffi.new("bench_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval = 1000 / __RATE__
+local next_at = nil
+local counter = 0
+local known_body = [==[__KNOWN__]==]
+local new_body = [==[__NEW__]==]
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer __KEY__"
+
+function delay()
+  local now = now_ms()
+  if next_at == nil then next_at = now end
+  next_at = next_at + interval
+  local wait = next_at - now
+  if wait < 0 then return 0 end
+  return math.floor(wait)
+end
+
+function request()
+  counter = counter + 1
+  local template = (counter % 2 == 0) and known_body or new_body
+  local lead = "L-wrk-__RUN__-" .. counter
+  return wrk.format(nil, "/predict", nil, (template:gsub("__LEAD__", lead)))
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, ' ..
+    '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def _template(known: bool) -> str:
+    """A submission JSON with ``__LEAD__`` in place of the lead id (and of the cookie)."""
+    return json.dumps(body("__LEAD__", known=known)).replace("bench-__lead__", "bench-__LEAD__")
+
+
+def wrk_fixed_rate(url: str, rate: float, duration: float, connections: int) -> dict[str, Any]:
+    """Fixed-rate load with ``wrk`` (one thread); latency from send to answer."""
+    script = (WRK_SCRIPT.replace("__RATE__", repr(float(rate)))
+              .replace("__KNOWN__", _template(True)).replace("__NEW__", _template(False))
+              .replace("__KEY__", KEY).replace("__RUN__", uuid.uuid4().hex[:8]))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    try:
+        warm = [shutil.which("wrk"), "-t1", "-c2", "-d2s", "-s", fh.name, url]
+        subprocess.run(warm, capture_output=True, timeout=30, check=False)
+        command = [shutil.which("wrk"), "-t1", f"-c{connections}", f"-d{duration:.0f}s",
+                   "--timeout", "10s", "-s", fh.name, url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60,
+                              check=False)
+    finally:
+        os.unlink(fh.name)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith('{"requests"')), None)
+    if line is None:
+        raise SystemExit(f"wrk failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+    raw = json.loads(line)
+    errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
+    elapsed = raw["duration_us"] / 1e6
+    return {"p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
+            "max_ms": raw["max_us"] / 1000, "n": raw["requests"], "offered_rate": rate,
+            "achieved_rate": round(raw["requests"] / elapsed, 1),
+            "requests": raw["requests"], "errors": errors, "generator": "wrk"}
+
+
+def _python_load(url: str, key: str, rate: float, duration: float, connections: int,
+                 out: Any) -> None:
+    """Load-generator process: ``connections`` threads, each with a keep-alive connection,
+    send request i at start + i / rate (thread i mod connections); results go to ``out``."""
+    target = urlparse(url)
     total = int(rate * duration)
-    headers = {"Authorization": f"Bearer {KEY}"}
-    payloads = [json.dumps(body(f"L-bench-{uuid.uuid4().hex[:12]}", known=i % 2 == 0))
-                for i in range(total)]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    templates = (_template(True), _template(False))
+    run = uuid.uuid4().hex[:8]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10,
-                                 headers={**headers, "Content-Type": "application/json"}
-                                 ) as client:
-        for _ in range(20):  # warm up connections and the service
-            await client.post("/predict", content=payloads[0])
+    lock = threading.Lock()
+    began = time.perf_counter() + 0.5
+    deadline = began + duration + 60
 
-        async def one(i: int, at: float) -> None:
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+    def worker(first: int) -> None:
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+        for i in range(first, total, connections):
+            at = began + i / rate
+            if at > deadline:
+                break
+            pause = at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            payload = templates[i % 2].replace("__LEAD__", f"L-py-{run}-{i}").encode()
             started = time.perf_counter()
             try:
-                response = await client.post("/predict", content=payloads[i])
-                if response.status_code != 200:
-                    errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
-                    return
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                return
-            latencies.append(time.perf_counter() - started)
+                conn.request("POST", "/predict", body=payload, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                status = type(exc).__name__
+            with lock:
+                if status == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+        conn.close()
 
-        began = time.perf_counter() + 0.2
-        tasks = [asyncio.create_task(one(i, began + i / rate)) for i in range(total)]
-        done, pending = await asyncio.wait(tasks, timeout=duration + 60)
-        for task in pending:  # bounded in time: what is still waiting counts as an error
-            task.cancel()
-        if pending:
-            errors["unanswered_at_deadline"] = len(pending)
-            await asyncio.gather(*pending, return_exceptions=True)
-        elapsed = min(time.perf_counter() - began, duration + 60)
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    out.put((latencies, errors, time.perf_counter() - began))
+
+
+def python_fixed_rate(url: str, rate: float, duration: float, connections: int
+                      ) -> dict[str, Any]:
+    """Fixed-rate load from a spawned process of ``http.client`` threads (no wrk needed)."""
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    process = context.Process(target=_python_load,
+                              args=(url, KEY, rate, duration, connections, out))
+    process.start()
+    latencies, errors, elapsed = out.get(timeout=duration + 120)
+    process.join(timeout=30)
     result = percentiles(latencies) if latencies else {"n": 0}
     result.update({"offered_rate": rate, "achieved_rate": round(len(latencies) / elapsed, 1),
-                   "requests": total, "errors": errors})
+                   "requests": int(rate * duration), "errors": errors, "generator": "python"})
     return result
+
+
+def fixed_rate(url: str, rate: float, duration: float, connections: int, generator: str
+               ) -> dict[str, Any]:
+    """Single ``/predict`` at a fixed rate with ``generator`` (``auto``: wrk when installed)."""
+    if generator == "wrk" or (generator == "auto" and shutil.which("wrk")):
+        if not shutil.which("wrk"):
+            raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+        return wrk_fixed_rate(url, rate, duration, connections)
+    return python_fixed_rate(url, rate, duration, connections)
 
 
 def batch_timing(url: str, size: int, repeats: int) -> dict[str, Any]:
@@ -198,7 +318,10 @@ def main() -> None:
     parser.add_argument("--url", help="a running service on 127.0.0.1 (default: start one)")
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto",
+                        help="load generator (auto: wrk when installed, else python)")
+    parser.add_argument("--skip-floor", action="store_true", help="no in-process floor")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-repeats", type=int, default=10)
     parser.add_argument("--floor-calls", type=int, default=2000)
@@ -210,8 +333,9 @@ def main() -> None:
     if args.rate * args.duration > 100_000:
         raise SystemExit("refusing more than 100,000 requests in one run")
 
-    floor = measure_floor(workdir, args.floor_calls)
-    print(f"in-process floor (Predictor.predict, 1 lead): {floor}")
+    floor = {"p50_ms": float("nan")} if args.skip_floor else measure_floor(workdir,
+                                                                           args.floor_calls)
+    print(f"in-process floor (Predictor.predict, 1 lead): {floor}", flush=True)
     process = None
     url = args.url
     if url is None:
@@ -220,7 +344,7 @@ def main() -> None:
         global KEY
         KEY = os.environ.get("LEADSCORE_API_KEY", "")
     try:
-        single = asyncio.run(fixed_rate(url, args.rate, args.duration, args.connections))
+        single = fixed_rate(url, args.rate, args.duration, args.connections, args.generator)
         print(f"POST /predict at {args.rate:.0f}/s for {args.duration:.0f}s: {single}")
         batch = batch_timing(url, args.batch_size, args.batch_repeats)
         print(f"POST /predict_batch of {args.batch_size}: {batch}")

@@ -226,12 +226,54 @@ def _map_unique(values: Sequence[Any], fn: Any) -> list[Any]:
     """``[fn(v) for v in values]``, calling ``fn`` once per distinct value (fast on big batches)."""
     if len(values) == 0:
         return []
+    if len(values) <= SMALL_INPUT and isinstance(values, list | tuple):
+        small = _map_small(values, fn)
+        if small is not None:
+            return small
     series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     mapped = [fn(u) for u in uniques] + [fn(None)]
     table = np.empty(len(mapped), dtype=object)
     table[:] = mapped
     return table[codes].tolist()
+
+
+SMALL_INPUT = 64  # up to this many values, a dict beats building a pandas Series
+
+
+def _map_small(values: Sequence[Any], fn: Any) -> list[Any] | None:
+    """``_map_unique`` without pandas: the same first-seen-value memo (as ``pd.factorize``:
+    equal values such as ``1``, ``1.0`` and ``True`` share one call) and missing values
+    (None, NaN, NaT, NA) mapped as ``fn(None)``; None for a value it cannot key (the caller
+    then takes the pandas path)."""
+    memo: dict[Any, Any] = {}
+    out: list[Any] = []
+    missing_result: list[Any] = []
+    for v in values:
+        if v is None or (v.__class__ is not str and _scalar_na(v)):
+            if not missing_result:
+                missing_result.append(fn(None))
+            out.append(missing_result[0])
+            continue
+        try:
+            mapped = memo.get(v, memo)
+        except TypeError:  # unhashable
+            return None
+        if mapped is memo:
+            mapped = memo[v] = fn(v)
+        out.append(mapped)
+    return out
+
+
+def _scalar_na(v: Any) -> bool:
+    if isinstance(v, float):
+        return v != v
+    if isinstance(v, int | str | bytes):
+        return False
+    try:
+        return bool(pd.isna(v)) if np.ndim(v) == 0 else False
+    except (TypeError, ValueError):
+        return False
 
 
 def _category_fn(field: str) -> Any:

@@ -8,18 +8,59 @@ features as float64 (missing → NaN), categorical features as the code of their
 derives from the pandas categories. Probabilities and reasons equal ``predict_with_reasons``
 (tests compare them); a model that is not a ``LeadConversionModel`` goes through its own
 ``predict_with_reasons`` on a frame.
+
+Per-call overhead that does not depend on the batch is kept out of the request: the calibrator's
+map is precomputed (``fast_calibration``: the Platt sigmoid from its fitted coefficients, or
+linear interpolation over the isotonic thresholds, instead of scikit-learn's validated
+``predict``), and the reasons' ranking runs on the whole contribution matrix at once, so the
+sentence builder only sees the few features it reports.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, logit
 
+from training.calibration import CLIP_HIGH, CLIP_LOW
 from training.explain import top_reasons
 from training.model import FeatureInputError
+
+MIN_ABS_CONTRIBUTION = 1e-6  # as ``training.explain.top_reasons``
+
+
+def fast_calibration(calibrator: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A numpy function equal to ``calibrator.predict`` on raw scores, or None when unknown.
+
+    Knows ``training.calibration.Calibrator`` with ``"sigmoid"`` (scikit-learn
+    ``LogisticRegression`` on the clipped logit) or ``"isotonic"`` (``IsotonicRegression`` with
+    ``out_of_bounds="clip"``); the result is clipped to [1e-6, 1 - 1e-6] as the calibrator does.
+    """
+    method = getattr(calibrator, "method", None)
+    model = getattr(calibrator, "model", None)
+    if method == "sigmoid" and hasattr(model, "coef_") and np.shape(model.coef_) == (1, 1):
+        slope = float(model.coef_[0, 0])
+        intercept = float(model.intercept_[0])
+
+        def sigmoid(raw: np.ndarray) -> np.ndarray:
+            x = logit(np.clip(raw, CLIP_LOW, CLIP_HIGH))
+            return np.clip(expit(x * slope + intercept), CLIP_LOW, CLIP_HIGH)
+
+        return sigmoid
+    if (method == "isotonic" and getattr(model, "out_of_bounds", None) == "clip"
+            and hasattr(model, "X_thresholds_") and len(model.X_thresholds_) > 1):
+        xs = np.asarray(model.X_thresholds_, dtype=float)
+        ys = np.asarray(model.y_thresholds_, dtype=float)
+        low, high = float(model.X_min_), float(model.X_max_)
+
+        def isotonic(raw: np.ndarray) -> np.ndarray:
+            return np.clip(np.interp(np.clip(raw, low, high), xs, ys), CLIP_LOW, CLIP_HIGH)
+
+        return isotonic
+    return None
 
 
 class FastScorer:
@@ -39,6 +80,7 @@ class FastScorer:
             for column, levels in model.levels.items()
         }
         self.booster = model.booster  # built once, here, not on the first request
+        self.calibrate = fast_calibration(model.calibrator) or model.calibrator.predict
 
     def matrix(self, features: dict[str, Sequence[Any]]) -> np.ndarray:
         """The booster's input for a batch given as columns (name → values)."""
@@ -55,7 +97,7 @@ class FastScorer:
                     math.nan if _missing(v) else codes.get(str(v), math.nan) for v in values
                 ]
             else:
-                out[:, j] = [_number(column, v) for v in values]
+                out[:, j] = _numbers(column, values, n)
         return out
 
     def score(self, features: dict[str, Sequence[Any]], top_k: int = 3) -> list[dict[str, Any]]:
@@ -69,27 +111,60 @@ class FastScorer:
             return []
         threads = 1 if len(x) < 64 else 0  # no thread start-up cost for small batches
         raw = np.asarray(self.booster.predict(x, num_threads=threads), dtype=float)
-        probability = np.asarray(self.model.calibrator.predict(raw), dtype=float)
+        probability = np.asarray(self.calibrate(np.asarray(raw, dtype=float).ravel()),
+                                 dtype=float)
         contrib = np.asarray(
             self.booster.predict(x, pred_contrib=True, num_threads=threads), dtype=float
         )
         width = len(self.columns)
-        rows: list[dict[str, Any]] = []
-        for i in range(len(x)):
-            values = {column: features[column][i] for column in self.columns}
-            reasons = top_reasons(contrib[i, :width], self.columns, values, top_k=top_k,
-                                  templates=self.model.reason_templates)
-            rows.append({
-                "probability": float(probability[i]),
-                "raw_score": float(raw[i]),
-                "positive_reasons": reasons["positive"],
-                "negative_reasons": reasons["negative"],
-            })
-        return rows
+        reasons = self.reasons(contrib[:, :width], features, top_k)
+        return [
+            {"probability": p, "raw_score": r, "positive_reasons": why["positive"],
+             "negative_reasons": why["negative"]}
+            for p, r, why in zip(probability.tolist(), raw.tolist(), reasons, strict=True)
+        ]
+
+    def reasons(self, contrib: np.ndarray, features: dict[str, Sequence[Any]], top_k: int
+                ) -> list[dict[str, list[dict[str, Any]]]]:
+        """``training.explain.top_reasons`` of every row of a contribution matrix.
+
+        The ranking (stable sort by absolute contribution, the first ``top_k`` positive and
+        negative ones at or above ``MIN_ABS_CONTRIBUTION``) runs on the matrix; ``top_reasons``
+        then words only those features, in the same order, so the output is identical.
+        """
+        order = np.argsort(-np.abs(contrib), axis=1, kind="stable")
+        ranked = np.take_along_axis(contrib, order, axis=1)
+        positive = ranked >= MIN_ABS_CONTRIBUTION
+        negative = ranked <= -MIN_ABS_CONTRIBUTION
+        keep = ((positive & (np.cumsum(positive, axis=1) <= top_k))
+                | (negative & (np.cumsum(negative, axis=1) <= top_k)))
+        columns, templates = self.columns, self.model.reason_templates
+        out = []
+        for i in range(len(contrib)):
+            chosen = order[i][keep[i]].tolist()
+            names = [columns[j] for j in chosen]
+            values = {name: features[name][i] for name in names}
+            out.append(top_reasons(contrib[i, chosen], names, values, top_k=top_k,
+                                   templates=templates,
+                                   min_abs_contribution=MIN_ABS_CONTRIBUTION))
+        return out
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _numbers(column: str, values: Sequence[Any], n: int) -> np.ndarray | list[float]:
+    """A numeric column as floats (None → NaN); the per-value path names a bad value."""
+    if not any(isinstance(v, str | bytes) for v in values):
+        try:
+            out = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if out.shape == (n,):
+                return out
+    return [_number(column, v) for v in values]
 
 
 def _number(column: str, value: Any) -> float:
