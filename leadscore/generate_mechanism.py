@@ -3,17 +3,31 @@
 Everything that decides *why* a synthetic lead converts lives here, so the mechanism can be read
 (and changed) in one place; ``leadscore.generate`` only draws from it and writes tables.
 
-Conversion logit of a lead under the cheapest follow-up (``ai_bot``)::
+Conversion logit of a lead under the cheapest follow-up (``ai_bot``), ``logit_terms``::
 
-    BASE_LOGIT + latent intent + person behaviour before the lead (time-decayed, weighted by
-    behaviour type, page and depth) - recruitment-page visits - inactivity (30 days)
-    + channel + campaign + funnel step + fit (grade, city tier, device, e-mail, phone)
-    + RFM of earlier purchases + earlier leads of the person - wrong persona + noise
+    BASE_LOGIT + latent intent (seen only through behaviour and funnel step)
+    + saturating behaviour score (time-decayed; the 20th page view adds little over the 5th)
+    + saturating high-intent events in 30 days (pricing, live, trial) x active in the last 3 days
+    + offline event in 90 days (step) - recruitment pages (saturating) - 30 idle days (step)
+    + channel + persistent campaign + funnel step x channel trust (a booked trial from a
+      purchased list is worth little, from WeChat private a lot)
+    + pricing landing page x funnel step + night submission x channel
+    + grade x subject fit (exam years with math/physics/chemistry; young children with
+      coding/art) + city tier, device, e-mail, phone
+    + RFM of earlier purchases (recency threshold) + returning customer x pricing visits (renewal)
+    + earlier leads of the person (saturating) - wrong persona + noise (unobserved circumstances)
 
-and under a costlier follow-up channel the odds are multiplied by ``FOLLOWUP_ODDS_UPLIFT`` raised
-to a heterogeneity exponent that grows with the lead's own logit (high-intent leads profit more
-from top sales, which is what makes routing by score pay). Only the funnel step is known after
-``created_at``; every other term uses what existed strictly before the lead.
+Most of the signal is non-additive in the features a model sees (saturation, thresholds and
+interactions), so a logistic regression on them is misspecified while a tree ensemble is not.
+Under a costlier follow-up channel the odds are multiplied by ``FOLLOWUP_ODDS_UPLIFT`` raised to
+a heterogeneity exponent that grows with the lead's own logit (high-intent leads profit more
+from top sales, which is what makes routing by score pay).
+
+Time: only the funnel step is known after ``created_at``; every other term uses what existed
+strictly before the lead. No term depends on calendar time and campaigns run through the whole
+period, so conversion given the features is stationary; ``--drift`` shifts the channel mix and
+behaviour of the late weeks (what a person does), not how doing it converts. Every conversion
+falls inside its lead's window, so outcomes of closed windows are complete up to the data end.
 """
 
 from __future__ import annotations
@@ -228,37 +242,34 @@ class UrlVocabulary:
 
 
 # ---- conversion -----------------------------------------------------------------------------
-BASE_LOGIT = -9.2
+BASE_LOGIT = -11.1
 INTENT_WEIGHT = 0.6  # latent intent: seen by a model only through behaviour and the funnel step
 # Behaviour saturates: BEHAVIOUR_MAX * (1 - exp(-score / BEHAVIOUR_SCALE)) on the decayed score
-# (median ~4, 90th percentile ~30): the 20th page view adds little over the 5th.
-BEHAVIOUR_MAX, BEHAVIOUR_SCALE = 1.6, 4.0
+# (median ~4, 90th percentile ~30): the first few touches matter, later ones add little.
+BEHAVIOUR_MAX, BEHAVIOUR_SCALE = 2.4, 3.0
 # High-intent events (pricing page, live class, trial class) in the last 30 days, saturating,
-# count in full only while the person is active (last touch within ACTIVE_DAYS), else a fraction.
-HIGH_INTENT_MAX, HIGH_INTENT_SCALE = 2.0, 1.5
+# count only while the person is active (last touch within ACTIVE_DAYS): stale intent is gone.
+HIGH_INTENT_MAX, HIGH_INTENT_SCALE = 2.5, 1.5
 ACTIVE_DAYS, STALE_HIGH_INTENT_SHARE = 3.0, 0.0
 OFFLINE_EVENT_EFFECT = 0.8  # attended an open day/seminar in the last 90 days: a step
-# The intent evidence above plus the funnel step below saturates as a whole: a booked trial and
-# a week of pricing visits are two views of one decision, not two independent reasons.
-ENGAGEMENT_MAX: float | None = None
 RECRUITMENT_MAX, RECRUITMENT_SCALE = -0.9, 1.5  # recruitment pages in 30 days: job seekers
 INACTIVE_EFFECT = -0.6  # threshold: no activity at all in the last INACTIVE_DAYS days
 # Funnel step effect scaled by how much the channel's leads mean it: a trial booked by a
 # purchased-list lead (often pushed by a caller) is worth far less than one from WeChat.
-FUNNEL_EFFECT = np.array([0.0, 0.5, 1.2, 2.4])  # FUNNEL_STEPS order
+FUNNEL_EFFECT = np.array([0.0, 0.6, 1.4, 2.8])  # FUNNEL_STEPS order
 CHANNEL_FUNNEL_TRUST = dict(
-    sem=0.95, feed_ads=0.4, channel_agent=0.7, list_purchase=0.1, seo=1.2, app=1.3,
-    wechat_private=1.8, new_media=0.8,
+    sem=0.9, feed_ads=0.25, channel_agent=0.6, list_purchase=0.0, seo=1.3, app=1.4,
+    wechat_private=2.0, new_media=0.7,
 )
 # Grade × subject fit: exam years with exam subjects convert far more; young children buy
 # coding/art enrichment more than exam drill; senior-high art leads are mostly hobbyists.
 EXAM_GRADES, EXAM_SUBJECTS = ("G9", "G12"), ("math", "physics", "chemistry")
-EXAM_FIT_EFFECT = 1.6
-PRE_EXAM_GRADES, PRE_EXAM_FIT_EFFECT = ("G8", "G11"), 0.6
+EXAM_FIT_EFFECT = 2.0
+PRE_EXAM_GRADES, PRE_EXAM_FIT_EFFECT = ("G8", "G11"), 0.8
 YOUNG_GRADES, ENRICHMENT_SUBJECTS = ("G1", "G2", "G3"), ("coding", "art")
-ENRICHMENT_FIT_EFFECT = 0.8
-YOUNG_EXAM_DRILL_EFFECT = -0.8  # G1-G3 with physics/chemistry: wrong form or idle browsing
-EXAM_YEAR_HOBBY_EFFECT = -0.8  # G9/G12 with coding/art: no time for hobbies in an exam year
+ENRICHMENT_FIT_EFFECT = 1.0
+YOUNG_EXAM_DRILL_EFFECT = -1.0  # G1-G3 with physics/chemistry: wrong form or idle browsing
+EXAM_YEAR_HOBBY_EFFECT = -1.0  # G9/G12 with coding/art: no time for hobbies in an exam year
 # Submission hour (China time) × channel: in-feed ad forms sent between 0 and 6 h are mostly
 # accidental taps; WeChat-private parents reading the account late at night are real buyers.
 NIGHT_HOURS = 6
@@ -273,7 +284,7 @@ PRICING_LANDING_FUNNEL_EFFECT = np.array([-0.8, -0.3, 0.2, 0.6])  # FUNNEL_STEPS
 EARLIER_LEADS_EFFECT = np.array([0.0, 0.5, 0.65, 0.7])  # by min(earlier leads, 3)
 WRONG_PERSONA_EFFECT = -1.5
 NO_PHONE_EFFECT, BAD_PHONE_EFFECT = -0.2, -0.9
-LOGIT_NOISE_SD = 1.8
+LOGIT_NOISE_SD = 2.4  # what no CRM records: budget, family decisions, a competitor's offer
 CAMPAIGN_EFFECT_SD = 0.2
 # Persistent campaigns per channel (and subject group for the subject-targeted channels).
 CAMPAIGN_THEMES = ("brand", "exam-prep", "trial-offer")
@@ -285,7 +296,7 @@ RFM_ANY_ORDER = 0.2
 RFM_FREQUENCY = 0.15  # on min(order count - 1, 2)
 RFM_RECENT_DAYS, RFM_RECENT = 180, 0.35
 RFM_MONETARY = 0.1  # on log(total / 3000), clipped to ±1
-RENEWAL_PRICING_EFFECT = 1.5  # returning customer with a pricing-page visit in the last 30 days
+RENEWAL_PRICING_EFFECT = 2.0  # returning customer with a pricing-page visit in the last 30 days
 ORDERS_EXTRA_MEAN = 0.7  # orders per returning customer: 1 + Poisson
 PRICES = np.array([1999.0, 2999.0, 4999.0, 6999.0, 9999.0])
 PRICE_P = np.array([0.25, 0.30, 0.25, 0.12, 0.08])
@@ -384,33 +395,22 @@ class LeadFacts:
     wrong_persona: np.ndarray
 
 
-def engagement_terms(f: LeadFacts) -> dict[str, np.ndarray]:
-    """The pieces of intent evidence (behaviour, recency, offline event, funnel step), before
-    they are summed and saturated into the ``engagement`` term of ``logit_terms``."""
+def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
+    """The conversion logit under ``ai_bot`` by term (noise and base excluded)."""
     active = f.days_since_last_event <= ACTIVE_DAYS
+    returning = f.n_orders > 0
+    monetary = np.clip(np.log(np.maximum(f.order_total, 1.0) / 3000.0), -1.0, 1.0)
     return {
+        "intent": INTENT_WEIGHT * f.intent,
         "behaviour": BEHAVIOUR_MAX * saturating(f.behaviour, BEHAVIOUR_SCALE),
         "high_intent_x_recency": HIGH_INTENT_MAX * saturating(f.high_intent_30d, HIGH_INTENT_SCALE)
         * np.where(active, 1.0, STALE_HIGH_INTENT_SHARE),
         "offline_event": OFFLINE_EVENT_EFFECT * (f.offline_event_90d > 0),
-        "funnel_x_channel": FUNNEL_EFFECT[f.funnel] * by_channel(CHANNEL_FUNNEL_TRUST)[f.channel],
-    }
-
-
-def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
-    """The conversion logit under ``ai_bot`` by term (noise and base excluded)."""
-    returning = f.n_orders > 0
-    monetary = np.clip(np.log(np.maximum(f.order_total, 1.0) / 3000.0), -1.0, 1.0)
-    evidence = sum(engagement_terms(f).values())
-    if ENGAGEMENT_MAX is not None:
-        evidence = ENGAGEMENT_MAX * saturating(evidence, ENGAGEMENT_MAX)
-    return {
-        "intent": INTENT_WEIGHT * f.intent,
-        "engagement": evidence,
         "recruitment": RECRUITMENT_MAX * saturating(f.recruitment_30d, RECRUITMENT_SCALE),
         "inactive": INACTIVE_EFFECT * (f.days_since_last_event > INACTIVE_DAYS),
         "channel": by_channel(CHANNEL_EFFECT)[f.channel],
         "campaign": f.campaign_effect,
+        "funnel_x_channel": FUNNEL_EFFECT[f.funnel] * by_channel(CHANNEL_FUNNEL_TRUST)[f.channel],
         "pricing_landing_x_funnel": PRICING_LANDING_FUNNEL_EFFECT[f.funnel] * f.landed_on_pricing,
         "night_x_channel": by_channel(NIGHT_EFFECT)[f.channel] * (f.submit_hour_cn < NIGHT_HOURS),
         "grade": grade_effect()[f.grade],

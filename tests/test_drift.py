@@ -32,6 +32,11 @@ from monitoring.drift import (
     write_reference,
 )
 
+# This file's own additive outcome model (independent of the generator's tuned effects).
+BASE_LOGIT = -5.5
+INTENT_WEIGHT = 0.55
+BEHAVIOUR_WEIGHT = 0.35
+FUNNEL_EFFECT = np.array([0.0, 0.3, 0.6, 1.2])
 CATEGORICAL = ["channel", "funnel_step", "grade", "device"]
 COUNT_FEATURES = {
     "pricing_page": "pricing_page_30d", "app_open": "app_open_30d",
@@ -76,9 +81,9 @@ def generated_leads(n: int, rng: np.random.Generator, drift: bool = False) -> pd
     frame["days_since_last_touch"] = np.where(
         counts.sum(axis=1) > 0, rng.exponential(gm.PRE_ACTIVE_MEAN_DAYS, n), 9999.0)
     frame["prior_leads"] = rng.poisson(0.4, n)
-    logit = (gm.BASE_LOGIT + 1.2 + gm.INTENT_WEIGHT * intent
-             + gm.BEHAVIOUR_WEIGHT * np.log1p(frame["intent_score"].to_numpy())
-             + gm.by_channel(gm.CHANNEL_EFFECT)[channel] + gm.FUNNEL_EFFECT[funnel])
+    logit = (BASE_LOGIT + 1.2 + INTENT_WEIGHT * intent
+             + BEHAVIOUR_WEIGHT * np.log1p(frame["intent_score"].to_numpy())
+             + gm.by_channel(gm.CHANNEL_EFFECT)[channel] + FUNNEL_EFFECT[funnel])
     frame["probability"] = gm.sigmoid(logit)
     p = frame["probability"].to_numpy()
     frame["tier"] = np.select([p >= TIER_CUTOFFS[0], p >= TIER_CUTOFFS[1], p >= TIER_CUTOFFS[2]],

@@ -14,6 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from leadscore import generate_mechanism as m
 from leadscore.config import get_settings
 from leadscore.generate import generate_crm, simulate_crm
 from leadscore.generate_cli import generate
@@ -244,6 +245,73 @@ def test_conversion_carries_directional_signal(lead_view, frames) -> None:
     returning = lead_view.lead_id.isin(buyers)
     assert lead_view[returning].converted.mean() > lead_view[~returning].converted.mean()
     assert not lead_view.phone_valid.all()
+
+
+def _logit(p: pd.Series) -> pd.Series:
+    return np.log(p / (1 - p))
+
+
+def test_conversion_is_not_additive_in_the_form_fields(lead_view) -> None:
+    """Funnel step × channel and grade × subject interact (truth, no label noise)."""
+    view = lead_view.assign(logit=_logit(lead_view.propensity_ai_bot))
+    by_cell = view.groupby(["channel", "funnel_step"]).logit.mean()
+
+    def booking_gain(channel: str) -> float:
+        return by_cell[(channel, "booked_trial")] - by_cell[(channel, "submitted")]
+
+    # a trial booked by a WeChat-private lead is worth far more than one from a purchased list
+    assert booking_gain("wechat_private") > booking_gain("list_purchase") + 3.0
+
+    exam_year = view.grade.isin(["G9", "G12"])
+    young = view.grade.isin(["G1", "G2", "G3"])
+    exam_subject = view.subject.isin(["math", "physics", "chemistry"])
+    hobby = view.subject.isin(["coding", "art"])
+
+    def gap(grades: pd.Series) -> float:
+        return view[grades & exam_subject].logit.mean() - view[grades & hobby].logit.mean()
+
+    assert gap(exam_year) > 1.5 and gap(young) < -0.5  # the subject effect flips with the grade
+
+
+def test_mechanism_saturates_and_gates_on_recency() -> None:
+    """Unit check of ``logit_terms``: saturation, recency gate, thresholds, renewal."""
+    n = 6
+    facts = m.LeadFacts(
+        intent=np.zeros(n), behaviour=np.array([0.0, 5.0, 20.0, 0.0, 0.0, 0.0]),
+        days_since_last_event=np.array([1.0, 1.0, 1.0, 1.0, 10.0, 40.0]),
+        high_intent_30d=np.array([0, 0, 0, 3, 3, 0]), pricing_30d=np.array([0, 0, 0, 3, 3, 0]),
+        recruitment_30d=np.zeros(n, dtype=int), offline_event_90d=np.zeros(n, dtype=int),
+        channel=np.zeros(n, dtype=int), campaign_effect=np.zeros(n),
+        funnel=np.zeros(n, dtype=int), landed_on_pricing=np.zeros(n, dtype=bool),
+        submit_hour_cn=np.full(n, 12), grade=np.zeros(n, dtype=int),
+        subject=np.zeros(n, dtype=int), city_tier=np.ones(n, dtype=int),
+        device=np.zeros(n, dtype=int), email_type=np.zeros(n, dtype=int),
+        phone_state=np.zeros(n, dtype=int), n_orders=np.array([0, 0, 0, 1, 1, 0]),
+        order_total=np.full(n, 3000.0), days_since_order=np.full(n, 400.0),
+        earlier_leads=np.zeros(n, dtype=int), wrong_persona=np.zeros(n, dtype=bool),
+    )
+    terms = m.logit_terms(facts)
+    behaviour = terms["behaviour"]
+    assert behaviour[2] - behaviour[1] < 0.3 * (behaviour[1] - behaviour[0])  # saturates
+    high = terms["high_intent_x_recency"]
+    assert high[3] > 1.5 and high[4] < 0.1 * high[3]  # stale high intent counts (almost) nil
+    assert terms["inactive"][5] < 0 and terms["inactive"][4] == 0  # 30 idle days: a threshold
+    assert terms["returning_x_pricing"][3] > 0 and terms["returning_x_pricing"][0] == 0
+    logit = m.conversion_logit(facts, np.zeros(n))
+    assert logit.shape == (n,) and np.isfinite(logit).all()
+
+
+def test_conversion_given_the_form_is_stationary_and_campaigns_persist(lead_view) -> None:
+    """The newest leads convert like older leads of the same channel and funnel step, and come
+    from campaigns older leads came from too (no unseen level in the newest slice)."""
+    view = lead_view.sort_values("created_at", kind="stable")
+    n = len(view)
+    old, new = view.iloc[: int(0.7 * n)], view.iloc[int(0.85 * n):]
+    assert new.campaign.isin(set(old.campaign)).all()
+    cells = ["channel", "funnel_step"]
+    weights = new.groupby(cells).size() / len(new)
+    standardised_old = (old.groupby(cells).propensity_ai_bot.mean() * weights).sum()
+    assert new.propensity_ai_bot.mean() == pytest.approx(standardised_old, rel=0.15)
 
 
 def test_followup_mostly_follows_the_k12_rule_but_covers_every_cell(lead_view) -> None:

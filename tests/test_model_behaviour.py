@@ -4,8 +4,12 @@ training set → ``train_model``), checked through the champion loaded from the 
 - directional: booking a trial class raises the probability; 30 idle days lower it;
 - invariance: lead id, person id and hashed identifiers do not change the probability;
 - minimum functionality: the model beats both baselines on AUC and log loss on the newest
-  leads (the logistic regression only as an expected failure, see its test), and its
-  calibration error stays below 0.03.
+  leads (the logistic regression by a margin: the generator's conversion mechanism saturates,
+  has thresholds and interactions that a logistic regression on the same features cannot
+  express), and its calibration error stays below 0.03 on the newest leads.
+
+20,000 leads: at 10,000 the newest slice holds ~1,500 leads (~140 conversions), too few for the
+AUC difference to the logistic regression to clear its own sampling noise on every seed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import pytest
 
 from leadscore.config import Settings, get_settings
 
-N_LEADS = 10_000
+N_LEADS = 20_000
+LOGISTIC_AUC_MARGIN = 0.005
 TRIALS = 8
 IDLE_DAYS = 30.0
 SHORT_WINDOW_COUNTS = ("events_1d", "events_7d", "events_30d")
@@ -128,22 +133,14 @@ def test_model_beats_the_rule_score_and_calibration_helps(trained: dict) -> None
     assert model["ece"] < 0.05
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the newest leads of the generated data convert at a different rate than the validation "
-    "slice the calibrator sees (10k leads: test base rate 0.090, mean prediction 0.063), so "
-    "the test ECE lands near 0.03 (0.032 observed); a level shift no calibration can foresee"))
 def test_calibration_error_below_three_percent(trained: dict) -> None:
     assert trained["summary"]["metrics"]["lightgbm"]["ece"] < 0.03
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the generator's conversion logit is additive (leadscore/generate_mechanism.py), so a "
-    "logistic regression is well specified: on 8k-20k generated leads LightGBM ties it within "
-    "noise (test AUC 0.880 vs 0.883 at 20k) but does not reliably beat it"))
 def test_model_beats_the_logistic_regression(trained: dict) -> None:
     metrics = trained["summary"]["metrics"]
     model, logistic = metrics["lightgbm"], metrics["logistic_regression"]
-    assert model["roc_auc"] > logistic["roc_auc"], metrics
+    assert model["roc_auc"] > logistic["roc_auc"] + LOGISTIC_AUC_MARGIN, metrics
     assert model["log_loss"] < logistic["log_loss"], metrics
 
 

@@ -41,8 +41,13 @@ def predictor(service_workdir: ServiceWorkdir) -> Predictor:  # noqa: F811
 
 
 def _persons(settings, n: int = 6) -> list[str]:  # noqa: ANN001
+    """Persons the online store knows: a snapshot before the materialized end (the main job
+    loads the store only up to the start of its replayed traffic)."""
+    from leadscore.demo import replay_start
+
     behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet")
-    return sorted(behaviour["person_id"].unique())[:n]
+    known = behaviour[behaviour["event_timestamp"] <= pd.Timestamp(replay_start(settings))]
+    return sorted(known["person_id"].unique())[:n]
 
 
 def test_reader_matches_feast_get_online_features(
