@@ -8,6 +8,7 @@ and the summary written so far.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -127,9 +128,11 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
 
     from serving.demo_traffic import replay_submissions
     from serving.launcher import ServedService
-    from serving.model_store import import_champion
+    from serving.model_store import bentoml_home, import_champion
 
     settings = ctx.settings
+    # the imported champion belongs to this work folder's BentoML store, as the service's does
+    os.environ.setdefault("BENTOML_HOME", bentoml_home(settings))
     tag, version = import_champion(settings)
     submissions = replay_submissions(settings, ctx.seed, since=replay_start(settings))
     key = "demo-" + ctx.settings.hash_salt[:8]
