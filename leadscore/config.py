@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,6 @@ class Settings:
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
     # MLflow artifact root (e.g. s3://bucket/mlflow); default: <workdir>/mlruns/artifacts
     artifact_root: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # ---- derived paths -------------------------------------------------------------
     @property
@@ -186,7 +185,7 @@ def _validate(settings: Settings) -> Settings:
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Build settings from defaults, the optional YAML file and ``LEADSCORE_*`` variables."""
     env = dict(os.environ if env is None else env)
-    known = {f.name: f for f in fields(Settings) if f.name != "extra"}
+    known = {f.name: f for f in fields(Settings)}
     values: dict[str, Any] = {}
 
     config_path = env.get(ENV_PREFIX + "CONFIG")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from leadscore.identifiers import ID_TYPES
+
 CHANNELS: tuple[str, ...] = (
     "sem", "feed_ads", "channel_agent", "list_purchase", "seo", "app", "wechat_private",
     "new_media",
@@ -29,7 +31,6 @@ SUBJECTS: tuple[str, ...] = ("math", "english", "chinese", "physics", "chemistry
 DEVICES: tuple[str, ...] = ("ios", "android", "pc", "mac", "other")
 CITY_TIERS: tuple[int, ...] = (1, 2, 3, 4)
 EMAIL_DOMAIN_TYPES: tuple[str, ...] = ("none", "invalid", "free", "corporate", "edu")
-ID_TYPES: tuple[str, ...] = ("phone", "wechat", "email", "cookie")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ loopback port with its output captured to a file (for the tests that grep the lo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,3 +93,13 @@ class ServedService(launcher.ServedService):
             super().wait_until(path, timeout)
         except launcher.ServiceStartError as exc:
             pytest.fail(str(exc))
+
+
+def run_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory,
+               name: str) -> Iterator[ServedService]:
+    """Serve ``service_workdir`` for one test module; its log under a fresh ``name`` folder."""
+    log_path = tmp_path_factory.mktemp(name) / "service.log"
+    service = ServedService(service_workdir.settings.workdir, log_path)
+    service.wait_until("/readyz")
+    yield service
+    service.stop()

@@ -20,6 +20,7 @@ from service_fixtures import (
     KNOWN_PHONE_DIGITS,
     ServedService,
     ServiceWorkdir,
+    run_served,
     service_workdir,  # noqa: F401 - session fixture
     submission,
 )
@@ -30,11 +31,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 @pytest.fixture(scope="module")
 def served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
            ) -> Iterator[ServedService]:
-    log_path = tmp_path_factory.mktemp("service_logs") / "service.log"
-    service = ServedService(service_workdir.settings.workdir, log_path)
-    service.wait_until("/readyz")
-    yield service
-    service.stop()
+    yield from run_served(service_workdir, tmp_path_factory, "service_logs")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from service_fixtures import (
     API_KEY,
     ServedService,
     ServiceWorkdir,
+    run_served,
     service_workdir,  # noqa: F401 - session fixture
 )
 
@@ -31,11 +32,7 @@ STATUSES: Counter = Counter()
 @pytest.fixture(scope="module")
 def fuzz_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
                 ) -> Iterator[ServedService]:
-    log_path = tmp_path_factory.mktemp("fuzz_logs") / "service.log"
-    service = ServedService(service_workdir.settings.workdir, log_path)
-    service.wait_until("/readyz")
-    yield service
-    service.stop()
+    yield from run_served(service_workdir, tmp_path_factory, "fuzz_logs")
 
 
 def _cases(operation, mode: GenerationMode, examples: int) -> None:  # noqa: ANN001
