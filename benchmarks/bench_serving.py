@@ -2,8 +2,9 @@
 
 Needs a built work folder (``leadscore demo --workdir DIR``). Steps, all in one run:
 
-1. in-process floor: ``Predictor.predict`` of one submission (online read + model + reasons +
-   routing + log hand-off, no HTTP), ``--floor-calls`` times: p50/p99;
+1. in-process floor: ``Predictor.predict_json`` of one submission (what ``POST /predict`` runs:
+   online read + model + reasons + routing + log hand-off + JSON, no HTTP), ``--floor-calls``
+   times: p50/p99;
 2. starts ``bentoml serve serving.service:LeadScoring`` on a free 127.0.0.1 port (or uses
    ``--url``, which must be a loopback address) and waits for ``/readyz``;
 3. single ``POST /predict`` at a fixed rate (``--rate`` per second for ``--duration`` s) over
@@ -14,6 +15,10 @@ Needs a built work folder (``leadscore demo --workdir DIR``). Steps, all in one 
    p50/p99/max, achieved rate and errors;
 4. ``POST /predict_batch`` of ``--batch-size`` leads, ``--batch-repeats`` times: p50/min;
 5. ratio served p50 / floor p50; one JSON line (also written to ``reports/bench_serving.json``).
+
+Timings on a shared 2-core machine depend on what else runs: each served step also reports the
+server's CPU time per request (all its threads, from ``/proc`` via psutil, when the benchmark
+started the server) and the load average around it, which move much less with the neighbours.
 
 Load goes only to 127.0.0.1, is bounded in count (rate × duration) and time (duration + 60 s).
 
@@ -88,11 +93,11 @@ def measure_floor(workdir: Path, calls: int) -> dict[str, Any]:
         raise SystemExit(f"no model in {workdir}: {predictor.load_error}")
     subs = [Submission.model_validate(body(f"L-floor-{i}")) for i in range(calls)]
     for sub in subs[:50]:
-        predictor.predict([sub])
+        predictor.predict_json([sub])
     times = []
     for sub in subs:
         started = time.perf_counter()
-        predictor.predict([sub])
+        predictor.predict_json([sub])
         times.append(time.perf_counter() - started)
     predictor.close()
     return percentiles(times)
@@ -198,23 +203,30 @@ def wrk_fixed_rate(url: str, rate: float, duration: float, connections: int) -> 
         fh.write(script)
     try:
         warm = [shutil.which("wrk"), "-t1", "-c2", "-d2s", "-s", fh.name, url]
-        subprocess.run(warm, capture_output=True, timeout=30, check=False)
+        warmed = subprocess.run(warm, capture_output=True, text=True, timeout=30, check=False)
         command = [shutil.which("wrk"), "-t1", f"-c{connections}", f"-d{duration:.0f}s",
                    "--timeout", "10s", "-s", fh.name, url]
         done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60,
                               check=False)
     finally:
         os.unlink(fh.name)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith('{"requests"')), None)
+    line = _wrk_summary(done.stdout)
     if line is None:
         raise SystemExit(f"wrk failed: {done.stdout[-500:]} {done.stderr[-500:]}")
     raw = json.loads(line)
+    warm_line = _wrk_summary(warmed.stdout)
     errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
     elapsed = raw["duration_us"] / 1e6
     return {"p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
             "max_ms": raw["max_us"] / 1000, "n": raw["requests"], "offered_rate": rate,
             "achieved_rate": round(raw["requests"] / elapsed, 1),
-            "requests": raw["requests"], "errors": errors, "generator": "wrk"}
+            "requests": raw["requests"], "errors": errors, "generator": "wrk",
+            "warmup_requests": json.loads(warm_line)["requests"] if warm_line else 0}
+
+
+def _wrk_summary(stdout: str) -> str | None:
+    """The JSON line the wrk script's ``done()`` prints, if any."""
+    return next((ln for ln in stdout.splitlines() if ln.startswith('{"requests"')), None)
 
 
 def _python_load(url: str, key: str, rate: float, duration: float, connections: int,
@@ -312,6 +324,38 @@ def batch_timing(url: str, size: int, repeats: int) -> dict[str, Any]:
             "min_ms": round(min(times) * 1000, 1), "size": size, "repeats": repeats}
 
 
+class ServerCpu:
+    """CPU seconds of a started server's process tree (psutil), per unit of a measured step."""
+
+    def __init__(self, process: subprocess.Popen | None) -> None:
+        self.process = process
+
+    def _seconds(self) -> float | None:
+        if self.process is None:
+            return None
+        try:
+            import psutil
+
+            root = psutil.Process(self.process.pid)
+            total = 0.0
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            return total
+        except Exception:  # noqa: BLE001 - no psutil, a process gone: no CPU figure
+            return None
+
+    def measure(self, step: Any, units: Any, name: str) -> dict[str, Any]:
+        """Run ``step()``; add CPU ms per ``units(result)`` and the load average around it."""
+        before, load_before = self._seconds(), os.getloadavg()[0]
+        result = step()
+        after, load_after = self._seconds(), os.getloadavg()[0]
+        if before is not None and after is not None and units(result):
+            result[name] = round((after - before) * 1000 / units(result), 2)
+        result["load_average"] = [round(load_before, 2), round(load_after, 2)]
+        return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -335,7 +379,7 @@ def main() -> None:
 
     floor = {"p50_ms": float("nan")} if args.skip_floor else measure_floor(workdir,
                                                                            args.floor_calls)
-    print(f"in-process floor (Predictor.predict, 1 lead): {floor}", flush=True)
+    print(f"in-process floor (Predictor.predict_json, 1 lead): {floor}", flush=True)
     process = None
     url = args.url
     if url is None:
@@ -343,10 +387,15 @@ def main() -> None:
     elif args.url:
         global KEY
         KEY = os.environ.get("LEADSCORE_API_KEY", "")
+    cpu = ServerCpu(process)
     try:
-        single = fixed_rate(url, args.rate, args.duration, args.connections, args.generator)
+        single = cpu.measure(lambda: fixed_rate(url, args.rate, args.duration, args.connections,
+                                                args.generator),
+                             lambda r: r["requests"] + r.get("warmup_requests", 0),
+                             "server_cpu_ms_per_request")
         print(f"POST /predict at {args.rate:.0f}/s for {args.duration:.0f}s: {single}")
-        batch = batch_timing(url, args.batch_size, args.batch_repeats)
+        batch = cpu.measure(lambda: batch_timing(url, args.batch_size, args.batch_repeats),
+                            lambda r: r["repeats"] + 1, "server_cpu_ms_per_batch")
         print(f"POST /predict_batch of {args.batch_size}: {batch}")
     finally:
         if process is not None:

@@ -14,7 +14,9 @@ Columns (``features.request.BEHAVIOUR_SNAPSHOT_FIELDS``, prefixed ``snap_``): ev
 over 7/30/90 days, site visits in 180 days, first and last touch time, engagement trend
 ``(r7 − r21) / (r7 + r21)`` of daily event rates in the last 7 days vs the 21 before (0 when
 both are 0), and the intent score ``Σ 0.5^(age_days / half_life) × URL weight × behaviour
-weight`` (weights in scoring.yaml). A window of w days at t is ``(t − w days, t]``.
+weight`` (weights in scoring.yaml). A window of w days at t is ``(t − w days, t]``. Each
+snapshot also carries its recent events and leads (``snap_history``, ``features.history``) so
+that it can be evaluated at a later request time.
 
 Defaults: a person without visible events has ``snap_has_history`` 0, counts 0, touch times
 0 (read as "none" by the request transformation), trend 0, intent 0. Events of unknown leads are
@@ -30,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features import request
+from features.history import HISTORY_FIELD, offline_histories
 from features.score2d import ScoringTables
 from features.tags import from_epoch_us
 
@@ -151,9 +154,10 @@ def person_behaviour(
         con.execute("SET TimeZone = 'UTC'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
-        con.register("idx", index[["lead_id", "person_id", "created_us"]])
+        con.register("idx", index[["lead_id", "person_id", "created_us", "channel"]])
         dropped = _load_events(con, events, tables)
         snap = con.execute(_snapshot_sql(half_life_days)).df()
+        recent = offline_histories(con, half_life_days)
     finally:
         con.close()
     out = pd.DataFrame({"person_id": snap["person_id"].astype(str)})
@@ -177,4 +181,6 @@ def person_behaviour(
     aligned = hist.reindex(keys)
     for col in ("leads_before", "leads_upto", "channels_before", "channels_upto"):
         out["snap_" + col] = aligned[col].fillna(0).astype("int64").to_numpy()
+    recent = recent.set_index(["person_id", "snapshot_us"]).reindex(keys)
+    out[HISTORY_FIELD] = recent[HISTORY_FIELD].to_numpy()
     return out[["person_id", "event_timestamp", *request.BEHAVIOUR_SNAPSHOT_FIELDS]], dropped

@@ -7,8 +7,8 @@
 - ``lead_facts.parquet`` — one row per lead (``lead_id``, ``created_at``; ``features.tags``);
 - ``person_behaviour.parquet`` — one behaviour snapshot per (person, lead ``created_at``)
   (``person_id``, ``event_timestamp``; ``features.behaviour``);
-- ``person_rfm.parquet`` — the order history per (person, lead ``created_at``)
-  (``features.rfm``);
+- ``person_rfm.parquet`` — the order history per (person, lead ``created_at``), and just after
+  each order (``features.rfm``);
 
 then registers the Feast definitions. ``materialize(settings, end)`` loads the online store
 incrementally (each view from where the previous run stopped) up to ``end`` (default: now).

@@ -21,8 +21,10 @@ Defaults (never a silent NaN):
 
 Time: hour and weekday are China time (UTC+8, no daylight saving since 1991). Days since last and
 first touch, the intent score (exact for exponential decay: ``intent × 0.5^(Δdays/half-life)``)
-and RFM recency are brought forward from the snapshot's time to the request time. Window counts
-stay as of the snapshot (the person's latest lead at or before the request).
+and RFM recency are brought forward from the snapshot's time to the request time. A snapshot that
+carries its recent history (``snap_history``) is re-evaluated at the request time
+(``features.history``): window counts, lead counts and touch times as the offline build would
+give them at that time; without one, window counts stay as of the snapshot.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ BEHAVIOUR_SNAPSHOT_FIELDS: dict[str, str] = {
     "snap_leads_upto": "int",
     "snap_channels_before": "int",
     "snap_channels_upto": "int",
+    # recent events and leads, for evaluating the snapshot at a later time (features.history)
+    "snap_history": "string",
 }
 RFM_SNAPSHOT_FIELDS: dict[str, str] = {
     "snap_order_count": "int",
@@ -415,6 +419,10 @@ def transform_request(
         half_life_days = half_life_days or settings.intent_half_life_days
         tables = tables or score2d.load_scoring_tables(settings.scoring_config)
     n = max((len(v) for v in inputs.values() if v is not None), default=0)
+    if inputs.get("snap_history") is not None:  # windows at the request time, not the snapshot's
+        from features.history import at_request_time
+
+        inputs = at_request_time(inputs, n, half_life_days)
     out: dict[str, list[Any]] = {}
     facts = normalise_submission({k: inputs.get(FORM_PREFIX + k) for k in FORM_FIELDS}, n)
     for name in MODEL_FEATURES:

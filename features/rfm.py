@@ -2,8 +2,10 @@
 
 Orders are keyed by an identifier hash; One ID's ``identifier_person`` maps them to a person.
 The snapshot of person P at time t (one per distinct lead ``created_at``, like the behaviour
-snapshots) counts P's orders with ``ordered_at < t`` (strictly: an order placed at the very
-moment of the submission is not history yet). Orders whose identifier resolves to nobody are
+snapshots, and one just after each of P's orders, 1 µs later, so that the online store loaded up
+to any time knows every customer's orders by then, leads or not) counts P's orders with
+``ordered_at < t`` (strictly: an order placed at the very moment of the submission is not
+history yet). Orders whose identifier resolves to nobody are
 dropped and counted.
 
 Stored (``person_rfm`` table): ``snap_order_count``, ``snap_order_amount`` (sum, RMB) and
@@ -53,7 +55,8 @@ def person_rfm(
     number of orders whose identifier resolves to nobody."""
     prepared, unresolved = prepare_orders(orders, identifier_person)
     sql = """
-        WITH snaps AS (SELECT DISTINCT person_id, created_us AS t FROM idx)
+        WITH snaps AS (SELECT person_id, created_us AS t FROM idx
+                       UNION SELECT person_id, ordered_us + 1 AS t FROM ord)
         SELECT s.person_id, s.t AS snapshot_us,
                count(o.ordered_us) AS snap_order_count,
                coalesce(sum(o.amount), 0.0) AS snap_order_amount,

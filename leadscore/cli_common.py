@@ -26,14 +26,23 @@ WorkdirOption = Annotated[
 ]
 
 
-def settings_for(workdir: Path | None) -> Settings:
-    """Settings rooted at ``workdir``; exported to the environment so subprocesses agree."""
+def settings_for(
+    workdir: Path | None, services: tuple[str, ...] = ("postgres", "redis")
+) -> Settings:
+    """Settings rooted at ``workdir``; exported to the environment so subprocesses agree.
+
+    In the production profile the named ``services`` are checked first (missing databases are
+    created), so a command fails with one clear line before doing any work when one is down.
+    """
+    from leadscore.profiles import require_services
+
     try:
         if workdir is not None:
             os.environ["LEADSCORE_WORKDIR"] = str(Path(workdir).expanduser().resolve())
             get_settings.cache_clear()
         settings = get_settings()
-    except ConfigError as exc:
+        require_services(settings, services)
+    except (ConfigError, ConnectionError) as exc:
         fail(str(exc))
     settings.ensure_dirs()
     return settings

@@ -123,10 +123,12 @@ def stage_route(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_serve(ctx: DemoContext) -> dict[str, Any]:
-    """Serve the champion with BentoML and send it the last two weeks' leads as the CRM would."""
+    """Serve the champion with BentoML and replay the last two weeks as the CRM would: the
+    behaviour events (``POST /events``) and form submissions (``/predict``) in time order,
+    after recording the events the live service would have received before (the backlog)."""
     import httpx
 
-    from serving.demo_traffic import replay_submissions
+    from serving.demo_traffic import load_backlog, replay_plan
     from serving.launcher import ServedService
     from serving.model_store import bentoml_home, import_champion
 
@@ -134,29 +136,47 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
     # the imported champion belongs to this work folder's BentoML store, as the service's does
     os.environ.setdefault("BENTOML_HOME", bentoml_home(settings))
     tag, version = import_champion(settings)
-    submissions = replay_submissions(settings, ctx.seed, since=replay_start(settings))
+    plan = replay_plan(settings, ctx.seed, since=replay_start(settings), singles=SAMPLE_ANSWERS)
+    backlog_persons = load_backlog(settings, plan)
     key = "demo-" + ctx.settings.hash_salt[:8]
     log_path = settings.reports_dir / "service.log"
     answers: list[dict[str, Any]] = []
+    events = {"accepted": 0, "calls": 0, "rejected": 0}
     with ServedService(settings.workdir, log_path, key) as service:
         service.wait_until("/readyz", timeout=180)
         with httpx.Client(base_url=service.url, headers=service.headers, timeout=60) as client:
-            for body in submissions[:3]:
-                reply = client.post("/predict", json=body)
-                reply.raise_for_status()
-                answers.append(reply.json())
-            batches = [submissions[i:i + 500] for i in range(3, len(submissions), 500)]
-            for batch in batches:
-                reply = client.post("/predict_batch", json={"submissions": batch})
-                reply.raise_for_status()
+            for step in plan.steps:
+                for body in step.events:
+                    pushed = _post(client, "/events", body)
+                    events["calls"] += 1
+                    events["accepted"] += pushed["accepted"]
+                    events["rejected"] += sum(pushed["rejected"].values())
+                if len(step.submissions) == 1 and len(answers) < SAMPLE_ANSWERS:
+                    answers.append(_post(client, "/predict", step.submissions[0]))
+                else:
+                    _post(client, "/predict_batch", {"submissions": step.submissions})
     for answer in answers:
         console.print(
             f"  {answer['lead_id']}: p={answer['probability']:.3f} tier {answer['tier']} → "
             f"{answer['channel']}; "
             + "; ".join(r["text"] for r in answer["reasons"]["positive"][:2])
         )
-    return {"bento_model": tag, "registry_version": version, "submissions": len(submissions),
+    return {"bento_model": tag, "registry_version": version,
+            "submissions": plan.submissions, "backlog_events": len(plan.backlog),
+            "backlog_persons": backlog_persons, "events_pushed": events["accepted"],
+            "events_rejected": events["rejected"], "event_calls": events["calls"],
+            "replay_steps": len(plan.steps),
             "sample_answers": answers}
+
+
+SAMPLE_ANSWERS = 3
+
+
+def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` and return the JSON answer (an HTTP error stops the stage)."""
+    reply = client.post(path, json=body)
+    reply.raise_for_status()
+    return reply.json()
 
 
 def stage_drift(ctx: DemoContext) -> dict[str, Any]:

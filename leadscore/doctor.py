@@ -34,6 +34,7 @@ from leadscore.profiles import (
     ensure_databases,
     mask_password,
     postgres_url,
+    redis_client,
     redis_online_store,
     service_urls,
 )
@@ -248,24 +249,15 @@ def check_postgres(settings: Settings, memory: ServerMemory) -> list[CheckResult
 def check_redis(settings: Settings) -> CheckResult:
     """Redis (or Redis Cluster) answers PING."""
     import redis
-    from redis.cluster import ClusterNode, RedisCluster
 
     url = settings.redis_url
     try:
         config = redis_online_store(settings)
     except ConfigError as exc:
         return _result("Redis (Feast online store)", url, FAIL, str(exc), "fix LEADSCORE_REDIS_URL")
-    timeouts = {"socket_connect_timeout": TIMEOUT_SECONDS, "socket_timeout": TIMEOUT_SECONDS}
     component = f"Redis (Feast online store, {config['redis_type']})"
     try:
-        if config["redis_type"] == "redis_cluster":
-            pieces = config["connection_string"].split(",")
-            nodes = [ClusterNode(*p.rsplit(":", 1)) for p in pieces if "=" not in p]
-            params = dict(p.split("=", 1) for p in pieces if "=" in p)
-            client: Any = RedisCluster(startup_nodes=nodes, password=params.get("password"),
-                                       ssl=params.get("ssl") == "true", **timeouts)
-        else:
-            client = redis.Redis.from_url(url, **timeouts)
+        client = redis_client(settings, timeout=TIMEOUT_SECONDS)
         try:
             client.ping()
             version = client.info("server").get("redis_version", "?")

@@ -50,7 +50,7 @@ def generate(
     ] = False,
 ) -> None:
     """Generate a synthetic CRM history: leads, identities, events, orders, outcomes, truth."""
-    settings = settings_for(workdir)
+    settings = settings_for(workdir, services=())
     first_day = _parse_start(start)
     if leads < 1:
         fail(f"--leads: must be a positive number of leads, got {leads}")

@@ -37,7 +37,7 @@ def identity_command(
     ] = True,
 ) -> None:
     """Resolve leads into persons (One ID) and update the identity state."""
-    settings = settings_for(workdir)
+    settings = settings_for(workdir, services=())
     try:
         tables = load_raw_tables(settings.raw_dir, tables=("leads", "identities"))
     except (FileNotFoundError, ValidationError) as exc:
@@ -79,7 +79,7 @@ def ingest_command(
     workdir: WorkdirOption = None,
 ) -> None:
     """Validate a batch of CRM exports and append it to the raw tables (all or nothing)."""
-    settings = settings_for(workdir)
+    settings = settings_for(workdir, services=())
     try:
         with console.status("validating and appending the batch…"):
             result = ingest_batch(source, settings.raw_dir, settings.hash_salt)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -32,10 +31,17 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
+from pydantic_core import to_json
 
 from leadscore.config import Settings
 
 FeatureValue = float | int | str | bool | None
+_PLAIN = frozenset({float, int, str, bool, type(None)})  # feature value types needing no check
+_STR_ONLY = frozenset({str})
+_STRING_FIELDS: tuple[str, ...] = (
+    "request_id", "lead_id", "person_id", "tier", "channel", "model_name", "model_version",
+    "policy_version",
+)
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "request_id", "lead_id", "person_id", "submitted_at", "scored_at", "probability", "tier",
@@ -93,9 +99,12 @@ class PredictionRecord:
     features: dict[str, FeatureValue] = field(default_factory=dict)
 
     def validated(self) -> PredictionRecord:
-        """Checks every field; returns the record with timestamps converted to UTC."""
-        for name in ("request_id", "lead_id", "person_id", "tier", "channel", "model_name",
-                     "model_version", "policy_version"):
+        """Checks every field; returns the record with timestamps converted to UTC.
+
+        A record that needs no conversion (UTC timestamps, a float probability, bool flags:
+        what the service builds) is returned as it is.
+        """
+        for name in _STRING_FIELDS:
             if not isinstance(getattr(self, name), str):
                 raise PredictionLogError(f"field '{name}': expected a string")
         probability = self.probability
@@ -103,14 +112,21 @@ class PredictionRecord:
             raise PredictionLogError(f"field 'probability': {probability!r} is not in [0, 1]")
         if not isinstance(self.features, dict):
             raise PredictionLogError("field 'features': expected a dict of feature values")
-        for key, value in self.features.items():
-            if not isinstance(key, str):
-                raise PredictionLogError(f"field 'features': key {key!r} is not a string")
-            if value is not None and not isinstance(value, int | float | str | bool):
-                raise PredictionLogError(
-                    f"field 'features': value of {key!r} has type {type(value).__name__}; "
-                    "expected float, int, str, bool or None"
-                )
+        features = self.features
+        if not (_STR_ONLY.issuperset(map(type, features))  # the common case, checked in C
+                and _PLAIN.issuperset(map(type, features.values()))):
+            for key, value in features.items():
+                if not isinstance(key, str):
+                    raise PredictionLogError(f"field 'features': key {key!r} is not a string")
+                if value is not None and not isinstance(value, int | float | str | bool):
+                    raise PredictionLogError(
+                        f"field 'features': value of {key!r} has type {type(value).__name__}; "
+                        "expected float, int, str, bool or None"
+                    )
+        if (type(probability) is float and type(self.control) is bool
+                and type(self.degraded) is bool and _is_utc(self.submitted_at)
+                and _is_utc(self.scored_at)):
+            return self
         return PredictionRecord(
             **{f.name: getattr(self, f.name) for f in fields(self)}
             | {
@@ -123,20 +139,22 @@ class PredictionRecord:
         )
 
 
+def _is_utc(value: object) -> bool:
+    return isinstance(value, datetime) and value.tzinfo is UTC
+
+
 def _features_json(features: dict[str, FeatureValue]) -> str:
-    clean = {
-        key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-        for key, value in features.items()
-    }
-    return json.dumps(clean, separators=(",", ":"), allow_nan=False)
+    """Compact JSON of the features; NaN and infinities become null."""
+    return to_json(features, inf_nan_mode="null").decode()
 
 
 @runtime_checkable
 class PredictionLog(Protocol):
     """Append-only store of predictions."""
 
-    def append(self, records: Sequence[PredictionRecord]) -> None:
-        """Store ``records`` in one durable transaction (all or none)."""
+    def append(self, records: Sequence[PredictionRecord], prevalidated: bool = False) -> None:
+        """Store ``records`` in one durable transaction (all or none); ``prevalidated``:
+        the caller already ran ``PredictionRecord.validated`` on each of them."""
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
         """Records with ``since <= submitted_at < until``, features expanded into columns."""
@@ -205,9 +223,9 @@ class SqlitePredictionLog:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(self._SCHEMA)
 
-    def append(self, records: Sequence[PredictionRecord]) -> None:
+    def append(self, records: Sequence[PredictionRecord], prevalidated: bool = False) -> None:
         """Store ``records`` in one transaction (validated first: a bad record stores nothing)."""
-        rows = [self._row(r.validated()) for r in records]
+        rows = [self._row(r if prevalidated else r.validated()) for r in records]
         if not rows:
             return
         placeholders = ", ".join("?" * (len(RECORD_COLUMNS) + 1))
@@ -325,9 +343,9 @@ class PostgresPredictionLog:
             self._conn = self._connect()
         return self._conn
 
-    def append(self, records: Sequence[PredictionRecord]) -> None:
+    def append(self, records: Sequence[PredictionRecord], prevalidated: bool = False) -> None:
         """Store ``records`` in one transaction (validated first: a bad record stores nothing)."""
-        rows = [self._row(r.validated()) for r in records]
+        rows = [self._row(r if prevalidated else r.validated()) for r in records]
         if not rows:
             return
         placeholders = ", ".join(["%s"] * (len(RECORD_COLUMNS) + 1))

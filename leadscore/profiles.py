@@ -227,6 +227,65 @@ def ensure_databases(
                     created.append(name)
     except psycopg.OperationalError as exc:
         raise ConnectionError(
-            f"PostgreSQL at {mask_password(dsn)} is not reachable: {str(exc).strip()}"
+            f"PostgreSQL at {mask_password(dsn)} is not reachable: {_first_line(exc)}"
         ) from None
     return created
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def redis_client(settings: Settings, timeout: float = 2.0) -> Any:
+    """A redis-py client (``Redis`` or ``RedisCluster``) for ``settings.redis_url``."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    config = redis_online_store(settings)
+    timeouts = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    if config["redis_type"] == "redis_cluster":
+        pieces = config["connection_string"].split(",")
+        nodes = [ClusterNode(*p.rsplit(":", 1)) for p in pieces if "=" not in p]
+        params = dict(p.split("=", 1) for p in pieces if "=" in p)
+        return RedisCluster(startup_nodes=nodes, password=params.get("password"),
+                            ssl=params.get("ssl") == "true", **timeouts)
+    return redis.Redis.from_url(settings.redis_url, **timeouts)
+
+
+def require_services(
+    settings: Settings,
+    services: tuple[str, ...] = ("postgres", "redis"),
+    timeout: float = 2.0,
+) -> None:
+    """Production profile: make sure the backing services answer before any work starts.
+
+    ``postgres``: the server is reachable and the profile's databases exist (missing ones are
+    created). ``redis``: the online store answers PING. The embedded profile needs nothing.
+    Raises ``ConnectionError`` naming every unreachable service (passwords masked).
+    """
+    if settings.profile != "production":
+        return
+    import redis
+
+    problems: list[str] = []
+    if "postgres" in services:
+        try:
+            ensure_databases(settings, connect_timeout=max(1, int(timeout)))
+        except ConnectionError as exc:
+            problems.append(str(exc))
+    if "redis" in services:
+        try:
+            client = redis_client(settings, timeout=timeout)
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except (redis.RedisError, OSError) as exc:
+            problems.append(
+                f"Redis at {mask_password(settings.redis_url)} is not reachable: "
+                f"{_first_line(exc)}"
+            )
+    if problems:
+        raise ConnectionError(
+            "; ".join(problems) + " (profile 'production'; `leadscore doctor` shows every check)"
+        )

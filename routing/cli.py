@@ -19,9 +19,17 @@ from leadscore.cli_common import WorkdirOption, console, fail, settings_for
 from leadscore.config import Settings
 from routing.optimize import OBJECTIVES, optimize_cutoffs
 from routing.policy import PolicyError, RoutingPolicy, load_policy, save_policy
-from routing.simulate import SCORED_COLUMNS, join_truth, simulate, write_chart
+from routing.simulate import (
+    SCORED_COLUMNS,
+    after_tuning,
+    join_truth,
+    simulate,
+    split_by_day,
+    write_chart,
+)
 
 SCORED_FILE = "holdout_scored.parquet"
+DEFAULT_TUNING_SHARE = 0.5  # earliest half of the held-out days tunes, the later half judges
 OPTIMIZED_POLICY_FILE = "routing_policy.yaml"
 OPTIMIZE_REPORT_FILE = "routing_optimize.json"
 
@@ -68,20 +76,27 @@ def run_optimize(
     scored_path: Path | None = None,
     policy_path: Path | None = None,
     out_path: Path | None = None,
+    tuning_share: float = DEFAULT_TUNING_SHARE,
     **options: Any,
 ) -> tuple[Path, dict[str, Any]]:
-    """Optimise cut-offs on held-out scored leads; write the policy YAML and a JSON report.
+    """Optimise cut-offs on the tuning slice of held-out scored leads (their earliest
+    ``tuning_share`` of days; `route simulate` judges the policy on the later ones); write the
+    policy YAML and a JSON report.
 
     Returns the policy path and the report (written next to it as ``routing_optimize.json``
     when the default output is used, else ``<out>.report.json``).
     """
     scored = read_scored(settings, scored_path)
     policy = resolve_policy(settings, policy_path, prefer_optimized=False)
-    new_policy, report = optimize_cutoffs(scored, policy, **options)
+    tuning, later = split_by_day(scored, tuning_share, policy.capacity_day_timezone)
+    new_policy, report = optimize_cutoffs(tuning, policy, **options)
+    report["tuning_share"] = tuning_share
+    report["test_leads_left"] = int(len(later))
     out_path = out_path or settings.reports_dir / OPTIMIZED_POLICY_FILE
     header = (
         f"Written by `leadscore route optimize` from policy {policy.version} "
-        f"({report['objective']} on {report['holdout']['leads']} held-out leads).\n"
+        f"({report['objective']} on {report['holdout']['leads']} held-out leads, tuning slice "
+        f"until {new_policy.optimization['tuned_until']}).\n"
         "Field reference: leadscore/defaults/routing_policy.yaml"
     )
     save_policy(new_policy, out_path, header=header)
@@ -103,14 +118,24 @@ def run_simulate(
     policy_path: Path | None = None,
     truth_path: Path | None = None,
     rule_threshold: float = 60.0,
+    include_tuning_leads: bool = False,
 ) -> dict[str, Any]:
     """Simulate the policies on held-out leads with their true propensities; write the JSON
-    report and a PNG chart next to it (same name, ``.png``)."""
+    report and a PNG chart next to it (same name, ``.png``).
+
+    Leads up to the policy's ``optimization.tuned_until`` (those its cut-offs were tuned on)
+    are left out unless ``include_tuning_leads`` (an in-sample figure)."""
     scored = read_scored(settings, scored_path)
     truth_path = truth_path or settings.truth_dir / "leads_truth.parquet"
     truth = _read_parquet(truth_path, "truth table", "run `leadscore generate` first")
     policy = resolve_policy(settings, policy_path, prefer_optimized=True)
+    excluded = 0
+    if not include_tuning_leads:
+        scored, excluded = after_tuning(scored, policy)
     report = simulate(join_truth(scored, truth), policy, rule_threshold=rule_threshold)
+    report["objective"] = policy.optimization.get("objective")
+    report["tuning_leads_excluded"] = excluded
+    report["tuned_until"] = policy.optimization.get("tuned_until")
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     chart_path = write_chart(report, report_path.with_suffix(".png"))
@@ -145,7 +170,15 @@ def optimize_command(
     ] = None,
     objective: Annotated[
         str, typer.Option(help=f"One of {', '.join(OBJECTIVES)}.")
-    ] = "cpa_cap",
+    ] = "goal_margin",
+    goal_reduction: Annotated[
+        float, typer.Option(min=0.0, max=0.99,
+                            help="goal_margin: the goal's cost/conversion cut vs the best rule.")
+    ] = 0.15,
+    tuning_share: Annotated[
+        float, typer.Option(min=0.01, max=1.0,
+                            help="Earliest share of held-out days to tune on (rest: simulate).")
+    ] = DEFAULT_TUNING_SHARE,
     cpa_reduction: Annotated[
         float, typer.Option(min=0.0, max=0.99, help="cpa_cap: cost/conversion below best rule.")
     ] = 0.2,
@@ -169,7 +202,8 @@ def optimize_command(
     try:
         with console.status("optimising cut-offs…"):
             path, report = run_optimize(
-                settings, scored, policy, out, objective=objective, cpa_reduction=cpa_reduction,
+                settings, scored, policy, out, tuning_share=tuning_share, objective=objective,
+                goal_reduction=goal_reduction, cpa_reduction=cpa_reduction,
                 conversion_margin=margin,
                 value_per_conversion=value_per_conversion, budget_per_lead=budget_per_lead,
                 grid_size=grid_size, strict_capacity=strict_capacity,
@@ -187,8 +221,11 @@ def optimize_command(
                   _money(est["cost_per_conversion"]))
     console.print(table)
     cut = report["cutoffs"]
-    console.print(f"cut-offs A={cut['A']:.4f} B={cut['B']:.4f} C={cut['C']:.4f}; "
-                  f"policy {path}; report {report['report_path']}")
+    console.print(f"cut-offs A={cut['A']:.4f} B={cut['B']:.4f} C={cut['C']:.4f} "
+                  f"({report['objective']}, estimated room on the goal "
+                  f"{report['goal_slack']:+.1%}); tuned on {report['holdout']['leads']} leads, "
+                  f"{report['test_leads_left']} later ones left to simulate; policy {path}; "
+                  f"report {report['report_path']}")
 
 
 @app.command("simulate")
@@ -204,12 +241,17 @@ def simulate_command(
     require_goal: Annotated[
         bool, typer.Option(help="Exit with code 1 when the goal is not met.")
     ] = False,
+    include_tuning_leads: Annotated[
+        bool, typer.Option(help="Also judge on the leads the cut-offs were tuned on "
+                                "(in-sample; default: only later leads).")
+    ] = False,
 ) -> None:
     """Compare everyone-to-sales, the 2-D rule, the funnel rule and the model policy (the
     optimised reports/routing_policy.yaml when present) on held-out leads' true propensities."""
     settings = settings_for(workdir)
     try:
-        result = run_simulate(settings, report, scored, policy, truth, rule_threshold)
+        result = run_simulate(settings, report, scored, policy, truth, rule_threshold,
+                              include_tuning_leads)
     except (ValueError, FileNotFoundError, PolicyError) as exc:
         fail(str(exc))
     table = Table(title=f"route simulate (policy {result['policy_version']})",
@@ -221,6 +263,9 @@ def simulate_command(
                       _money(r["cost_per_conversion"]), str(r["overflow_leads"]),
                       str(r["capacity_violations"]))
     console.print(table)
+    if result["tuning_leads_excluded"]:
+        console.print(f"judged on {result['leads']} leads after {result['tuned_until']} "
+                      f"({result['tuning_leads_excluded']} tuning leads left out)")
     goal = result["goal"]
     reduction = goal["cpa_reduction"]
     shown = "n/a" if reduction is None else f"{reduction:.1%}"

@@ -5,7 +5,9 @@ is the conversion under a reference follow-up, and a channel ``c`` multiplies it
 ``relative_conversion``: ``E[conv | c] = min(1, p / rel[reference] × rel[c])``. With
 ``probability_reference: funnel_step`` the reference is the channel that handled the lead's
 funnel step in the training history (the K12 routing), so the AI-bot baseline is
-``p / rel[historical channel]``. No truth is used: only held-out scored leads.
+``p / rel[historical channel]``. No truth and no labels are used: only the scored leads of the
+tuning slice (`route optimize` takes the earliest days of the hold-out; `route simulate` judges
+the policy on the later ones).
 
 Search: every monotone triple (A ≥ B ≥ C) of cut-offs on a grid of probability quantiles
 (denser near the top, plus 0 and 1 for empty tiers), then a finer grid around that choice.
@@ -17,9 +19,16 @@ overflow.
 The rule policies (rule_2d, rule_funnel) are priced with the same estimator and capacity rule;
 the *best rule* is the one with the most expected conversions. Objectives:
 
-* ``cpa_cap`` (default): the most conversions whose cost per conversion is at least
-  ``cpa_reduction`` (20%) below the best rule's — the routing goal (≥ 15% lower cost per
-  conversion, at least the rule's conversions) with 5 points of room for estimation error;
+* ``goal_margin`` (default): the routing goal itself — at least the best rule's conversions at
+  a cost per conversion ``goal_reduction`` (15%) below the rule's — met with the largest equal
+  room on both sides: maximise ``min(conversions / rule − 1, 1 − CPA / ((1 − g) × rule CPA))``,
+  the largest relative error in the estimated conversions *or* cost per conversion that would
+  still leave the goal met. Unlike ``cpa_cap`` it stops buying conversions once the extra ones
+  cost more room on the CPA side than they add on the conversion side, so the marginal
+  expensive follow-ups whose uplift does not pay are left to cheaper channels;
+* ``cpa_cap``: the most conversions whose cost per conversion is at least ``cpa_reduction``
+  (20%) below the best rule's (spends up to that average-CPA ceiling, so the last leads bought
+  can cost thousands of RMB per extra conversion);
 * ``match_rules``: the cheapest cut-offs whose expected conversions reach the best rule's
   × (1 + ``conversion_margin``);
 * ``net_value``: maximise ``value_per_conversion × conversions − cost``;
@@ -38,6 +47,7 @@ from leadscore.schemas import TIERS
 from routing.policy import RoutingPolicy, bump_version
 from routing.simulate import (
     DEFAULT_RULE_THRESHOLD,
+    GOAL_CPA_REDUCTION,
     SCORED_COLUMNS,
     DayIndex,
     apply_daily_capacity,
@@ -48,7 +58,7 @@ from routing.simulate import (
     validate_leads,
 )
 
-OBJECTIVES: tuple[str, ...] = ("cpa_cap", "match_rules", "net_value", "budget")
+OBJECTIVES: tuple[str, ...] = ("goal_margin", "cpa_cap", "match_rules", "net_value", "budget")
 MAX_FRONTIER_POINTS = 40
 CHUNK = 128  # candidates evaluated per vectorised batch
 REFINE_POINTS = 9  # extra cut-off values tried around each coarse choice
@@ -145,6 +155,25 @@ class _Evaluator:
         return {key: value[0].item() for key, value in figures.items()}
 
 
+def goal_slack(
+    conversions: Any, cost: Any, rule_conversions: float, rule_cost_per_conversion: float,
+    reduction: float,
+) -> Any:
+    """Room left on the routing goal, the smaller of the two relative slacks (≥ 0: met).
+
+    ``conversions / rule_conversions − 1`` (conversions above the rule's) and
+    ``1 − CPA / ((1 − reduction) × rule CPA)`` (cost per conversion below the cap), i.e. the
+    largest relative error of either estimate that still leaves the goal met. Vectorised.
+    """
+    conversions = np.asarray(conversions, dtype=float)
+    cost = np.asarray(cost, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cpa = np.where(conversions > 0, cost / conversions, np.inf)
+    conversion_room = conversions / max(rule_conversions, 1e-12) - 1.0
+    cpa_room = 1.0 - cpa / max((1.0 - reduction) * rule_cost_per_conversion, 1e-12)
+    return np.minimum(conversion_room, cpa_room)
+
+
 def _select(table: pd.DataFrame, objective: str, limits: dict[str, float | None]
             ) -> tuple[int, bool]:
     """Row index of the chosen candidate and whether its objective's constraint holds."""
@@ -152,6 +181,15 @@ def _select(table: pd.DataFrame, objective: str, limits: dict[str, float | None]
     def most(frame: pd.DataFrame) -> int:
         return int(frame.sort_values(["conversions", "cost"], ascending=[False, True]).index[0])
 
+    if objective == "goal_margin":
+        slack = goal_slack(
+            table["conversions"], table["cost"], limits["rule_conversions"],
+            limits["rule_cost_per_conversion"], limits["goal_reduction"],
+        )
+        best = table.assign(slack=slack).sort_values(
+            ["slack", "conversions", "cost"], ascending=[False, False, True]
+        )
+        return int(best.index[0]), bool(best["slack"].iloc[0] >= 0)
     if objective == "net_value":
         net = limits["value_per_conversion"] * table["conversions"] - table["cost"]
         return int(net.idxmax()), True
@@ -193,10 +231,11 @@ def optimize_cutoffs(
     scored: pd.DataFrame,
     policy: RoutingPolicy,
     *,
-    objective: str = "cpa_cap",
+    objective: str = "goal_margin",
     rule_threshold: float = DEFAULT_RULE_THRESHOLD,
     conversion_margin: float = 0.02,
     cpa_reduction: float = 0.2,
+    goal_reduction: float = GOAL_CPA_REDUCTION,
     value_per_conversion: float | None = None,
     budget_per_lead: float | None = None,
     grid_size: int = 16,
@@ -214,8 +253,9 @@ def optimize_cutoffs(
         raise ValueError("value_per_conversion: a positive RMB value is needed for net_value")
     if objective == "budget" and (budget_per_lead is None or budget_per_lead < 0):
         raise ValueError("budget_per_lead: a non-negative RMB budget is needed for budget")
-    if not 0.0 <= cpa_reduction < 1.0:
-        raise ValueError("cpa_reduction: must lie in [0, 1)")
+    for name, value in (("cpa_reduction", cpa_reduction), ("goal_reduction", goal_reduction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}: must lie in [0, 1)")
     if conversion_margin < 0:
         raise ValueError("conversion_margin: must not be negative")
     leads = validate_leads(scored, SCORED_COLUMNS)
@@ -234,10 +274,14 @@ def optimize_cutoffs(
     tier_position = channel_positions(
         np.array([policy.tier_channel[t] for t in TIERS], dtype=object), policy
     ).astype(np.int8)
-    best_cpa = rules[best_rule]["cost"] / max(rules[best_rule]["conversions"], 1e-12)
+    best_conversions = rules[best_rule]["conversions"]
+    best_cpa = rules[best_rule]["cost"] / max(best_conversions, 1e-12)
     limits: dict[str, float | None] = {
         "target_conversions": target,
         "max_cost_per_conversion": best_cpa * (1.0 - cpa_reduction),
+        "rule_conversions": best_conversions,
+        "rule_cost_per_conversion": best_cpa,
+        "goal_reduction": goal_reduction,
         "value_per_conversion": value_per_conversion,
         "budget": None if budget_per_lead is None else budget_per_lead * len(leads),
     }
@@ -271,6 +315,9 @@ def optimize_cutoffs(
         "objective": objective,
         "holdout_leads": int(len(leads)),
         "holdout_days": days.n_days,
+        # the leads the cut-offs were tuned on: `route simulate` judges only later leads
+        "tuned_from": leads["created_at"].iloc[0].isoformat(),
+        "tuned_until": leads["created_at"].iloc[-1].isoformat(),
         "estimated_conversions": round(float(chosen["conversions"]), 3),
         "estimated_cost": round(float(chosen["cost"]), 2),
     }
@@ -278,6 +325,7 @@ def optimize_cutoffs(
         cutoffs, version=bump_version(policy.version), optimization=optimization
     )
     conversions, cost = float(chosen["conversions"]), float(chosen["cost"])
+    slack = float(goal_slack(conversions, cost, best_conversions, best_cpa, goal_reduction))
     report = {
         "policy_version": new_policy.version,
         "from_version": policy.version,
@@ -310,6 +358,8 @@ def optimize_cutoffs(
             for name, r in rules.items()
         },
         "best_rule_policy": best_rule,
+        "goal_reduction": goal_reduction,
+        "goal_slack": slack,
         "target_conversions": target if objective == "match_rules" else None,
         "conversion_margin": conversion_margin,
         "max_cost_per_conversion": (

@@ -102,6 +102,56 @@ def join_truth(scored: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return joined
 
 
+def split_by_day(
+    scored: pd.DataFrame, tuning_share: float, timezone: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tuning slice (the earliest ``tuning_share`` of calendar days) and the later test slice.
+
+    Cut-offs are tuned on the first and judged on the second, so the simulation never scores a
+    policy on the leads it was tuned on. ``tuning_share=1`` leaves the test slice empty.
+    """
+    if not 0.0 < tuning_share <= 1.0:
+        raise ValueError(f"tuning_share: must lie in (0, 1] (got {tuning_share})")
+    leads = validate_leads(scored, ("lead_id", "created_at"))
+    days = day_index(leads["created_at"], timezone)
+    if tuning_share == 1.0:
+        tuning_days = days.n_days
+    elif days.n_days < 2:
+        raise ValueError(
+            "created_at: the leads span a single day, so no later day is left to simulate on; "
+            "use tuning_share=1 (an in-sample figure) or more days of leads"
+        )
+    else:
+        tuning_days = min(days.n_days - 1, max(1, round(tuning_share * days.n_days)))
+    tuning = days.codes < tuning_days
+    return leads[tuning].reset_index(drop=True), leads[~tuning].reset_index(drop=True)
+
+
+def after_tuning(scored: pd.DataFrame, policy: RoutingPolicy) -> tuple[pd.DataFrame, int]:
+    """The leads created after those the policy's cut-offs were tuned on, and how many were
+    dropped (none for a policy without ``optimization.tuned_until``)."""
+    tuned_until = policy.optimization.get("tuned_until")
+    if not tuned_until:
+        return scored, 0
+    try:
+        boundary = pd.Timestamp(str(tuned_until))
+    except ValueError:
+        raise ValueError(
+            f"optimization.tuned_until: {tuned_until!r} is not a timestamp"
+        ) from None
+    if boundary.tzinfo is None:
+        boundary = boundary.tz_localize("UTC")
+    created = pd.to_datetime(scored["created_at"], utc=True)
+    later = scored[created > boundary]
+    if later.empty:
+        raise ValueError(
+            f"scored: every lead was created on or before {tuned_until}, when the policy's "
+            "cut-offs were tuned on them; simulate on later leads (or include the tuning "
+            "leads explicitly with --include-tuning-leads: an in-sample figure)"
+        )
+    return later, int(len(scored) - len(later))
+
+
 # ---- days and capacity ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class DayIndex:

@@ -38,7 +38,7 @@ def serve(
     from serving.auth import resolve_api_key
     from serving.model_store import bentoml_home
 
-    settings = settings_for(workdir)
+    settings = settings_for(workdir, services=("postgres",))
     home = bentoml_home(settings)
     os.environ["BENTOML_HOME"] = home  # before BentoML first reads it
     try:

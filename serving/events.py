@@ -1,49 +1,60 @@
-"""``POST /events``: fold behaviour events into a person's online snapshot and push it to Feast.
+"""``POST /events`` and ``/predict``: keep a person's online behaviour snapshot current.
 
-The offline build (``features.behaviour``) computes a person's behaviour snapshot from the whole
-event history. Online, only the current snapshot is at hand, so an event updates it
-incrementally and the new snapshot is pushed through the ``person_behaviour_push`` PushSource
-(``FeatureStore.push``), so that the person's next prediction sees it:
+The offline build (``features.behaviour``) stores a snapshot of the person at each of its leads,
+with its recent history (``snap_history``: events within ``features.history.HORIZON_DAYS``, older
+ones folded into totals, and every lead). Online, the service keeps that history current and
+writes the person's new ``person_behaviour`` row (the view behind the ``person_behaviour_push``
+PushSource) to the online store:
 
-* the snapshot's time becomes ``max(snapshot time, event time)``; the intent score is decayed to
-  that time and gains ``URL weight × behaviour weight × 0.5^(age / half-life)`` of the event;
-* the event counts in ``events_total`` and in every window (all types, its type, distinct URLs,
-  site visits) that holds it at the snapshot's time;
-* first/last touch times are widened to the event, ``has_history`` becomes 1, and the
-  engagement trend is recomputed from the 7-day count and the 21 days before it.
+* ``POST /events``: the events are added to the history;
+* ``/predict`` and ``/predict_batch``: each scored submission is added to its person's leads
+  (once per lead id), so the person's next submission counts it as an earlier lead.
 
-Approximations (the exact values come back with the next offline build + materialization):
-counts already in the snapshot are not aged out of their windows when the snapshot time moves
-forward, and a URL counts as a new distinct URL. A person is found like ``/predict`` finds it:
-identifiers first, then the lead's One ID person, then the person a new lead founds
-(``new_person_id(lead_id)``). Events without a usable identifier or lead id are rejected
-(counted by reason, never echoed). Updates run one at a time in the process (read-modify-push).
+The row's snapshot fields are recomputed from the history (``features.history.snapshot_at``) at
+the row's time, ``max(stored time, latest event or lead)``, and the on-demand view re-evaluates
+them at each request time. So after the events and leads before time t are recorded, a request
+at t gets exactly the offline point-in-time row at t, however long ago the last event was.
+The caller decides what is visible when: an event is counted for every request at or after its
+``event_time`` (the offline build also hides a later lead's pre-submission events from earlier
+leads, so send those with, or after, their lead's submission); two submissions of one person in
+one ``/predict_batch`` do not see each other as earlier leads.
+
+A person is found like ``/predict`` finds it: identifiers first, then the lead's One ID person,
+then the person a new lead founds (``new_person_id(lead_id)``). Events without a usable
+identifier or lead id are rejected (counted by reason, never echoed). Updates run one at a time
+in the process (read-modify-write). A stored row without a history (built before histories
+existed) keeps its totals as the history's base; its window and lead counts restart.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
 from feast import FeatureStore
-from feast.data_source import PushMode
+from feast.infra.online_stores.helpers import get_online_store_from_config
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from features import history as hist
 from features import request as rq
 from features.behaviour import event_weight
 from features.score2d import ScoringTables
-from serving.online_reader import OnlineFeatureReader
-from serving.schemas import Event, EventsResponse
+from leadscore.config import Settings
+from serving.online_reader import PERSON_JOIN_KEY, OnlineFeatureReader
+from serving.schemas import Event, EventsResponse, Submission
+
+logger = logging.getLogger("leadscore.events")
 
 PUSH_SOURCE = "person_behaviour_push"
 BEHAVIOUR_VIEW = "person_behaviour"
-DAY_S = 86_400.0
-INT_FIELDS = tuple(name for name, kind in rq.BEHAVIOUR_SNAPSHOT_FIELDS.items() if kind == "int")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -52,127 +63,168 @@ class PersonEvent:
 
     person_id: str
     event_type: str
-    time_s: float
+    time_us: int
     url: str
 
 
-def empty_snapshot() -> dict[str, Any]:
-    """The snapshot of a person without recorded behaviour (time unset)."""
-    snapshot: dict[str, Any] = {
-        name: (0 if kind == "int" else 0.0) for name, kind in rq.BEHAVIOUR_SNAPSHOT_FIELDS.items()
-    }
-    snapshot["snap_ts_s"] = math.nan
-    return snapshot
+@dataclass(frozen=True)
+class PersonLead:
+    """One scored submission of a person: when, through which (normalised) channel."""
+
+    person_id: str
+    lead_id: str
+    time_us: int
+    channel: str
 
 
-def _estimated_prev21(snapshot: dict[str, Any]) -> float:
-    """Events in the 21 days before the last 7, recovered from the stored trend when possible."""
-    r7 = snapshot["snap_events_7d"] / 7.0
-    trend = float(snapshot["snap_engagement_trend"] or 0.0)
-    if r7 > 0 and trend > -1.0:
-        return max(r7 * (1.0 - trend) / (1.0 + trend), 0.0) * 21.0
-    return float(max(snapshot["snap_events_30d"] - snapshot["snap_events_7d"], 0))
+def epoch_us(value: datetime) -> int:
+    """A timezone-aware time as integer UTC epoch microseconds (exact)."""
+    delta = value.astimezone(UTC) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def apply_event(snapshot: dict[str, Any], event: PersonEvent, weight: float,
-                half_life_days: float) -> dict[str, Any]:
-    """A new snapshot: ``snapshot`` with ``event`` folded in (see the module doc)."""
-    new = dict(snapshot)
-    old_ts = snapshot["snap_ts_s"]
-    at = event.time_s if not _finite(old_ts) else max(float(old_ts), event.time_s)
-    intent = float(snapshot["snap_intent"] or 0.0)
-    if _finite(old_ts) and at > old_ts:
-        intent *= 0.5 ** ((at - old_ts) / DAY_S / half_life_days)
-    age_days = (at - event.time_s) / DAY_S
-    new["snap_intent"] = intent + weight * 0.5 ** (age_days / half_life_days)
-    prev21 = _estimated_prev21(snapshot)
-
-    def bump(name: str, days: float | None = None) -> None:
-        if days is None or age_days < days:
-            new[rq.SNAP_PREFIX + name] = int(new[rq.SNAP_PREFIX + name] or 0) + 1
-
-    bump("events_total")
-    for days in rq.WINDOWS_DAYS:
-        bump(f"events_{days}d", days)
-    for days, types in rq.TYPE_WINDOWS.items():
-        if event.event_type in types:
-            bump(f"{event.event_type}_{days}d", days)
-    if event.url:
-        for days in rq.URL_WINDOWS_DAYS:
-            bump(f"urls_{days}d", days)
-    if event.event_type in rq.SITE_EVENT_TYPES:
-        bump(f"site_visits_{rq.SITE_WINDOW_DAYS}d", rq.SITE_WINDOW_DAYS)
-
-    last = float(snapshot["snap_last_touch_ts_s"] or 0.0)
-    first = float(snapshot["snap_first_touch_ts_s"] or 0.0)
-    new["snap_last_touch_ts_s"] = max(last, event.time_s)
-    new["snap_first_touch_ts_s"] = min(first, event.time_s) if first > 0 else event.time_s
-    new["snap_has_history"] = 1
-    r7, r21 = new["snap_events_7d"] / 7.0, prev21 / 21.0
-    new["snap_engagement_trend"] = (r7 - r21) / (r7 + r21) if r7 + r21 > 0 else 0.0
-    new["snap_ts_s"] = at
-    return new
+def stored_history(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The history of a stored row; for a row without one, a base holding its totals."""
+    history = hist.loads(snapshot.get(hist.HISTORY_FIELD))
+    if history is not None:
+        return history
+    history = hist.empty_history()
+    ts, total = snapshot.get("snap_ts_s"), int(snapshot.get("snap_events_total") or 0)
+    if total and isinstance(ts, int | float) and math.isfinite(ts):
+        history.update(n0=total, i0=float(snapshot.get("snap_intent") or 0.0),
+                       a0=round(ts * 1e6),
+                       f0=round(float(snapshot.get("snap_first_touch_ts_s") or 0) * 1e6),
+                       l0=round(float(snapshot.get("snap_last_touch_ts_s") or 0) * 1e6))
+    return history
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
+def next_row(snapshot: dict[str, Any] | None, events: Sequence[PersonEvent],
+             leads: Sequence[PersonLead], tables: ScoringTables,
+             half_life_days: float) -> dict[str, Any]:
+    """The person's new snapshot row: the stored one (or none) with ``events`` and ``leads``."""
+    history = stored_history(snapshot or {})
+    hist.add_events(history, (
+        (e.time_us, e.event_type, e.url,
+         event_weight(e.url, e.event_type, tables)) for e in events))
+    hist.add_leads(history, ((lead.time_us, lead.channel, lead.lead_id) for lead in leads))
+    at = hist.latest_us(history)
+    stored_ts = (snapshot or {}).get("snap_ts_s")
+    if isinstance(stored_ts, int | float) and math.isfinite(stored_ts):
+        at = max(at, round(stored_ts * 1e6))  # the online store never takes an older row
+    hist.prune(history, at, half_life_days)
+    row = hist.snapshot_at(history, at, half_life_days)
+    row[hist.HISTORY_FIELD] = hist.dumps(history)
+    return row
+
+
+def _entity_key(person_id: str) -> EntityKeyProto:
+    return EntityKeyProto(join_keys=[PERSON_JOIN_KEY],
+                          entity_values=[ValueProto(string_val=person_id)])
+
+
+def _python(value: ValueProto) -> Any:
+    kind = value.WhichOneof("val")
+    return None if kind is None or kind == "null_val" else getattr(value, kind)
+
+
+def _proto(value: Any, kind: str) -> ValueProto:
+    if kind == "int":
+        return ValueProto(int64_val=int(value))
+    if kind == "float":
+        return ValueProto(double_val=float(value))
+    return ValueProto(string_val=str(value))
 
 
 class BehaviourUpdater:
-    """Applies resolved events to the online behaviour snapshots through Feast push."""
+    """Records events and leads in the persons' online behaviour rows."""
 
-    def __init__(self, store: FeatureStore, reader: OnlineFeatureReader, tables: ScoringTables,
-                 half_life_days: float) -> None:
+    def __init__(self, store: FeatureStore, reader: OnlineFeatureReader | None,
+                 tables: ScoringTables, half_life_days: float) -> None:
+        # ``reader`` (the predictions' connection) is not used: reads and writes here go
+        # through the updater's own connection, one update at a time
         self.store = store
         self.reader = reader
         self.tables = tables
         self.half_life_days = half_life_days
         self._lock = threading.Lock()
-        self.fields = list(rq.BEHAVIOUR_SNAPSHOT_FIELDS)
+        self.fields = dict(rq.BEHAVIOUR_SNAPSHOT_FIELDS)
+        self.view = store.get_feature_view(BEHAVIOUR_VIEW)
+        self.online_store = get_online_store_from_config(store.config.online_store)
 
-    def current(self, person_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """The stored snapshot of each person (``empty_snapshot`` for unknown ones)."""
-        columns, _ = self.reader.read_snapshots(person_ids)
-        snapshots = []
-        for i in range(len(person_ids)):
-            snapshot = empty_snapshot()
-            stored_ts = columns.get("snap_ts_s", [None] * len(person_ids))[i]
-            if stored_ts is not None:
-                for name in self.fields:
-                    value = columns.get(name, [None] * len(person_ids))[i]
-                    if value is not None:
-                        snapshot[name] = value
-            snapshots.append(snapshot)
-        return snapshots
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BehaviourUpdater:
+        """An updater with its own store (close it when done)."""
+        from features.score2d import load_scoring_tables
+        from features.store import get_store
+
+        return cls(get_store(settings), None, load_scoring_tables(settings.scoring_config),
+                   settings.intent_half_life_days)
+
+    def close(self) -> None:
+        """Close the updater's store connection."""
+        conn = getattr(self.online_store, "_conn", None)
+        if conn is not None:
+            conn.close()
+            self.online_store._conn = None
+
+    def current(self, person_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The stored row of each person (None for persons without one)."""
+        rows = self.online_store.online_read(self.store.config, self.view,
+                                             [_entity_key(p) for p in person_ids],
+                                             list(self.fields))
+        out: list[dict[str, Any] | None] = []
+        for _, values in rows:
+            row = None
+            if values:
+                row = {name: _python(values[name]) for name in self.fields if name in values}
+            out.append(row if row and row.get("snap_ts_s") is not None else None)
+        return out
 
     def apply(self, events: Sequence[PersonEvent]) -> int:
-        """Fold ``events`` into their persons' snapshots and push them; persons updated."""
-        by_person: dict[str, list[PersonEvent]] = {}
+        """Add ``events`` to their persons' rows and write them; persons updated."""
+        return self._update(events, [])
+
+    def record_leads(self, leads: Sequence[PersonLead]) -> int:
+        """Add scored submissions to their persons' leads and write them; persons updated."""
+        return self._update([], leads)
+
+    def record_submissions(self, submissions: Sequence[Submission],
+                           person_ids: Sequence[str]) -> None:
+        """``record_leads`` for scored submissions; a store failure is logged, never raised
+        (the answer is already computed; the lead reaches the store with the next build)."""
+        channels = rq.normalise_category([s.channel for s in submissions], "channel")
+        leads = [PersonLead(person, s.lead_id, epoch_us(s.submitted_at), channel)
+                 for s, person, channel in zip(submissions, person_ids, channels, strict=True)]
+        try:
+            self.record_leads(leads)
+        except Exception as exc:  # noqa: BLE001 - store trouble must not fail the prediction
+            logger.warning("recording %d lead(s) failed: %s", len(leads), type(exc).__name__)
+
+    def _update(self, events: Sequence[PersonEvent], leads: Sequence[PersonLead]) -> int:
+        by_person: dict[str, tuple[list[PersonEvent], list[PersonLead]]] = {}
         for event in events:
-            by_person.setdefault(event.person_id, []).append(event)
+            by_person.setdefault(event.person_id, ([], []))[0].append(event)
+        for lead in leads:
+            by_person.setdefault(lead.person_id, ([], []))[1].append(lead)
         if not by_person:
             return 0
         persons = sorted(by_person)
         with self._lock:
-            snapshots = self.current(persons)
-            rows = []
-            for person, snapshot in zip(persons, snapshots, strict=True):
-                for event in sorted(by_person[person], key=lambda e: e.time_s):
-                    weight = event_weight(event.url, event.event_type, self.tables)
-                    snapshot = apply_event(snapshot, event, weight, self.half_life_days)
-                rows.append({"person_id": person, **snapshot})
-            self.store.push(PUSH_SOURCE, self._frame(rows), to=PushMode.ONLINE)
+            rows = [next_row(stored, *by_person[person], self.tables, self.half_life_days)
+                    for person, stored in zip(persons, self.current(persons), strict=True)]
+            self._write(persons, rows)
         return len(persons)
 
-    def _frame(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        frame = pd.DataFrame(rows)
-        frame["event_timestamp"] = pd.to_datetime(frame["snap_ts_s"], unit="s", utc=True)
-        for name in INT_FIELDS:
-            frame[name] = frame[name].astype("int64")
-        for name, kind in rq.BEHAVIOUR_SNAPSHOT_FIELDS.items():
-            if kind == "float":
-                frame[name] = frame[name].astype("float64")
-        return frame[["person_id", "event_timestamp", *self.fields]]
+    def _write(self, persons: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+        """Write the rows of ``person_behaviour`` (as a push through its PushSource would)."""
+        created = datetime.now(UTC)
+        data = []
+        for person, row in zip(persons, rows, strict=True):
+            key = _entity_key(person)
+            values = {name: _proto(row[name], kind) for name, kind in self.fields.items()}
+            stamp = _EPOCH + timedelta(microseconds=round(row["snap_ts_s"] * 1e6))
+            data.append((key, values, stamp, created))
+        self.online_store.online_write_batch(self.store.config, self.view, data, None)
 
 
 def resolve_events(events: Sequence[Event], find_person: Callable[[Any, str | None], str | None]
@@ -186,16 +238,14 @@ def resolve_events(events: Sequence[Event], find_person: Callable[[Any, str | No
             rejected["no_usable_identifier_or_lead_id"] += 1
             continue
         resolved.append(PersonEvent(person, event.event_type,
-                                    event.event_time.astimezone(UTC).timestamp(), event.url))
+                                    epoch_us(event.event_time), event.url))
     return resolved, rejected
 
 
 def push_events(events: Sequence[Event], updater: BehaviourUpdater,
                 find_person: Callable[[Any, str | None], str | None]) -> EventsResponse:
-    """Resolve, apply and push a request's events; the ``POST /events`` answer."""
+    """Resolve, apply and write a request's events; the ``POST /events`` answer."""
     resolved, rejected = resolve_events(events, find_person)
     persons = updater.apply(resolved)
     return EventsResponse(accepted=len(resolved), persons_updated=persons,
                           rejected=dict(rejected))
-
-

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pydantic_core import to_json
 
 from features.online import submission_request
 from leadscore.config import Settings
@@ -269,6 +270,19 @@ class Predictor:
 
     def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""
+        return [_prediction(answer) for answer in self.answers(submissions)]
+
+    def predict_json(self, submissions: Sequence[Submission], batch: bool = False) -> bytes:
+        """``predict`` as the JSON the API sends: one ``Prediction``, or with ``batch`` a
+        ``BatchResponse`` (the bytes ``model_dump_json`` gives, without building the models)."""
+        if not batch and len(submissions) != 1:
+            raise ValueError(f"one submission expected without batch, got {len(submissions)}")
+        answers = self.answers(submissions)
+        return to_json({"predictions": answers} if batch else answers[0],
+                       inf_nan_mode="null")
+
+    def answers(self, submissions: Sequence[Submission]) -> list[dict[str, Any]]:
+        """Score submissions in order, log them; the answers as ``Prediction`` field dicts."""
         model = self._model
         if model is None:
             raise ModelUnavailableError(self.load_error or "no model is loaded")
@@ -278,40 +292,47 @@ class Predictor:
         columns, degraded = self.features(submissions, resolved)
         scored = model.scorer.score(columns, top_k=3)
         person_ids = [r.person_id for r in resolved]
+        if self.updater is not None:  # the persons' next submissions count these as earlier
+            self.updater.record_submissions(submissions, person_ids)
         probability = np.array([s["probability"] for s in scored], dtype=float)
         rule_score = np.asarray(columns.get("rule_score", [0.0] * len(scored)), dtype=float)
         tiers, channels, control = self.route(person_ids, probability, rule_score)
         self._count_degraded(degraded)
         now = datetime.now(UTC)
         policy_version = self.policy.version
-        model_ref = ModelRef.model_construct(name=model.name, version=model.version)
+        model_ref = {"name": model.name, "version": model.version}
         names = list(columns)
-        answers: list[Prediction] = []
+        tag_names = [name for name in TAG_FIELDS if name in columns]
+        # the fast scorer's reasons are dicts in Reason's order already
+        reason_dicts = _same if model.scorer.fast else _reason_dicts
+        rows = zip(*(_plain_values(columns[name]) for name in names), strict=True)
+        answers: list[dict[str, Any]] = []
         records: list[PredictionRecord] = []
-        for i, sub in enumerate(submissions):
-            features = {name: _plain(columns[name][i]) for name in names}
-            answers.append(Prediction.model_construct(
-                lead_id=sub.lead_id,
-                person_id=person_ids[i],
-                probability=round(scored[i]["probability"], 6),
-                tier=tiers[i],
-                channel=channels[i],
-                control=control[i],
-                reasons={"positive": _reasons(scored[i]["positive_reasons"]),
-                         "negative": _reasons(scored[i]["negative_reasons"])},
-                tags={k: features[k] for k in TAG_FIELDS if k in features},
-                identifiers_rejected=resolved[i].rejected,
-                model=model_ref,
-                policy=policy_version,
-                degraded=degraded[i] is not None,
-                degraded_reason=degraded[i],
-                scored_at=now,
-            ))
+        for i, (sub, row) in enumerate(zip(submissions, rows, strict=True)):
+            features = dict(zip(names, row, strict=True))
+            reason = degraded[i]
+            answers.append({
+                "lead_id": sub.lead_id,
+                "person_id": person_ids[i],
+                "probability": round(scored[i]["probability"], 6),
+                "tier": tiers[i],
+                "channel": channels[i],
+                "control": control[i],
+                "reasons": {"positive": reason_dicts(scored[i]["positive_reasons"]),
+                            "negative": reason_dicts(scored[i]["negative_reasons"])},
+                "tags": {name: features[name] for name in tag_names},
+                "identifiers_rejected": resolved[i].rejected,
+                "model": model_ref,
+                "policy": policy_version,
+                "degraded": reason is not None,
+                "degraded_reason": reason,
+                "scored_at": now,
+            })
             records.append(PredictionRecord(
                 request_id=uuid.uuid4().hex, lead_id=sub.lead_id, person_id=person_ids[i],
                 submitted_at=sub.submitted_at, scored_at=now,
                 probability=scored[i]["probability"], tier=tiers[i], channel=channels[i],
-                control=control[i], degraded=degraded[i] is not None, model_name=model.name,
+                control=control[i], degraded=reason is not None, model_name=model.name,
                 model_version=model.version, policy_version=policy_version, features=features,
             ))
         self.log.append(records)
@@ -351,9 +372,37 @@ def _ensure_push_source(store: Any, settings: Settings) -> None:
         apply_definitions(store, settings)
 
 
-def _reasons(reasons: list[dict[str, Any]]) -> list[Reason]:
-    return [Reason.model_construct(feature=r["feature"], value=r.get("value"), text=r["text"],
-                                   contribution=r["contribution"]) for r in reasons]
+def _reason_dicts(reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reasons as dicts in ``Reason``'s field order (the JSON order of the answer)."""
+    return [{"feature": r["feature"], "value": r.get("value"), "text": r["text"],
+             "contribution": r["contribution"]} for r in reasons]
+
+
+def _same(reasons: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return reasons
+
+
+def _prediction(answer: dict[str, Any]) -> Prediction:
+    """The ``Prediction`` model of an answer dict (no re-validation of our own output)."""
+    return Prediction.model_construct(**{
+        **answer,
+        "reasons": {side: [Reason.model_construct(**r) for r in reasons]
+                    for side, reasons in answer["reasons"].items()},
+        "model": ModelRef.model_construct(**answer["model"]),
+    })
+
+
+_SIMPLE = frozenset({float, int, str, bool, type(None)})
+
+
+def _plain_values(values: Sequence[Any]) -> list[float | int | str | bool | None]:
+    """``_plain`` of every value of a column (fast when they are Python scalars already)."""
+    types = set(map(type, values))
+    if types <= _SIMPLE:
+        if float in types:  # NaN is the only plain value unequal to itself
+            return [None if v != v else v for v in values]
+        return list(values)
+    return [_plain(v) for v in values]
 
 
 def _plain(value: Any) -> float | int | str | bool | None:

@@ -18,7 +18,7 @@ from leadscore.config import get_settings
 from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_STEPS
 from routing.cli import app as route_app
 from routing.control import control_mask, is_control, route_with_control
-from routing.optimize import optimize_cutoffs
+from routing.optimize import _select, goal_slack, optimize_cutoffs
 from routing.policy import (
     CapacityLedger,
     PolicyError,
@@ -30,10 +30,12 @@ from routing.policy import (
 )
 from routing.simulate import (
     PROPENSITY_COLUMNS,
+    after_tuning,
     apply_daily_capacity,
     channel_positions,
     day_index,
     simulate,
+    split_by_day,
     validate_leads,
 )
 
@@ -91,8 +93,15 @@ def default_policy() -> RoutingPolicy:
 
 
 @pytest.fixture(scope="module")
-def optimized(leads: pd.DataFrame, default_policy: RoutingPolicy) -> tuple[RoutingPolicy, dict]:
-    return optimize_cutoffs(leads, default_policy)
+def slices(leads: pd.DataFrame, default_policy: RoutingPolicy
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tuning slice (earliest half of the days) and the later test slice."""
+    return split_by_day(leads, 0.5, default_policy.capacity_day_timezone)
+
+
+@pytest.fixture(scope="module")
+def optimized(slices, default_policy: RoutingPolicy) -> tuple[RoutingPolicy, dict]:
+    return optimize_cutoffs(slices[0], default_policy)
 
 
 def _raw_policy() -> dict:
@@ -329,26 +338,33 @@ def test_control_leads_follow_the_rule(leads: pd.DataFrame, default_policy) -> N
 
 
 # ---- optimiser and goal ----------------------------------------------------------------------
-def test_optimizer_writes_a_valid_optimized_policy(optimized, tmp_path: Path) -> None:
+def test_optimizer_writes_a_valid_optimized_policy(optimized, slices, tmp_path: Path) -> None:
     policy, report = optimized
     assert policy.cutoff_mode == "optimized"
     assert policy.version == "2026.11-2"
     assert policy.cutoffs["A"] >= policy.cutoffs["B"] >= policy.cutoffs["C"]
     assert policy.optimization["from_version"] == "2026.11-1"
-    assert report["objective"] == "cpa_cap" and report["objective_constraint_met"]
-    assert report["estimated"]["cost_per_conversion"] <= report["max_cost_per_conversion"]
+    assert policy.optimization["tuned_until"] == slices[0]["created_at"].max().isoformat()
+    # the default objective meets the goal on the estimates, with room on both sides
+    assert report["objective"] == "goal_margin" and report["objective_constraint_met"]
     best = report["rule_policies_estimated"][report["best_rule_policy"]]
-    assert report["max_cost_per_conversion"] == pytest.approx(0.8 * best["cost_per_conversion"])
-    assert report["estimated"]["capacity_violations"] == 0
+    estimated = report["estimated"]
+    slack = report["goal_slack"]
+    assert slack > 0
+    assert estimated["conversions"] >= (1 + slack) * best["conversions"] - 1e-6
+    assert estimated["cost_per_conversion"] <= (
+        (1 - slack) * 0.85 * best["cost_per_conversion"] + 1e-6
+    )
+    assert estimated["capacity_violations"] == 0
     assert all(p["conversions"] <= q["conversions"]
                for p, q in zip(report["frontier"], report["frontier"][1:], strict=False))
     reloaded = load_policy(save_policy(policy, tmp_path / "opt.yaml"))
     assert reloaded == policy
 
 
-def test_goal_met_with_a_good_score(leads: pd.DataFrame, optimized) -> None:
+def test_goal_met_with_a_good_score(slices, optimized) -> None:
     policy, _ = optimized
-    report = simulate(leads, policy)
+    report = simulate(slices[1], policy)  # tuned on the earlier days, judged on the later ones
     goal, results = report["goal"], report["policies"]
     best = goal["best_rule_policy"]
     assert best in ("rule_2d", "rule_funnel")
@@ -363,8 +379,9 @@ def test_goal_met_with_a_good_score(leads: pd.DataFrame, optimized) -> None:
 
 def test_goal_not_met_with_a_useless_score(default_policy: RoutingPolicy) -> None:
     noise = synthetic_leads(score_noise=None, seed=3)
-    policy, _ = optimize_cutoffs(noise, default_policy, grid_size=8)
-    goal = simulate(noise, policy)["goal"]
+    tuning, test = split_by_day(noise, 0.5, default_policy.capacity_day_timezone)
+    policy, _ = optimize_cutoffs(tuning, default_policy, grid_size=8)
+    goal = simulate(test, policy)["goal"]
     assert not goal["met"]
     met_by_numbers = (
         goal["model_conversions"] >= goal["best_rule_conversions"]
@@ -390,11 +407,72 @@ def test_strict_capacity_and_other_objectives(leads: pd.DataFrame, default_polic
     assert budget["estimated"]["total_cost"] <= 10 * len(small)
     _, match = optimize_cutoffs(small, default_policy, objective="match_rules", grid_size=8)
     assert match["estimated"]["conversions"] >= match["target_conversions"]
+    _, cap = optimize_cutoffs(small, default_policy, objective="cpa_cap", grid_size=8)
+    assert cap["objective_constraint_met"]
+    assert cap["estimated"]["cost_per_conversion"] <= cap["max_cost_per_conversion"]
+    best = cap["rule_policies_estimated"][cap["best_rule_policy"]]
+    assert cap["max_cost_per_conversion"] == pytest.approx(0.8 * best["cost_per_conversion"])
     with pytest.raises(ValueError, match="objective"):
         optimize_cutoffs(small, default_policy, objective="vibes")
     with pytest.raises(ValueError, match="value_per_conversion"):
         optimize_cutoffs(small, default_policy, objective="net_value")
+    with pytest.raises(ValueError, match="goal_reduction"):
+        optimize_cutoffs(small, default_policy, goal_reduction=1.0)
     assert value["objective"] == "net_value"
+
+
+def test_goal_slack_is_the_smaller_relative_room_on_the_goal() -> None:
+    # rule: 100 conversions at 200 RMB each; goal: ≥ 100 conversions at ≤ 170 RMB each
+    slack = goal_slack([110, 100, 120, 0], [13_600, 8_500, 20_400, 0], 100, 200.0, 0.15)
+    np.testing.assert_allclose(slack[:3], [0.10, 0.0, 0.0], atol=1e-9)
+    assert slack[3] == -np.inf  # no conversions: no room
+    # 110 conversions at 136 RMB: conversions 10% above, CPA 20% below the 170 cap → 10%
+    assert goal_slack(110, 110 * 136, 100, 200.0, 0.15) == pytest.approx(0.10)
+
+
+def test_goal_margin_picks_the_candidate_with_most_room_on_both_sides() -> None:
+    table = pd.DataFrame({
+        "conversions": [130.0, 101.0, 112.0, 98.0],
+        # CPA: 168 (1% under the cap), 110 (35% under), 136 (20% under), 100 (too few)
+        "cost": [130 * 168.0, 101 * 110.0, 112 * 136.0, 98 * 100.0],
+    })
+    limits = {"rule_conversions": 100.0, "rule_cost_per_conversion": 200.0,
+              "goal_reduction": 0.15, "max_cost_per_conversion": 160.0}
+    assert _select(table, "goal_margin", limits) == (2, True)
+    # cpa_cap spends up to its CPA ceiling instead: the most conversions under 160 RMB
+    assert _select(table, "cpa_cap", limits) == (2, True)
+    limits["max_cost_per_conversion"] = 170.0
+    assert _select(table, "cpa_cap", limits) == (0, True)
+    hopeless = table.assign(cost=table["conversions"] * 500.0)
+    index, met = _select(hopeless, "goal_margin", limits)
+    assert not met and index == 0  # least short of the goal, reported as not met
+
+
+def test_split_by_day_and_after_tuning(leads: pd.DataFrame, default_policy) -> None:
+    tuning, test = split_by_day(leads, 0.5, default_policy.capacity_day_timezone)
+    assert len(tuning) + len(test) == len(leads)
+    assert tuning["created_at"].max() < test["created_at"].min()
+    tz = default_policy.capacity_day_timezone
+    tuning_days = tuning["created_at"].dt.tz_convert(tz).dt.date.nunique()
+    test_days = test["created_at"].dt.tz_convert(tz).dt.date.nunique()
+    assert abs(tuning_days - test_days) <= 1
+    everything, nothing = split_by_day(leads, 1.0, tz)
+    assert len(everything) == len(leads) and nothing.empty
+    with pytest.raises(ValueError, match="tuning_share"):
+        split_by_day(leads, 0.0, tz)
+    one_day = leads[leads["created_at"] < leads["created_at"].min() + pd.Timedelta(hours=2)]
+    with pytest.raises(ValueError, match="single day"):
+        split_by_day(one_day, 0.5, "UTC")
+    assert len(split_by_day(one_day, 1.0, "UTC")[0]) == len(one_day)
+    # a policy remembers its tuning leads; only later ones are judged
+    policy = replace(default_policy, optimization={
+        "tuned_until": tuning["created_at"].max().isoformat()
+    })
+    later, dropped = after_tuning(leads, policy)
+    assert dropped == len(tuning) and set(later["lead_id"]) == set(test["lead_id"])
+    assert after_tuning(leads, default_policy) == (leads, 0)  # not optimised: all leads
+    with pytest.raises(ValueError, match="tuned"):
+        after_tuning(tuning, policy)
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -431,6 +509,19 @@ def test_cli_optimize_then_simulate(tmp_path: Path, monkeypatch, leads: pd.DataF
         assert result.exit_code == 0, result.output
         report = json.loads(report_path.read_text())
         assert report["policy_version"] == written.version  # the optimised policy was used
+        # judged only on the leads after those the cut-offs were tuned on
+        tuned_until = pd.Timestamp(written.optimization["tuned_until"])
+        assert report["tuning_leads_excluded"] == int((small["created_at"] <= tuned_until).sum())
+        assert 0 < report["leads"] == len(small) - report["tuning_leads_excluded"]
+        assert pd.Timestamp(report["period"]["first_day"]).date() >= (
+            tuned_until.tz_convert(written.capacity_day_timezone).date()
+        )
+        result = runner.invoke(
+            route_app, ["simulate", "--workdir", str(tmp_path), "--report", str(report_path),
+                        "--include-tuning-leads"],
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(report_path.read_text())["leads"] == len(small)
         assert set(report["policies"]) >= {"everyone_to_sales", "rule_2d", "rule_funnel", "model"}
         assert report_path.with_suffix(".png").stat().st_size > 1000
         assert set(FOLLOWUP_CHANNELS) == set(report["policies"]["model"]["per_channel"])

@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from leadscore.cli_common import WorkdirOption, console, err_console, fail, settings_for
+
+SERVICE_DOWN_EXIT = 2  # like every command's failure (cli_common.fail)
+
+
+def _fail_service(exc: ConnectionError) -> None:
+    """Report an unreachable service on one unwrapped line (however narrow the terminal or log)
+    and exit ``SERVICE_DOWN_EXIT``."""
+    err_console.print(f"[bold red]error:[/] cannot train: {escape(str(exc))}", soft_wrap=True)
+    raise typer.Exit(SERVICE_DOWN_EXIT)
 
 
 def _print_metrics(summary: dict) -> None:
@@ -38,7 +48,11 @@ def train_command(
         "--timeout", min=1, help="Stop tuning after this many seconds.")] = None,
     storage: Annotated[str | None, typer.Option(
         "--storage", help="Optuna storage URL for a persistent/shared study "
-        "(default: SQLite in <workdir>/mlruns/optuna.db).")] = None,
+        "(default: SQLite in <workdir>/mlruns/optuna.db; production: PostgreSQL "
+        "database leadscore_optuna).")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="Tuning processes on the one Optuna study (--trials are "
+        "split between them; LightGBM threads = cores // workers).")] = 1,
     promote: Annotated[bool, typer.Option(
         "--promote/--no-promote",
         help="Move the champion alias when the new model beats the champion.")] = True,
@@ -61,13 +75,25 @@ def train_command(
     guard_threshold: Annotated[float, typer.Option(
         "--guard-threshold", help="--csv: stand-alone AUC treated as a leak.")] = 0.90,
 ) -> None:
-    """Tune, train, calibrate and evaluate the lead-conversion model; register it in MLflow."""
+    """Tune, train, calibrate and evaluate the lead-conversion model; register it in MLflow.
+
+    The services it writes to (production: PostgreSQL; MLflow store, Optuna storage) are checked
+    first; when one is unreachable the command exits 2 with a one-line error before doing
+    anything.
+    """
     if csv is not None:
         from training.csv_train import train_csv_command
+        from training.train import check_training_services
 
         if label is None:
             fail("--csv needs --label (the binary outcome column)")
-        settings = settings_for(workdir)
+        if workers != 1:
+            fail("--workers applies to the feature-store training only, not with --csv")
+        settings = settings_for(workdir, services=())  # checked next: training needs no Redis
+        try:
+            check_training_services(settings, None)
+        except ConnectionError as exc:
+            _fail_service(exc)
         code = train_csv_command(
             csv_path=csv, label=label,
             report=report or settings.reports_dir / "csv_training_report.json",
@@ -87,16 +113,18 @@ def train_command(
 
     from training.train import train_model
 
-    settings = settings_for(workdir)
+    settings = settings_for(workdir, services=())  # train_model checks what training uses
     try:
         with Progress(SpinnerColumn(), TextColumn("[bold]train[/] {task.description}"),
                       TimeElapsedColumn(), console=err_console, transient=True) as bar:
             task = bar.add_task("starting", total=None)
             summary = train_model(
                 settings, trials=trials, timeout=timeout, storage=storage, promote=promote,
-                report_path=report,
+                report_path=report, workers=workers,
                 progress=lambda step: bar.update(task, description=step),
             )
+    except ConnectionError as exc:
+        _fail_service(exc)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
     _print_metrics(summary)
@@ -107,6 +135,9 @@ def train_command(
     console.print(f"ECE {summary['ece_before_calibration']:.4f} → "
                   f"{summary['ece_after_calibration']:.4f} after "
                   f"{summary['calibration_method']} calibration")
+    if summary["tuning_workers"] > 1:
+        console.print(f"tuning: {summary['trials_complete']} trials complete in study "
+                      f"{summary['study_name']} by {summary['tuning_workers']} processes")
     console.print(f"report: {summary['report_path']}")
 
 

@@ -4,13 +4,20 @@ Pipeline: read the CSV robustly → clean it (placeholders such as ``Select`` an
 missing, Yes/No → 0/1, text → pandas ``category`` for LightGBM's native handling) → leakage guard
 (``training.leakage``) → evaluation that never lets tuning or calibration see the test rows:
 
-* without ``--time``: seeded stratified 5-fold cross-validation. In each outer fold, Optuna tunes
-  LightGBM once on an inner stratified 80/20 split of the outer training part (one study per
-  fold — nested but cheap); the tuned LightGBM and a logistic regression are then fitted on
-  4 inner folds of the training part, whose out-of-fold predictions choose the blend weight and
-  fit the calibrator; the test fold is scored by the average of the inner models, blended and
-  calibrated. Metrics are computed on the pooled out-of-fold predictions.
+* without ``--time``: seeded stratified 5-fold cross-validation. In each outer fold, 4
+  stratified inner folds of the outer training part score every Optuna trial of LightGBM
+  (mean inner-fold log loss with early stopping: one study per fold, nested); the tuned
+  LightGBM and a logistic regression are then fitted on the same inner folds, whose
+  out-of-fold predictions choose the blend weight and fit the calibrator; the test fold is
+  scored by the average of the inner models, blended and calibrated. Metrics are computed on
+  the pooled out-of-fold predictions.
 * with ``--time``: oldest 60% train, next 20% tune/calibrate, newest 20% test.
+
+LightGBM also sees generic engineered features (``training.csv_features``: the share of each
+categorical value among the training part's rows), fitted without labels on the training part
+only; its search space (``suggest_csv_params``) adds LightGBM's categorical knobs and strong
+column subsampling to the product's. SHAP contributions are folded back onto the export's
+columns.
 
 Baselines (default LightGBM, one-hot logistic regression) are fitted on the same outer training
 parts and scored on the same test rows. The run is logged to MLflow (experiment
@@ -21,6 +28,7 @@ the process.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import json
 import tempfile
@@ -37,15 +45,16 @@ import pandas as pd
 import typer
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold
 
 from leadscore.cli_common import WorkdirOption
 from leadscore.config import Settings, get_settings
 from training.baselines import LogisticBaseline
 from training.calibration import Calibrator, fit_calibrator
+from training.csv_features import FrequencyEncoder, fold_contributions, source_positions
 from training.evaluate import classification_metrics, expected_calibration_error
 from training.leakage import GuardReport, run_guard
-from training.search_space import BASE_PARAMS, suggest_lgbm_params
+from training.search_space import BASE_PARAMS
 from training.split import time_split
 from training.tune import (
     DEFAULT_MAX_BIN,
@@ -53,7 +62,6 @@ from training.tune import (
     VALID_NAME,
     make_datasets,
     pruning_callback,
-    suggest_params_from,
     train_booster,
 )
 
@@ -62,7 +70,6 @@ YES_VALUES = {"yes", "true", "y"}
 NO_VALUES = {"no", "false", "n"}
 OUTER_FOLDS = 5
 INNER_FOLDS = 4
-TUNING_VALID_SHARE = 0.2
 TIME_FRACTIONS = (0.6, 0.2, 0.2)
 BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 MIN_ROWS_PER_CLASS = 20
@@ -70,12 +77,44 @@ MAX_LISTED_VALUES = 10
 PROBABILITY_CLIP = 1e-6
 DEFAULT_LGBM_ROUNDS = 100  # LightGBM's own default number of boosting rounds
 REPORT_EVERY = 5
+CSV_MAX_ROUNDS = 3000  # small learning rates on small tables need more than tune.py's 1000
+EARLY_STOPPING_ROUNDS = 50
 # One thread per model: on a shared 2-core machine two OpenMP threads busy-wait against other
 # processes and train up to 50x slower; folds are small enough for one core.
 LGBM_OVERRIDES: dict[str, Any] = {"n_jobs": 1}
 SHAP_ROWS_PER_FOLD = 400
 
 ProgressCallback = Callable[[str], None]
+
+
+def suggest_csv_params(trial: optuna.Trial) -> dict[str, Any]:
+    """LightGBM search space for flat exports (merged over ``BASE_PARAMS``).
+
+    Wider than the product's shared space where small tables need it: feature_fraction down
+    to 0.1 (strong column subsampling regularises well on few thousand rows), smaller trees,
+    and LightGBM's categorical knobs (min_data_per_group, cat_l2, cat_smooth,
+    max_cat_threshold) for the high-cardinality text columns exports are full of.
+    """
+    params = {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
+        "num_leaves": trial.suggest_int("num_leaves", 4, 64, log=True),
+        "min_child_samples": trial.suggest_int("min_child_samples", 5, 200, log=True),
+        "feature_fraction": trial.suggest_float("feature_fraction", 0.1, 1.0),
+        "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+        "bagging_freq": 1,
+        "lambda_l1": trial.suggest_float("lambda_l1", 1e-8, 10.0, log=True),
+        "lambda_l2": trial.suggest_float("lambda_l2", 1e-8, 30.0, log=True),
+        "min_data_per_group": trial.suggest_int("min_data_per_group", 5, 200, log=True),
+        "cat_l2": trial.suggest_float("cat_l2", 0.5, 50.0, log=True),
+        "cat_smooth": trial.suggest_float("cat_smooth", 0.5, 50.0, log=True),
+        "max_cat_threshold": trial.suggest_int("max_cat_threshold", 4, 64, log=True),
+    }
+    return {**BASE_PARAMS, **params}
+
+
+def csv_params_from(sampled: dict[str, Any]) -> dict[str, Any]:
+    """Full LightGBM parameters for a trial's sampled values (replayed through the space)."""
+    return suggest_csv_params(optuna.trial.FixedTrial(sampled))
 
 
 class CsvTrainingError(ValueError):
@@ -316,11 +355,14 @@ def clean_export(
 # ---------------------------------------------------------------------------------------------
 
 
-def _lgb_dataset(X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str]) -> lgb.Dataset:
+def _lgb_dataset(
+    X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str], free_raw_data: bool = True
+) -> lgb.Dataset:
     cats = [c for c in categorical if c in X.columns]
     return lgb.Dataset(
         X, label=y.astype(float), categorical_feature=cats or "auto",
         params={"max_bin": DEFAULT_MAX_BIN, "verbosity": -1, "feature_pre_filter": False},
+        free_raw_data=free_raw_data,
     )
 
 
@@ -389,37 +431,98 @@ class FoldResult:
         }
 
 
-def _tune(
-    X: pd.DataFrame, y: np.ndarray, fit_idx: np.ndarray, valid_idx: np.ndarray,
-    categorical: Sequence[str], n_trials: int, timeout: float | None, seed: int,
-) -> tuple[dict[str, Any], int, dict[str, Any]]:
-    """Optuna study (seeded TPE, median pruning) of the shared search space on one split.
+Splits = Sequence[tuple[np.ndarray, np.ndarray]]
 
-    Trials train with early stopping on the validation rows and report the validation log
-    loss through ``training.tune.pruning_callback``. Each fold runs its own study from scratch
-    (no warm start from another fold, whose training part holds this fold's test rows).
+
+def _cv_pruning_callback(trial: optuna.Trial) -> Callable[[Any], None]:
+    """``training.tune.pruning_callback`` for ``lgb.cv``, whose results carry a fifth field
+    (the standard deviation over folds); the mean over the inner folds is reported."""
+    report = pruning_callback(trial, report_every=REPORT_EVERY)
+
+    def _callback(env: Any) -> None:
+        means = [tuple(result)[:4] for result in env.evaluation_result_list]
+        report(dataclasses.replace(env, evaluation_result_list=means))
+
+    _callback.order = report.order  # type: ignore[attr-defined]
+    return _callback
+
+
+def _trial_scorer(
+    X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str], *,
+    folds: Splits | None = None, tuning_split: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Callable[[optuna.Trial, dict[str, Any]], tuple[float, float, int]]:
+    """A function scoring one trial's parameters: (log loss, ROC-AUC, early-stopped rounds).
+
+    With ``folds`` (cross-validation mode): the mean over those inner folds of the training
+    part (``lgb.cv``, early stopping on the mean log loss) — much less noisy than one split on
+    a small export. With ``tuning_split`` (time mode): fit on the older rows, validate on the
+    newer ones. Datasets are binned once and reused by every trial.
     """
+    if folds is not None:
+        rows = np.unique(np.concatenate([np.concatenate(pair) for pair in folds]))
+        position = np.full(len(y), -1)
+        position[rows] = np.arange(rows.size)
+        local = [(position[a], position[b]) for a, b in folds]
+        dataset = _lgb_dataset(X.iloc[rows], y[rows], categorical, free_raw_data=False)
+        dataset.construct()
+
+        def score_cv(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, int]:
+            result = lgb.cv(
+                {**params, "metric": [OBJECTIVE_METRIC, "auc"]}, dataset,
+                num_boost_round=CSV_MAX_ROUNDS, folds=local,
+                callbacks=[
+                    lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True,
+                                       verbose=False),
+                    _cv_pruning_callback(trial),
+                ],
+            )
+            losses = result[f"{VALID_NAME} {OBJECTIVE_METRIC}-mean"]
+            return float(losses[-1]), float(result[f"{VALID_NAME} auc-mean"][-1]), len(losses)
+
+        return score_cv
+    if tuning_split is None:
+        raise ValueError("either folds or tuning_split is needed")
+    fit_idx, valid_idx = tuning_split
     dtrain, dvalid = make_datasets(
         X.iloc[fit_idx], y[fit_idx], X.iloc[valid_idx], y[valid_idx], categorical
     )
+
+    def score_split(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, int]:
+        booster = train_booster(
+            params, dtrain, dvalid, max_rounds=CSV_MAX_ROUNDS,
+            early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+            extra_callbacks=[pruning_callback(trial, report_every=REPORT_EVERY)],
+        )
+        scores = booster.best_score[VALID_NAME]
+        return (float(scores[OBJECTIVE_METRIC]), float(scores["auc"]),
+                int(booster.best_iteration or 1))
+
+    return score_split
+
+
+def _tune(
+    score: Callable[[optuna.Trial, dict[str, Any]], tuple[float, float, int]],
+    n_trials: int, timeout: float | None, seed: int,
+) -> tuple[dict[str, Any], int, dict[str, Any]]:
+    """Optuna study (seeded TPE, median pruning) of ``suggest_csv_params``, minimising the
+    held-out log loss that ``score`` (see ``_trial_scorer``) measures.
+
+    Each fold runs its own study from scratch (no warm start from another fold, whose
+    training part holds this fold's test rows).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=30, interval_steps=REPORT_EVERY
-        ),
+        pruner=optuna.pruners.NopPruner(),
     )
 
     def objective(trial: optuna.Trial) -> float:
-        params = {**suggest_lgbm_params(trial), **LGBM_OVERRIDES, "seed": seed}
-        booster = train_booster(
-            params, dtrain, dvalid,
-            extra_callbacks=[pruning_callback(trial, report_every=REPORT_EVERY)],
-        )
-        trial.set_user_attr("best_iteration", int(booster.best_iteration or 1))
-        trial.set_user_attr("valid_auc", float(booster.best_score[VALID_NAME]["auc"]))
-        return float(booster.best_score[VALID_NAME][OBJECTIVE_METRIC])
+        params = {**suggest_csv_params(trial), **LGBM_OVERRIDES, "seed": seed}
+        loss, auc, rounds = score(trial, params)
+        trial.set_user_attr("best_iteration", rounds)
+        trial.set_user_attr("valid_auc", auc)
+        return loss
 
     started = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, timeout=timeout, gc_after_trial=False)
@@ -427,7 +530,7 @@ def _tune(
     if not complete:
         raise CsvTrainingError("no Optuna trial completed: raise --trials or --timeout")
     best = study.best_trial
-    params = {**suggest_params_from(best.params), **LGBM_OVERRIDES, "seed": seed}
+    params = {**csv_params_from(best.params), **LGBM_OVERRIDES, "seed": seed}
     rounds = max(1, int(best.user_attrs["best_iteration"]))
     summary = {
         "best_params": {k: v for k, v in params.items() if k not in BASE_PARAMS},
@@ -443,32 +546,38 @@ def _tune(
 
 
 def _fit_tuned_models(
-    X: pd.DataFrame, y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+    X: pd.DataFrame, X_lgbm: pd.DataFrame, y: np.ndarray, splits: Splits,
     test_idx: np.ndarray, params: dict[str, Any], rounds: int,
     categorical: Sequence[str], seed: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Held-out and test predictions of tuned LightGBM and logistic regression.
 
-    Each (fit, held-out) split trains both models on its fit rows; held-out rows get that
-    model's prediction and the test rows the average over splits. Also returns the first
-    booster's SHAP contributions on a sample of test rows (and the sampled row positions).
+    Each (fit, held-out) split trains both models on its fit rows (LightGBM on ``X_lgbm``, the
+    export's columns plus the engineered ones; the logistic regression on ``X``); held-out rows
+    get that model's prediction and the test rows the average over splits. Also returns the
+    first booster's SHAP contributions on a sample of test rows, folded back onto the export's
+    columns, and the sampled row positions.
     """
     held_out = {"lightgbm": np.full(len(y), np.nan), "linear": np.full(len(y), np.nan)}
     test = {"lightgbm": np.zeros(test_idx.size), "linear": np.zeros(test_idx.size)}
     rng = np.random.default_rng(seed)
     shap_idx = np.sort(rng.choice(test_idx, min(SHAP_ROWS_PER_FOLD, test_idx.size), replace=False))
-    contributions = np.zeros((0, X.shape[1] + 1))
-    X_test = X.iloc[test_idx]
+    booster = None
     for fit_idx, held_idx in splits:
-        booster = lgb.train(params, _lgb_dataset(X.iloc[fit_idx], y[fit_idx], categorical), rounds)
-        held_out["lightgbm"][held_idx] = booster.predict(X.iloc[held_idx])
-        test["lightgbm"] += booster.predict(X_test) / len(splits)
-        if contributions.shape[0] == 0:
-            contributions = booster.predict(X.iloc[shap_idx], pred_contrib=True)
+        booster = lgb.train(
+            params, _lgb_dataset(X_lgbm.iloc[fit_idx], y[fit_idx], categorical), rounds
+        )
+        held_out["lightgbm"][held_idx] = booster.predict(X_lgbm.iloc[held_idx])
+        test["lightgbm"] += booster.predict(X_lgbm.iloc[test_idx]) / len(splits)
         linear = LogisticBaseline(list(X.columns), list(categorical), seed=seed)
         linear.fit(X.iloc[fit_idx], y[fit_idx])
         held_out["linear"][held_idx] = linear.predict_proba(X.iloc[held_idx])
-        test["linear"] += linear.predict_proba(X_test) / len(splits)
+        test["linear"] += linear.predict_proba(X.iloc[test_idx]) / len(splits)
+    assert booster is not None  # splits is never empty
+    contributions = fold_contributions(
+        booster.predict(X_lgbm.iloc[shap_idx], pred_contrib=True),
+        source_positions(list(X_lgbm.columns), list(X.columns)), X.shape[1],
+    )
     return held_out, test, contributions, shap_idx
 
 
@@ -479,31 +588,32 @@ def evaluate_split(
 ) -> FoldResult:
     """Tune, fit, blend and calibrate on ``train_idx`` only; score ``test_idx`` with all models.
 
-    Without ``tuning_split`` (cross-validation), tuning uses a stratified 80/20 split of the
-    training part and calibration the out-of-fold predictions of ``inner_folds`` inner folds.
-    With ``tuning_split`` = (older fit rows, newer validation rows) (time mode), tuning,
-    blending and calibration all use the validation rows, predicted by models fitted on the
-    older rows.
+    The frequency encoding (``training.csv_features``) is fitted on the training part. Without
+    ``tuning_split`` (cross-validation), ``inner_folds`` stratified inner folds of the training
+    part serve both tuning (mean inner-fold log loss per trial) and calibration (their
+    out-of-fold predictions). With ``tuning_split`` = (older fit rows, newer validation rows)
+    (time mode), tuning, blending and calibration all use the validation rows, predicted by
+    models fitted on the older rows.
     """
     if np.intersect1d(train_idx, test_idx).size:
         raise ValueError("training and test rows overlap")
+    encoder = FrequencyEncoder(categorical).fit(X.iloc[train_idx])
+    X_lgbm = encoder.transform(X)
     if tuning_split is None:
-        fit_idx, valid_idx = train_test_split(
-            train_idx, test_size=TUNING_VALID_SHARE, stratify=y[train_idx], random_state=seed
-        )
         inner = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
         splits = [
             (train_idx[a], train_idx[b])
             for a, b in inner.split(np.zeros(train_idx.size), y[train_idx])
         ]
+        score = _trial_scorer(X_lgbm, y, categorical, folds=splits)
+        tuning_idx = np.sort(train_idx)
     else:
-        fit_idx, valid_idx = tuning_split
-        splits = [(fit_idx, valid_idx)]
-    params, rounds, tuning = _tune(
-        X, y, fit_idx, valid_idx, categorical, n_trials, timeout, seed
-    )
+        splits = [tuning_split]
+        score = _trial_scorer(X_lgbm, y, categorical, tuning_split=tuning_split)
+        tuning_idx = np.sort(np.concatenate(tuning_split))
+    params, rounds, tuning = _tune(score, n_trials, timeout, seed)
     held_out, test, contributions, shap_idx = _fit_tuned_models(
-        X, y, splits, test_idx, params, rounds, categorical, seed
+        X, X_lgbm, y, splits, test_idx, params, rounds, categorical, seed
     )
     calibration_idx = np.sort(np.concatenate([held for _, held in splits]))
     weight = choose_blend_weight(
@@ -528,7 +638,7 @@ def evaluate_split(
         ),
     }
     return FoldResult(
-        fold=fold, test_idx=test_idx, tuning_idx=np.sort(np.concatenate([fit_idx, valid_idx])),
+        fold=fold, test_idx=test_idx, tuning_idx=tuning_idx,
         calibration_idx=calibration_idx, predictions=predictions, calibrator=calibrator,
         blend_weight=weight, tuning=tuning, contributions=contributions, shap_idx=shap_idx,
     )
@@ -712,10 +822,11 @@ def train_csv(
         )
         protocol = (
             f"seeded stratified {OUTER_FOLDS}-fold cross-validation (seed {seed}); per outer "
-            f"fold: Optuna tuning on a stratified {1 - TUNING_VALID_SHARE:.0%}/"
-            f"{TUNING_VALID_SHARE:.0%} split of the training part, tuned LightGBM and logistic "
-            f"regression fitted on {inner_folds} inner folds whose out-of-fold predictions "
-            "choose the blend weight and fit the calibrator; the test fold is never seen"
+            f"fold: frequency encoding fitted on the training part; {inner_folds} stratified "
+            "inner folds of the training part score every Optuna trial (mean inner-fold log "
+            "loss); the tuned LightGBM and a logistic regression fitted on the same inner "
+            "folds give out-of-fold predictions that choose the blend weight and fit the "
+            "calibrator; the test fold is never seen"
         )
     else:
         results, windows = time_validate(

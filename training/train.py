@@ -156,38 +156,99 @@ def validate_training_frame(frame: pd.DataFrame, feature_columns: Sequence[str])
         raise ValueError(f"column {time_column!r} holds missing timestamps")
 
 
-# ---- MLflow helpers -----------------------------------------------------------------------
-def _trial_logger(parent_run_id: str) -> Callable[[optuna.Study, Any], None]:
-    """Optuna callback: one nested MLflow run per finished trial (params, validation metric)."""
-    client = MlflowClient()
-    experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
+# ---- services -----------------------------------------------------------------------------
+class ServiceUnavailableError(ConnectionError):
+    """A store that training writes to cannot be used; the message (one line) names it and its
+    URL, password masked."""
 
-    def _log(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def check_training_services(settings: Settings, storage_url: str | None) -> None:
+    """Fail before any work when a store that training writes to cannot be reached.
+
+    Production profile: the PostgreSQL server answers and the profile's databases exist
+    (created when missing, ``profiles.require_services``; training needs no Redis). Every
+    profile: the MLflow tracking store and the Optuna ``storage_url`` answer
+    (``leadscore.doctor``'s checks, 2 s timeouts, nothing created). Raises
+    :class:`ServiceUnavailableError`.
+    """
+    import psycopg
+
+    from leadscore import doctor
+    from leadscore.profiles import require_services
+
+    try:
+        require_services(settings, ("postgres",), timeout=doctor.TIMEOUT_SECONDS)
+    except ConnectionError as exc:
+        raise ServiceUnavailableError(_one_line(str(exc))) from None
+    except psycopg.Error as exc:  # e.g. a missing database this role may not create
+        raise ServiceUnavailableError(_one_line(f"PostgreSQL: {exc}")) from None
+    memory = doctor.ServerMemory()
+    results = [doctor.check_mlflow(settings, memory)[0]]
+    if storage_url:
+        results.append(doctor.check_sql_store("Optuna storage", storage_url, "studies", "Optuna",
+                                              memory)[0])
+    bad = [r for r in results if r.status in {doctor.FAIL, doctor.MISSING}]
+    if bad:
+        raise ServiceUnavailableError(_one_line("; ".join(
+            f"{r.component} at {r.url} is not usable: {r.detail}"
+            + (f" ({r.hint})" if r.hint else "") for r in bad)))
+
+
+# ---- MLflow helpers -----------------------------------------------------------------------
+class TrialLogger:
+    """Optuna callback: one nested MLflow run per finished trial (params, validation metric,
+    the process that ran it), child of ``parent_run_id``.
+
+    Picklable, so that tuning worker processes log their own trials: the MLflow client is made
+    on first use in each process (``setup_tracking``), and the parent is named by the
+    ``mlflow.parentRunId`` tag, which needs no active run in that process.
+    """
+
+    def __init__(self, settings: Settings, parent_run_id: str) -> None:
+        self.settings = settings
+        self.parent_run_id = parent_run_id
+        self._client: tuple[MlflowClient, str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    def _client_and_experiment(self) -> tuple[MlflowClient, str]:
+        if self._client is None:
+            setup_tracking(self.settings)
+            client = MlflowClient()
+            self._client = client, client.get_run(self.parent_run_id).info.experiment_id
+        return self._client
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        client, experiment_id = self._client_and_experiment()
+        now = int(time.time() * 1000)
+        attrs = trial.user_attrs
         run = client.create_run(
             experiment_id, run_name=f"trial-{trial.number}",
-            tags={"mlflow.parentRunId": parent_run_id, "optuna.study": study.study_name,
-                  "optuna.state": trial.state.name},
+            tags={"mlflow.parentRunId": self.parent_run_id, "optuna.study": study.study_name,
+                  "optuna.state": trial.state.name, "optuna.trial": str(trial.number),
+                  "optuna.worker": str(attrs.get("worker", 0)),
+                  "optuna.pid": str(attrs.get("pid", ""))},
         )
         metrics = []
         if trial.value is not None:
-            metrics.append(mlflow.entities.Metric("valid_log_loss", float(trial.value),
-                                                  int(time.time() * 1000), 0))
-        if "valid_auc" in trial.user_attrs:
-            metrics.append(mlflow.entities.Metric("valid_auc", float(trial.user_attrs["valid_auc"]),
-                                                  int(time.time() * 1000), 0))
+            metrics.append(mlflow.entities.Metric("valid_log_loss", float(trial.value), now, 0))
+        if "valid_auc" in attrs:
+            metrics.append(mlflow.entities.Metric("valid_auc", float(attrs["valid_auc"]), now, 0))
         if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
             last_step = max(trial.intermediate_values)
             metrics.append(mlflow.entities.Metric(
-                "valid_log_loss_at_prune", float(trial.intermediate_values[last_step]),
-                int(time.time() * 1000), last_step))
+                "valid_log_loss_at_prune", float(trial.intermediate_values[last_step]), now,
+                last_step))
         params = [mlflow.entities.Param(k, str(v)) for k, v in trial.params.items()]
-        if "best_iteration" in trial.user_attrs:
-            params.append(mlflow.entities.Param("best_iteration",
-                                                str(trial.user_attrs["best_iteration"])))
+        if "best_iteration" in attrs:
+            params.append(mlflow.entities.Param("best_iteration", str(attrs["best_iteration"])))
         client.log_batch(run.info.run_id, metrics=metrics, params=params)
         client.set_terminated(run.info.run_id, "FINISHED")
-
-    return _log
 
 
 def _pip_requirements() -> list[str]:
@@ -324,15 +385,24 @@ def train_model(
     cutoffs: Mapping[str, float] | None = None,
     max_rounds: int = 1000,
     progress: Progress | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train, evaluate, log, register and gate one model; return the summary.
 
     The summary holds the model's and the baselines' test metrics side by side, the registered
-    version, whether it became champion and why, and where the report was written.
+    version, whether it became champion and why, and where the report was written. ``workers``
+    processes tune on the one study (``training.tune``). The MLflow store and the Optuna storage
+    are checked first: when one cannot be reached, :class:`ServiceUnavailableError` is raised
+    before anything is read, tuned, logged or written.
     """
     say = progress or (lambda _message: None)
     started = time.perf_counter()
     cutoffs = dict(cutoffs or DEFAULT_CUTOFFS)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    storage_url = storage or settings.optuna_storage
+    say("checking the MLflow store and the Optuna storage")
+    check_training_services(settings, storage_url)
     settings.ensure_dirs()
     report_file = Path(report_path) if report_path else settings.reports_dir / (
         "training_report.json")
@@ -355,7 +425,6 @@ def train_model(
                                 for p in (split.train, split.valid, split.test))
 
     setup_tracking(settings)
-    storage_url = storage or settings.optuna_storage
     study_name = study_name_for(settings.model_name, inputs.feature_service_version)
     windows = split.windows()
     with mlflow.start_run(run_name=f"train-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
@@ -374,15 +443,15 @@ def train_model(
             "train_start": windows["train"]["start"], "train_end": windows["train"]["end"],
             "valid_start": windows["valid"]["start"], "valid_end": windows["valid"]["end"],
             "test_start": windows["test"]["start"], "test_end": windows["test"]["end"],
-            "trials_requested": trials, "timeout_s": timeout,
+            "trials_requested": trials, "timeout_s": timeout, "tuning_workers": workers,
         })
 
-        say(f"tuning LightGBM ({trials} trials)")
+        say(f"tuning LightGBM ({trials} trials, {workers} process(es))")
         dtrain, dvalid = make_datasets(x_train, y_train, x_valid, y_valid, cats)
         tuning = tune_lgbm(
             dtrain, dvalid, n_trials=trials, timeout=timeout, storage=storage_url,
             study_name=study_name, seed=settings.seed, max_rounds=max_rounds,
-            callbacks=[_trial_logger(run_id)],
+            callbacks=[TrialLogger(settings, run_id)], workers=workers,
         )
         mlflow.log_params({f"best_{k}": v for k, v in tuning.best_params.items()
                            if k not in {"objective", "verbosity", "n_jobs"}})
@@ -486,6 +555,8 @@ def train_model(
         "trials_complete": tuning.n_complete,
         "trials_pruned": tuning.n_pruned,
         "tuning_seconds": round(tuning.seconds, 2),
+        "tuning_workers": tuning.workers,
+        "study_name": tuning.study_name,
         "report_path": str(report_file),
         "seconds": report["seconds"],
     }

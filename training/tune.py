@@ -6,15 +6,33 @@ boosting rounds (default 10: each report is a storage round trip) through a Ligh
 so that ``MedianPruner`` stops trials that trail the median of earlier trials at that round.
 The sampler is a seeded TPE; the study lives in any Optuna storage URL (SQLite by default) so
 that it can be resumed or shared.
+
+``workers=N`` runs N processes on the one study: this process creates it, saves the binned
+datasets to LightGBM binary files, and starts N-1 ``python`` processes that load them and call
+``study.optimize`` on the same study name; ``n_trials`` is split between the processes (the total
+is ``n_trials``), all stop at the same ``timeout`` deadline, and every trial records the process
+that ran it (user attributes ``worker`` = index, 0 for this process, and ``pid``). Each worker
+gets ``max(1, cores // N)`` LightGBM threads and a TPE seed of ``seed + index`` (equal seeds would
+sample the same first parameter sets). The workers are plain ``python`` subprocesses rather than
+``multiprocessing`` ones, so that any caller (a script without a ``__main__`` guard, a notebook)
+can use them; each spends a few seconds on imports before its first trial, so extra workers pay
+off when trials take seconds or more. SQLite (WAL, 60 s busy timeout) takes a few workers on
+one machine; PostgreSQL takes workers on many machines.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # OpenMP threads that spin while waiting make LightGBM 10-20x slower on a busy 2-core machine;
@@ -53,6 +71,8 @@ class TuningResult:
     n_pruned: int
     seconds: float
     trial_values: list[float] = field(default_factory=list)
+    workers: int = 1
+    trials_by_worker: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-trial values)."""
@@ -66,6 +86,8 @@ class TuningResult:
             "n_complete": self.n_complete,
             "n_pruned": self.n_pruned,
             "seconds": round(self.seconds, 2),
+            "workers": self.workers,
+            "trials_by_worker": {str(k): v for k, v in sorted(self.trials_by_worker.items())},
         }
 
 
@@ -176,6 +198,180 @@ def train_booster(
     )
 
 
+@dataclass(frozen=True)
+class TrialOptions:
+    """What every trial of one tuning run shares (picklable: sent to worker processes)."""
+
+    seed: int = 42
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    early_stopping_rounds: int = DEFAULT_EARLY_STOPPING
+    report_every: int = 10
+    n_jobs: int = 2
+
+
+@dataclass(frozen=True)
+class _WorkerJob:
+    """One extra tuning process: where the datasets are and its share of the study."""
+
+    index: int
+    train_path: str
+    valid_path: str
+    dataset_params: dict[str, Any]
+    storage: str
+    study_name: str
+    n_trials: int
+    deadline: float | None
+    options: TrialOptions
+    callbacks: tuple[TrialCallback, ...]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, cores: int | None = None) -> int:
+    """LightGBM threads per tuning process so that ``workers`` processes share the cores."""
+    return max(1, (cores or available_cores()) // max(1, workers))
+
+
+def split_trials(n_trials: int, workers: int) -> list[int]:
+    """``n_trials`` split between ``workers`` processes (the first ones take the remainder)."""
+    return [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
+
+
+def _sampler_and_pruner(options: TrialOptions, worker: int) -> dict[str, Any]:
+    return {
+        "sampler": optuna.samplers.TPESampler(seed=options.seed + worker),
+        "pruner": optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=30, interval_steps=options.report_every
+        ),
+    }
+
+
+def _objective(dtrain: lgb.Dataset, dvalid: lgb.Dataset, options: TrialOptions,
+               worker: int) -> Callable[[optuna.Trial], float]:
+    """The study objective: validation log loss at the early-stopped round."""
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("pid", os.getpid())
+        params = {**suggest_lgbm_params(trial), "seed": options.seed, "n_jobs": options.n_jobs}
+        booster = train_booster(
+            params, dtrain, dvalid, max_rounds=options.max_rounds,
+            early_stopping_rounds=options.early_stopping_rounds,
+            extra_callbacks=[pruning_callback(trial, report_every=options.report_every)],
+        )
+        scores = booster.best_score[VALID_NAME]
+        trial.set_user_attr("best_iteration", int(booster.best_iteration or options.max_rounds))
+        trial.set_user_attr("valid_auc", float(scores["auc"]))
+        return float(scores[OBJECTIVE_METRIC])
+
+    return objective
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.time()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def run_worker(job_path: str) -> int:
+    """Entry point of an extra tuning process (``python -c``): load the job, the datasets and
+    the study, optimize. Returns the exit code; a failure is printed as one last line."""
+    try:
+        job: _WorkerJob = pickle.loads(Path(job_path).read_bytes())
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        dtrain = lgb.Dataset(job.train_path, params=dict(job.dataset_params))
+        dvalid = lgb.Dataset(job.valid_path, reference=dtrain, params=dict(job.dataset_params))
+        dtrain.construct()
+        dvalid.construct()
+        study = optuna.load_study(study_name=job.study_name, storage=open_storage(job.storage),
+                                  **_sampler_and_pruner(job.options, job.index))
+        timeout = _remaining(job.deadline)
+        if timeout is not None and timeout <= 0:
+            return 0
+        study.optimize(_objective(dtrain, dvalid, job.options, job.index),
+                       n_trials=job.n_trials, timeout=timeout, callbacks=list(job.callbacks),
+                       gc_after_trial=False)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails clearly
+        print(f"\n{_first_line(exc)}", flush=True)
+        return 1
+    return 0
+
+
+@dataclass
+class _Worker:
+    """A started tuning process and the file its output goes to."""
+
+    index: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def last_line(self) -> str:
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+
+_BOOTSTRAP = "import sys; from training.tune import run_worker; sys.exit(run_worker(sys.argv[1]))"
+
+
+def _start_workers(jobs: list[_WorkerJob], folder: Path) -> list[_Worker]:
+    """Start one ``python`` process per job (job pickled into ``folder``)."""
+    payloads = []
+    for job in jobs:
+        try:
+            payloads.append(pickle.dumps(job))
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ValueError(f"workers > 1 needs picklable trial callbacks: {exc}") from None
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    started = []
+    for job, payload in zip(jobs, payloads, strict=True):
+        job_path = folder / f"worker-{job.index}.pkl"
+        job_path.write_bytes(payload)
+        log_path = folder / f"worker-{job.index}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, str(job_path)], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+        started.append(_Worker(job.index, process, log_path))
+    return started
+
+
+def _join_workers(workers: list[_Worker]) -> None:
+    """Wait for the worker processes; raise ``RuntimeError`` naming any that failed."""
+    for worker in workers:
+        worker.process.wait()
+    failed = [
+        f"worker {w.index} (pid {w.process.pid}) exited with code {w.process.returncode}: "
+        f"{w.last_line() or 'no output'}"
+        for w in workers if w.process.returncode != 0
+    ]
+    if failed:
+        raise RuntimeError("parallel tuning failed: " + "; ".join(failed))
+
+
+def _stop_workers(workers: list[_Worker]) -> None:
+    """Terminate workers still running (after a failure or an interrupt of this process)."""
+    for worker in workers:
+        if worker.process.poll() is None:
+            worker.process.terminate()
+            try:
+                worker.process.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+
+
 def tune_lgbm(
     dtrain: lgb.Dataset,
     dvalid: lgb.Dataset,
@@ -189,52 +385,68 @@ def tune_lgbm(
     early_stopping_rounds: int = DEFAULT_EARLY_STOPPING,
     report_every: int = 10,
     callbacks: Sequence[TrialCallback] = (),
+    workers: int = 1,
 ) -> TuningResult:
     """Run (or resume) the study and return the best trial's parameters and round count.
 
     The objective is the validation log loss at the early-stopped round (minimised). With a
     persistent ``storage`` an existing study of the same name is continued, and the best trial
-    may come from an earlier run of it.
+    may come from an earlier run of it. ``workers`` > 1 runs that many processes on the study
+    (module docstring; needs a persistent ``storage`` and picklable ``callbacks``); it is capped
+    at ``n_trials``.
     """
     if n_trials < 1:
         raise ValueError(f"trials must be at least 1, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be positive seconds, got {timeout}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    workers = min(workers, n_trials)
+    if workers > 1 and not storage:
+        raise ValueError("workers > 1 needs a persistent storage URL (--storage): an in-memory "
+                         "study cannot be shared between processes")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options = TrialOptions(seed=seed, max_rounds=max_rounds,
+                           early_stopping_rounds=early_stopping_rounds,
+                           report_every=report_every, n_jobs=threads_per_worker(workers))
     study = optuna.create_study(
-        storage=open_storage(storage),
-        study_name=study_name,
-        direction="minimize",
-        load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=30, interval_steps=report_every
-        ),
+        storage=open_storage(storage), study_name=study_name, direction="minimize",
+        load_if_exists=True, **_sampler_and_pruner(options, 0),
     )
-
-    def objective(trial: optuna.Trial) -> float:
-        params = {**suggest_lgbm_params(trial), "seed": seed}
-        booster = train_booster(
-            params, dtrain, dvalid, max_rounds=max_rounds,
-            early_stopping_rounds=early_stopping_rounds,
-            extra_callbacks=[pruning_callback(trial, report_every=report_every)],
-        )
-        scores = booster.best_score[VALID_NAME]
-        trial.set_user_attr("best_iteration", int(booster.best_iteration or max_rounds))
-        trial.set_user_attr("valid_auc", float(scores["auc"]))
-        return float(scores[OBJECTIVE_METRIC])
-
+    known = {t.number for t in study.trials}
+    shares = split_trials(n_trials, workers)
     started = time.perf_counter()
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=list(callbacks),
-                   gc_after_trial=False)
+    deadline = None if timeout is None else time.time() + timeout
+    extra: list[_Worker] = []
+    with tempfile.TemporaryDirectory(prefix="leadscore-tune-") as tmp:
+        try:
+            if workers > 1:
+                train_path, valid_path = Path(tmp) / "train.bin", Path(tmp) / "valid.bin"
+                dtrain.save_binary(str(train_path))
+                dvalid.save_binary(str(valid_path))
+                jobs = [
+                    _WorkerJob(index, str(train_path), str(valid_path), dict(dtrain.params),
+                               str(storage), study_name, shares[index], deadline, options,
+                               tuple(callbacks))
+                    for index in range(1, workers)
+                ]
+                extra = _start_workers(jobs, Path(tmp))
+            study.optimize(_objective(dtrain, dvalid, options, 0), n_trials=shares[0],
+                           timeout=timeout, callbacks=list(callbacks), gc_after_trial=False)
+            if extra:
+                _join_workers(extra)
+        finally:
+            _stop_workers(extra)
     seconds = time.perf_counter() - started
 
-    states = [t.state for t in study.trials]
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = study.trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {study_name!r} has no completed trial; raise --trials/--timeout")
     best = study.best_trial
     best_params = {**suggest_params_from(best.params), "seed": seed}
+    by_worker = Counter(int(t.user_attrs.get("worker", 0)) for t in trials
+                        if t.number not in known)
     return TuningResult(
         study_name=study_name,
         storage=storage,
@@ -242,11 +454,13 @@ def tune_lgbm(
         best_iteration=int(best.user_attrs.get("best_iteration", max_rounds)),
         best_log_loss=float(best.value),
         best_auc=float(best.user_attrs.get("valid_auc", float("nan"))),
-        n_trials=len(study.trials),
+        n_trials=len(trials),
         n_complete=len(complete),
-        n_pruned=sum(s == optuna.trial.TrialState.PRUNED for s in states),
+        n_pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in trials),
         seconds=seconds,
         trial_values=[float(t.value) for t in complete],
+        workers=workers,
+        trials_by_worker=dict(by_worker),
     )
 
 
