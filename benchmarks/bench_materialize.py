@@ -12,6 +12,8 @@ times on the same data:
 * ``materialize_fast`` and ``write_frame_fast`` (Arrow-vectorised, through the online store).
 
 Prints a table and one JSON line. ``--profile`` adds a cProfile of the stock write path.
+``--online redis`` times the stock paths into Feast's Redis store (db 12, flushed afterwards) and
+adds the mean bytes of one entity key (``redis_bytes_per_entity``).
 
     .venv/bin/python benchmarks/bench_materialize.py --rows 100000 --features 40
 """
@@ -52,6 +54,8 @@ FAST_STORE = "features.online_store.FastSqliteOnlineStore"
 FAST_ENGINE = "features.materialize.ArrowBatchComputeEngine"
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 TEXT_ON = {"numeric_value_text": True}  # rows byte-identical to Feast's (value_text of numbers)
+REDIS_STORE = "redis"
+REDIS_BENCH_DB = "127.0.0.1:6379,db=12"  # ``--online redis``: this database is flushed after a run
 
 
 @dataclass
@@ -136,7 +140,7 @@ def build_demo_repo(
         offline_store={"type": "duckdb"},
         online_store={
             "type": online_store_type,
-            "path": str(root / "online.db"),
+            **({} if online_store_type == REDIS_STORE else {"path": str(root / "online.db")}),
             **(online_options or {}),
         },
         batch_engine=batch_engine or "local",
@@ -146,6 +150,27 @@ def build_demo_repo(
     store = FeatureStore(config=config)
     store.apply([lead, person, lead_view, person_view, service])
     return DemoRepo(store, lead_view, person_view, service, lead_frame, person_frame)
+
+
+def redis_client(connection_string: str):  # noqa: ANN201 (redis is imported lazily)
+    """A redis-py client for a Feast ``host:port,db=N`` connection string."""
+    import redis
+
+    host, port = connection_string.split(",")[0].split(":")
+    db = int(dict(p.split("=") for p in connection_string.split(",")[1:]).get("db", 0))
+    return redis.Redis(host=host, port=int(port), db=db)
+
+
+def redis_bytes_per_key(connection_string: str, sample: int = 200) -> float:
+    """Mean ``MEMORY USAGE`` of up to ``sample`` keys of the Redis database (one key per entity)."""
+    client = redis_client(connection_string)
+    keys = [key for _, key in zip(range(sample), client.scan_iter(count=sample), strict=False)]
+    return sum(client.memory_usage(key, samples=0) for key in keys) / max(len(keys), 1)
+
+
+def flush_redis(connection_string: str) -> None:
+    """``FLUSHDB`` the benchmark's Redis database."""
+    redis_client(connection_string).flushdb()
 
 
 def _timed(action: Callable[[], object]) -> tuple[float, float]:
@@ -159,8 +184,13 @@ def _window() -> tuple[datetime, datetime]:
     return BASE_TIME - timedelta(days=1), BASE_TIME + timedelta(days=2)
 
 
-def run_benchmark(rows: int, features: int, skip_stock_materialize: bool = False) -> dict:
-    """Time every path on the same frame, each into a fresh online DB; return the figures."""
+def run_benchmark(
+    rows: int, features: int, skip_stock_materialize: bool = False, redis: str | None = None
+) -> dict:
+    """Time every path on the same frame, each into a fresh online DB; return the figures.
+
+    ``redis`` (a Feast ``connection_string``): Feast's stock Redis store instead of SQLite.
+    """
     frames = (
         make_frame("lead_id", "lead", rows, features, seed=1),
         make_frame("person_id", "person", 1, 1, seed=2),
@@ -188,6 +218,11 @@ def run_benchmark(rows: int, features: int, skip_stock_materialize: bool = False
     ]
     if not skip_stock_materialize:
         cases.insert(0, ("stock feast materialize", STOCK_STORE, None, {}, engine_materialize))
+    if redis:  # no fast Redis store: the stock paths, and the bytes each entity key takes
+        stock = ("stock feast materialize", "stock write_to_online_store", "write_frame_fast")
+        options = {"connection_string": redis}
+        cases = [(c[0], REDIS_STORE, None, options, c[4]) for c in cases if c[0] in stock]
+    key_bytes: dict[str, float] = {}
     results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_mat_") as tmp:
         for index, (label, store_type, engine, options, action) in enumerate(cases):
@@ -202,6 +237,8 @@ def run_benchmark(rows: int, features: int, skip_stock_materialize: bool = False
             )
             results[label] = _timed(lambda repo=repo, action=action: action(repo))
             _check_one_row(repo, rows)
+            if redis:
+                key_bytes[label] = round(redis_bytes_per_key(redis))
             repo.store.teardown()  # free the disk before the next case
     stock_write = results["stock write_to_online_store"]
     stock_materialize = results.get("stock feast materialize")
@@ -218,6 +255,8 @@ def run_benchmark(rows: int, features: int, skip_stock_materialize: bool = False
         if stock_materialize is not None:
             row["speedup_vs_stock_materialize"] = round(stock_materialize[0] / wall, 1)
             row["cpu_speedup_vs_stock_materialize"] = round(stock_materialize[1] / cpu, 1)
+        if label in key_bytes:
+            row["redis_bytes_per_entity"] = key_bytes[label]
         table.append(row)
     return {"rows": rows, "features": features, "cells": rows * features, "results": table}
 
@@ -259,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
         "--skip-stock-materialize", action="store_true", help="skip the slowest (stock) path"
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile the stock write")
+    parser.add_argument(
+        "--online",
+        choices=("sqlite", "redis"),
+        default="sqlite",
+        help=f"redis: Feast's Redis store on {REDIS_BENCH_DB} (flushed afterwards)",
+    )
     args = parser.parse_args(argv)
     if args.rows < 1 or args.features < 1:
         parser.error("--rows and --features must be positive")
@@ -267,7 +312,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile:
         print(profile_stock_write(args.rows, args.features))
-    report = run_benchmark(args.rows, args.features, args.skip_stock_materialize)
+    redis = REDIS_BENCH_DB if args.online == "redis" else None
+    try:
+        report = run_benchmark(args.rows, args.features, args.skip_stock_materialize, redis)
+    finally:
+        if redis:
+            flush_redis(redis)
     print(f"\n{args.rows} rows x {args.features} float features ({report['cells']} cells)")
     print(
         f"{'path':38} {'wall s':>7} {'cpu s':>7} {'rows/s':>7} {'x write':>8} {'x mat':>6} "

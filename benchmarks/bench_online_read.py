@@ -5,7 +5,7 @@ Builds a throw-away repo (``lead_stats`` with ``--lead-features`` floats, ``pers
 ``--calls`` in-process ``store.get_online_features`` calls (one lead + one person per call) for
 Feast's stock ``SqliteOnlineStore`` and ``FastSqliteOnlineStore``, with the features given as a
 list of references and as a prepared ``FeatureService``. Prints wall-clock and thread-CPU
-p50/p99 (ms) and one JSON line.
+p50/p99 (ms) and one JSON line. ``--online redis``: Feast's Redis store (db 12, flushed after).
 
     .venv/bin/python benchmarks/bench_online_read.py --calls 2000
 """
@@ -29,9 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_materialize import (  # noqa: E402
     FAST_STORE,
+    REDIS_BENCH_DB,
+    REDIS_STORE,
     STOCK_STORE,
     DemoRepo,
     build_demo_repo,
+    flush_redis,
     make_frame,
 )
 
@@ -97,8 +100,13 @@ def measure(repo: DemoRepo, calls: int, seed: int = 0) -> dict[str, dict[str, fl
     return results
 
 
-def run(entities: int, lead_features: int, person_features: int, calls: int) -> dict:
-    """Fill a stock and a fast online store with the same rows and time reads from both."""
+def run(
+    entities: int, lead_features: int, person_features: int, calls: int, redis: str | None = None
+) -> dict:
+    """Fill a stock and a fast online store with the same rows and time reads from both.
+
+    ``redis`` (a Feast ``connection_string``): Feast's Redis store only.
+    """
     frames = (
         make_frame("lead_id", "lead", entities, lead_features, seed=1),
         make_frame("person_id", "person", entities, person_features, seed=2),
@@ -110,7 +118,8 @@ def run(entities: int, lead_features: int, person_features: int, calls: int) -> 
         "stores": {},
     }
     with tempfile.TemporaryDirectory(prefix="bench_read_") as tmp:
-        for label, store_type in (("stock sqlite", STOCK_STORE), ("fast sqlite", FAST_STORE)):
+        stores = [("stock sqlite", STOCK_STORE), ("fast sqlite", FAST_STORE)]
+        for label, store_type in [("redis", REDIS_STORE)] if redis else stores:
             repo = build_demo_repo(
                 Path(tmp) / label.replace(" ", "_"),
                 entities,
@@ -118,9 +127,10 @@ def run(entities: int, lead_features: int, person_features: int, calls: int) -> 
                 store_type,
                 person_features=person_features,
                 frames=frames,
+                online_options={"connection_string": redis} if redis else None,
             )
             for view, frame in (("lead_stats", frames[0]), ("person_stats", frames[1])):
-                if store_type == STOCK_STORE:
+                if store_type != FAST_STORE:
                     repo.store.write_to_online_store(view, frame)
                 else:
                     write_frame_fast(repo.store, view, frame)
@@ -134,12 +144,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entities", type=int, default=1000)
     parser.add_argument("--lead-features", type=int, default=40)
     parser.add_argument("--person-features", type=int, default=20)
+    parser.add_argument(
+        "--online",
+        choices=("sqlite", "redis"),
+        default="sqlite",
+        help=f"redis: Feast's Redis store on {REDIS_BENCH_DB} (flushed afterwards)",
+    )
     args = parser.parse_args(argv)
     if min(args.calls, args.entities, args.lead_features, args.person_features) < 1:
         parser.error("all counts must be positive")
     logging.getLogger("feast").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    report = run(args.entities, args.lead_features, args.person_features, args.calls)
+    redis = REDIS_BENCH_DB if args.online == "redis" else None
+    try:
+        report = run(args.entities, args.lead_features, args.person_features, args.calls, redis)
+    finally:
+        if redis:
+            flush_redis(redis)
     print(
         f"\none lead ({args.lead_features} features) + its person ({args.person_features}), "
         f"{args.calls} calls each"

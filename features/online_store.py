@@ -366,12 +366,22 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         requested_features: list[str] | None = None,
     ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         """Read the requested features of each key; parses only those ``ValueProto``s."""
-        conn = self._get_conn(config)
         version = config.entity_key_serialization_version
         keys = [
             serialize_entity_key(key, entity_key_serialization_version=version)
             for key in entity_keys
         ]
+        return self.online_read_serialized(config, table, keys, requested_features)
+
+    def online_read_serialized(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        keys: list[bytes],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """``online_read`` of keys serialised already (``string_entity_keys``)."""
+        conn = self._get_conn(config)
         table_name = compute_table_id(
             config.project, table, config.registry.enable_online_feature_view_versioning
         )
@@ -633,6 +643,35 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
+def _single_key_head(name: str) -> bytes:
+    """Feast's (version 3) entity-key bytes up to the value type: one key, its name."""
+    encoded_name = name.encode("utf-8")
+    return (
+        (1).to_bytes(4, "little")
+        + ValueType.STRING.value.to_bytes(4, "little")
+        + len(encoded_name).to_bytes(4, "little")
+        + encoded_name
+    )
+
+
+def string_entity_keys(join_key: str, values: Sequence[str], version: int) -> list[bytes]:
+    """Feast's ``serialize_entity_key`` bytes of single string-keyed entities, in bulk."""
+    if version < 3:
+        return [
+            serialize_entity_key(
+                EntityKeyProto(join_keys=[join_key],
+                               entity_values=[ValueProto(string_val=value)]),
+                entity_key_serialization_version=version,
+            )
+            for value in values
+        ]
+    prefix = _single_key_head(join_key) + ValueType.STRING.value.to_bytes(4, "little")
+    return [
+        prefix + len(raw).to_bytes(4, "little") + raw
+        for raw in (value.encode("utf-8") for value in values)
+    ]
+
+
 def _serialize_entity_keys(
     data: pa.Table, join_keys: dict[str, ValueType], config: RepoConfig
 ) -> list[bytes]:
@@ -643,19 +682,9 @@ def _serialize_entity_keys(
         column = data.column(name)
         if column.null_count:
             raise ValueError(f"join key column '{name}' has {column.null_count} null value(s)")
-        encoded_name = name.encode("utf-8")
-        head = (
-            (1).to_bytes(4, "little")
-            + ValueType.STRING.value.to_bytes(4, "little")
-            + len(encoded_name).to_bytes(4, "little")
-            + encoded_name
-        )
+        head = _single_key_head(name)
         if value_type == ValueType.STRING and pa.types.is_string(column.type):
-            prefix = head + ValueType.STRING.value.to_bytes(4, "little")
-            return [
-                prefix + len(raw).to_bytes(4, "little") + raw
-                for raw in (text.encode("utf-8") for text in column.to_pylist())
-            ]
+            return string_entity_keys(name, column.to_pylist(), version)
         if value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_integer(column.type):
             width, dtype = (8, "<i8") if value_type == ValueType.INT64 else (4, "<i4")
             prefix = head + value_type.value.to_bytes(4, "little") + width.to_bytes(4, "little")

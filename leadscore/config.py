@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "LEADSCORE_"
 DEFAULT_SALT = "leadscore-dev-salt-change-me"
+# PostgreSQL identifiers: max 63 bytes, so leave room for the "_mlflow"-style suffixes
+DATABASE_PREFIX_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 
 
 class ConfigError(ValueError):
@@ -47,6 +50,9 @@ class Settings:
     # production profile connection settings (used by a later profile; harmless here)
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
+    # production PostgreSQL database names: <prefix>_mlflow, <prefix>_optuna, <prefix>_feast and
+    # <prefix> (prediction log); a unique prefix isolates tests and parallel deployments
+    database_prefix: str = "leadscore"
     # MLflow artifact root (e.g. s3://bucket/mlflow); default: <workdir>/mlruns/artifacts
     artifact_root: str | None = None
 
@@ -179,6 +185,13 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError("config field 'intent_half_life_days': must be positive")
     if not settings.hash_salt:
         raise ConfigError("config field 'hash_salt': must not be empty")
+    if (not DATABASE_PREFIX_PATTERN.fullmatch(settings.database_prefix)
+            or settings.database_prefix in {"postgres", "template0", "template1"}):
+        raise ConfigError(
+            f"config field 'database_prefix': {settings.database_prefix!r} must be 1-40 lowercase "
+            "letters, digits or underscores, starting with a letter or underscore, and not a "
+            "PostgreSQL system database name"
+        )
     return settings
 
 

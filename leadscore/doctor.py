@@ -30,10 +30,10 @@ from leadscore.cli_common import WorkdirOption, console, fail
 from leadscore.config import ConfigError, Settings, get_settings
 from leadscore.profiles import (
     MAINTENANCE_DATABASE,
-    PRODUCTION_DATABASES,
     ensure_databases,
     mask_password,
     postgres_url,
+    production_databases,
     redis_client,
     redis_online_store,
     service_urls,
@@ -232,7 +232,7 @@ def check_postgres(settings: Settings, memory: ServerMemory) -> list[CheckResult
         return [_result("PostgreSQL", dsn, FAIL, message,
                         "start PostgreSQL or fix LEADSCORE_POSTGRES_URL")]
     results = [_result("PostgreSQL", dsn, OK, f"reachable, server {version}")]
-    for service, database in PRODUCTION_DATABASES.items():
+    for service, database in production_databases(settings).items():
         url = postgres_url(settings, database, driver=None)
         component = f"database {database} ({service})"
         if database in present:

@@ -6,11 +6,13 @@ A value that cannot be used gets a reason instead of a hash (counted by callers,
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 import re
 from dataclasses import dataclass
+from typing import Any
 
+_SHA256_BLOCK = 64
 ID_TYPES: tuple[str, ...] = ("phone", "wechat", "email", "cookie")
 
 _PHONE_STRIP = re.compile(r"[\s\-().]")
@@ -104,10 +106,28 @@ def normalise(id_type: str, raw: object) -> Normalised:
 
 def hash_value(id_type: str, normalised_value: str, salt: str) -> str:
     """Salted HMAC-SHA256 of a normalised identifier, as ``<type>:<32 hex chars>``."""
-    digest = hmac.new(
-        salt.encode(), f"{id_type}:{normalised_value}".encode(), hashlib.sha256
-    ).hexdigest()
-    return f"{id_type}:{digest[:32]}"
+    inner, outer = _hmac_pads(salt)
+    inner = inner.copy()
+    inner.update(f"{id_type}:{normalised_value}".encode())
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return f"{id_type}:{outer.digest()[:16].hex()}"
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+@functools.lru_cache(maxsize=8)
+def _hmac_pads(salt: str) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) of ``salt`` keyed once: SHA-256 states fed with the inner and
+    outer padded key. Copying them per value gives ``hmac.digest``'s bytes at a third of its
+    cost (it sets the key up again on every call)."""
+    key = salt.encode()
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
 
 
 def hash_identifier(id_type: str, raw: object, salt: str) -> tuple[str | None, str | None]:

@@ -5,8 +5,9 @@ Two back ends with one behaviour (:class:`PredictionLog`):
 * :class:`SqlitePredictionLog` — the embedded profile, ``settings.prediction_log_path``;
   WAL mode, ``synchronous=FULL``, one transaction per :meth:`append`, safe from many threads
   (one connection behind a lock) and from several processes (SQLite's busy timeout).
-* :class:`PostgresPredictionLog` — the production profile (psycopg 3), database ``leadscore``
-  on ``settings.postgres_url``; database and table are created when missing.
+* :class:`PostgresPredictionLog` — the production profile (psycopg 3), database
+  ``settings.database_prefix`` (default ``leadscore``) on ``settings.postgres_url``; database
+  and table are created when missing.
 
 Timestamps are stored as UTC; ``features`` (the model's input features, hashed identifiers only)
 are stored as JSON and expanded into columns by :meth:`PredictionLog.read`. A feature whose name
@@ -50,7 +51,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
 TIMESTAMP_COLUMNS: tuple[str, ...] = ("submitted_at", "scored_at")
 BOOL_COLUMNS: tuple[str, ...] = ("control", "degraded")
 CLASHING_FEATURE_PREFIX = "feature."
-POSTGRES_DATABASE = "leadscore"
+POSTGRES_DATABASE = "leadscore"  # default; the real name is settings.database_prefix
 TABLE = "predictions"
 OUTCOME_COLUMNS: tuple[str, ...] = (
     "lead_id", "converted", "converted_at", "amount", "followup_channel",
@@ -401,8 +402,9 @@ class PostgresPredictionLog:
 def open_prediction_log(settings: Settings) -> PredictionLog:
     """The log of the settings' profile: SQLite file (embedded) or PostgreSQL (production)."""
     if settings.profile == "production":
-        ensure_postgres_database(settings.postgres_url, POSTGRES_DATABASE)
-        return PostgresPredictionLog(postgres_dsn(settings.postgres_url, POSTGRES_DATABASE))
+        database = settings.database_prefix  # POSTGRES_DATABASE for the default prefix
+        ensure_postgres_database(settings.postgres_url, database)
+        return PostgresPredictionLog(postgres_dsn(settings.postgres_url, database))
     return SqlitePredictionLog(settings.prediction_log_path)
 
 

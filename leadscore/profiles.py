@@ -13,6 +13,9 @@ component, and Redis (``settings.redis_url``) as the Feast online store:
 | Feast online store | Redis ``settings.redis_url`` |
 | prediction log | ``leadscore`` |
 
+The names shown are for the default ``settings.database_prefix`` (``leadscore``); another
+prefix ``p`` gives ``p_mlflow``, ``p_optuna``, ``p_feast`` and ``p``.
+
 Redis Cluster is a connection-string change: ``LEADSCORE_REDIS_URL=redis+cluster://h1:6379,
 h2:6379,h3:6379`` (``rediss+cluster://`` for TLS) selects Feast's ``redis_type: redis_cluster``
 with those start-up nodes. ``MLFLOW_TRACKING_URI`` / ``LEADSCORE_MLFLOW_TRACKING_URI`` still win
@@ -40,6 +43,12 @@ PRODUCTION_DATABASES: dict[str, str] = {
     "optuna": OPTUNA_DATABASE,
     "feast": FEAST_DATABASE,
     "prediction_log": PREDICTION_LOG_DATABASE,
+}
+DATABASE_SUFFIXES: dict[str, str] = {
+    "mlflow": "_mlflow",
+    "optuna": "_optuna",
+    "feast": "_feast",
+    "prediction_log": "",
 }
 SQLALCHEMY_DRIVER = "psycopg"  # psycopg 3
 MAINTENANCE_DATABASE = "postgres"
@@ -88,14 +97,22 @@ def postgres_url(settings: Settings, database: str, driver: str | None = SQLALCH
     return urlunsplit((scheme, parts.netloc, "/" + database, parts.query, ""))
 
 
+def production_databases(settings: Settings) -> dict[str, str]:
+    """Service → PostgreSQL database name for ``settings.database_prefix`` (the default prefix
+    ``leadscore`` gives :data:`PRODUCTION_DATABASES`)."""
+    prefix = settings.database_prefix
+    return {service: prefix + suffix for service, suffix in DATABASE_SUFFIXES.items()}
+
+
 def production_service_url(settings: Settings, service: str) -> str:
     """The production URL of ``service`` (one of :data:`PRODUCTION_DATABASES`' keys)."""
-    if service not in PRODUCTION_DATABASES:
+    databases = production_databases(settings)
+    if service not in databases:
         raise ConfigError(
-            f"unknown service {service!r}; known: {sorted(PRODUCTION_DATABASES)}"
+            f"unknown service {service!r}; known: {sorted(databases)}"
         )
     driver = None if service == "prediction_log" else SQLALCHEMY_DRIVER
-    return postgres_url(settings, PRODUCTION_DATABASES[service], driver=driver)
+    return postgres_url(settings, databases[service], driver=driver)
 
 
 def feast_registry_path(settings: Settings) -> str:
@@ -162,7 +179,7 @@ def service_urls(settings: Settings) -> ServiceUrls:
             feast_online_store_type=f"redis ({online['redis_type']})",
             feast_online_store=settings.redis_url,
             prediction_log=production_service_url(settings, "prediction_log"),
-            postgres_databases=tuple(PRODUCTION_DATABASES.values()),
+            postgres_databases=tuple(production_databases(settings).values()),
         )
     return ServiceUrls(
         profile=settings.profile,
@@ -230,6 +247,19 @@ def ensure_databases(
             f"PostgreSQL at {mask_password(dsn)} is not reachable: {_first_line(exc)}"
         ) from None
     return created
+
+
+def drop_databases(settings: Settings, connect_timeout: int = 5) -> None:
+    """Drop the profile's PostgreSQL databases, closing other sessions on them (tests and
+    benchmarks on a throw-away ``database_prefix`` clean up with this)."""
+    import psycopg
+    from psycopg import sql
+
+    dsn = postgres_url(settings, MAINTENANCE_DATABASE, driver=None)
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+        for name in production_databases(settings).values():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -47,6 +47,7 @@ from features import request as rq
 from features.behaviour import event_weight
 from features.score2d import ScoringTables
 from leadscore.config import Settings
+from serving.log_writer import BatchingWriter
 from serving.online_reader import PERSON_JOIN_KEY, OnlineFeatureReader
 from serving.schemas import Event, EventsResponse, Submission
 
@@ -55,6 +56,7 @@ logger = logging.getLogger("leadscore.events")
 PUSH_SOURCE = "person_behaviour_push"
 BEHAVIOUR_VIEW = "person_behaviour"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FLUSH_BEFORE_EVENTS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -190,11 +192,10 @@ class BehaviourUpdater:
 
     def record_submissions(self, submissions: Sequence[Submission],
                            person_ids: Sequence[str]) -> None:
-        """``record_leads`` for scored submissions; a store failure is logged, never raised
-        (the answer is already computed; the lead reaches the store with the next build)."""
-        channels = rq.normalise_category([s.channel for s in submissions], "channel")
-        leads = [PersonLead(person, s.lead_id, epoch_us(s.submitted_at), channel)
-                 for s, person, channel in zip(submissions, person_ids, channels, strict=True)]
+        """``record_leads`` for scored submissions, now; a store failure is logged, never
+        raised (the answer is already computed; the lead reaches the store with the next
+        build). The service records through ``BackgroundLeadRecorder`` instead."""
+        leads = person_leads(list(zip(submissions, person_ids, strict=True)))
         try:
             self.record_leads(leads)
         except Exception as exc:  # noqa: BLE001 - store trouble must not fail the prediction
@@ -225,6 +226,53 @@ class BehaviourUpdater:
             stamp = _EPOCH + timedelta(microseconds=round(row["snap_ts_s"] * 1e6))
             data.append((key, values, stamp, created))
         self.online_store.online_write_batch(self.store.config, self.view, data, None)
+
+
+def person_leads(scored: Sequence[tuple[Submission, str]]) -> list[PersonLead]:
+    """``PersonLead`` of each (scored submission, its person id)."""
+    channels = rq.normalise_category([sub.channel for sub, _ in scored], "channel")
+    return [PersonLead(person, sub.lead_id, epoch_us(sub.submitted_at), channel)
+            for (sub, person), channel in zip(scored, channels, strict=True)]
+
+
+class BackgroundLeadRecorder(BatchingWriter):
+    """Records scored submissions as leads off the request path (``BatchingWriter``).
+
+    ``record_submissions`` only queues; the writer thread applies everything queued within a
+    linger (~20 ms) in one ``BehaviourUpdater.record_leads`` call (one read and one write
+    transaction), in order, retrying a failed write and draining on ``close``. A person's next
+    prediction sees a lead once it is stored (``flush`` waits for that). ``push_events`` goes
+    through ``updater`` only after a ``flush``, so an event pushed after a prediction is
+    applied after its lead; both share the updater's lock (read-modify-write, never an older
+    row over a newer one).
+    """
+
+    what = "lead"
+    logger = logger
+
+    def __init__(self, updater: BehaviourUpdater, max_queued_batches: int = 10_000,
+                 max_leads_per_write: int = 5_000, linger_seconds: float = 0.02) -> None:
+        self.updater = updater
+        super().__init__(max_queued_batches, max_leads_per_write, linger_seconds,
+                         name="lead-recorder")
+
+    def record_submissions(self, submissions: Sequence[Submission],
+                           person_ids: Sequence[str]) -> None:
+        """Queue scored submissions (with their persons) to be recorded as leads."""
+        self._enqueue(list(zip(submissions, person_ids, strict=True)))
+
+    def push_events(self, events: Sequence[Event],
+                    find_person: Callable[[Any, str | None], str | None]) -> EventsResponse:
+        """``push_events`` after every lead queued so far is stored (or a stuck store's
+        timeout: the updater's lock still keeps each read-modify-write whole)."""
+        self.flush(timeout=FLUSH_BEFORE_EVENTS_SECONDS)
+        return push_events(events, self.updater, find_person)
+
+    def _store(self, batch: list[tuple[Submission, str]]) -> None:
+        self.updater.record_leads(person_leads(batch))
+
+    def _close_target(self) -> None:
+        self.updater.close()
 
 
 def resolve_events(events: Sequence[Event], find_person: Callable[[Any, str | None], str | None]

@@ -9,6 +9,9 @@ from the requests than one write (and one thread wake-up) per prediction. When t
 records). A failed write is retried with back-off and never discarded while the writer runs;
 ``close`` (service shutdown) drains the queue before it returns, and ``flush`` waits until
 everything appended so far is stored.
+
+The thread, queue, linger, retry and drain live in ``BatchingWriter``, which other background
+stores (``serving.events.BackgroundLeadRecorder``) reuse with their own ``_store``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from leadscore.prediction_log import PredictionLog, PredictionRecord
 
@@ -26,30 +30,34 @@ logger = logging.getLogger("leadscore.prediction_log")
 _STOP = object()
 
 
-class BackgroundLogWriter:
-    """A ``PredictionLog`` front that stores records from a background thread."""
+class BatchingWriter:
+    """One background thread storing queued items in order, a linger's worth per write.
 
-    def __init__(self, log: PredictionLog, max_queued_batches: int = 10_000,
-                 max_records_per_write: int = 2_000, linger_seconds: float = 0.02) -> None:
-        self.log = log
+    Subclasses implement ``_store(batch)`` (one transaction; raising means "retry") and may
+    override ``_close_target`` (called once the queue is drained on ``close``).
+    """
+
+    what = "record"
+    logger = logger
+
+    def __init__(self, max_queued_batches: int = 10_000, max_records_per_write: int = 2_000,
+                 linger_seconds: float = 0.02, name: str = "batching-writer") -> None:
         self._linger = linger_seconds
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued_batches)
         self._max_records = max_records_per_write
         self._cond = threading.Condition()
-        self._appended = 0  # records handed to append()
-        self._stored = 0  # records committed to the log
+        self._appended = 0  # items handed to _enqueue()
+        self._stored = 0  # items stored
         self.write_failures = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="prediction-log-writer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # ---- producer side -------------------------------------------------------------------
-    def append(self, records: Sequence[PredictionRecord]) -> None:
-        """Queue ``records`` (validated now); blocks while the queue is full."""
+    def _enqueue(self, batch: list[Any]) -> None:
+        """Queue ``batch`` (in order after everything queued before); blocks while full."""
         if self._closed:
-            raise RuntimeError("the prediction log writer is closed")
-        batch = [record.validated() for record in records]
+            raise RuntimeError(f"the {type(self).__name__} is closed")
         if not batch:
             return
         with self._cond:
@@ -57,7 +65,7 @@ class BackgroundLogWriter:
         self._queue.put(batch)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record appended so far is stored; False on timeout."""
+        """Wait until every item queued so far is stored; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._appended
@@ -70,18 +78,24 @@ class BackgroundLogWriter:
 
     @property
     def pending(self) -> int:
-        """Records appended but not stored yet."""
+        """Items queued but not stored yet."""
         with self._cond:
             return self._appended - self._stored
 
     def close(self) -> None:
-        """Store everything queued, stop the thread and close the underlying log."""
+        """Store everything queued, stop the thread and close the target."""
         if self._closed:
             return
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
-        self.log.close()
+        self._close_target()
+
+    def _close_target(self) -> None:
+        """Release what ``_store`` writes to (nothing by default)."""
+
+    def _store(self, batch: list[Any]) -> None:
+        raise NotImplementedError
 
     # ---- writer thread -------------------------------------------------------------------
     def _run(self) -> None:
@@ -91,9 +105,9 @@ class BackgroundLogWriter:
             if item is _STOP:
                 break
             batch = list(item)
-            # let records gather for the linger (asleep: a request's put wakes nobody), then
+            # let items gather for the linger (asleep: a request's put wakes nobody), then
             # take them, up to one write's worth: at 200 single predictions/s that is a few
-            # records per transaction and one wake-up of this thread, not one each
+            # items per transaction and one wake-up of this thread, not one each
             if self._linger > 0:
                 time.sleep(self._linger)
             while len(batch) < self._max_records:
@@ -107,15 +121,15 @@ class BackgroundLogWriter:
                 batch.extend(more)
             self._write(batch)
 
-    def _write(self, batch: list[PredictionRecord]) -> None:
+    def _write(self, batch: list[Any]) -> None:
         delay = 0.05
         while True:
             try:
-                self.log.append(batch, prevalidated=True)  # append() validated them
+                self._store(batch)
             except Exception as exc:  # disk full, database locked …: retry, never drop
                 self.write_failures += 1
-                logger.error("prediction log write of %d record(s) failed (%s); retrying",
-                             len(batch), type(exc).__name__)
+                self.logger.error("%s write of %d %s(s) failed (%s); retrying", type(self).__name__,
+                             len(batch), self.what, type(exc).__name__)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -123,3 +137,25 @@ class BackgroundLogWriter:
                 self._stored += len(batch)
                 self._cond.notify_all()
             return
+
+
+class BackgroundLogWriter(BatchingWriter):
+    """A ``PredictionLog`` front that stores records from a background thread."""
+
+    def __init__(self, log: PredictionLog, max_queued_batches: int = 10_000,
+                 max_records_per_write: int = 2_000, linger_seconds: float = 0.02) -> None:
+        self.log = log
+        super().__init__(max_queued_batches, max_records_per_write, linger_seconds,
+                         name="prediction-log-writer")
+
+    def append(self, records: Sequence[PredictionRecord]) -> None:
+        """Queue ``records`` (validated now); blocks while the queue is full."""
+        if self._closed:
+            raise RuntimeError("the prediction log writer is closed")
+        self._enqueue([record.validated() for record in records])
+
+    def _store(self, batch: list[PredictionRecord]) -> None:
+        self.log.append(batch, prevalidated=True)  # append() validated them
+
+    def _close_target(self) -> None:
+        self.log.close()

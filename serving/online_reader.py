@@ -29,6 +29,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from features.online_store import string_entity_keys
 from features.training_set import model_feature_columns
 from leadscore.config import Settings
 
@@ -50,6 +51,27 @@ def _python_value(value: ValueProto) -> Any:
     if kind is None or kind == "null_val":
         return None
     return getattr(value, kind)
+
+
+# Redis online store: a dead server must cost a request milliseconds, not redis-py's default
+# 3 retries with exponential backoff (~4 s): short timeouts, one immediate retry (a connection
+# left stale by a Redis restart reconnects on it); the pool reconnects on the next call.
+REDIS_CONNECT_TIMEOUT_S = 0.25
+REDIS_SOCKET_TIMEOUT_S = 0.5
+
+
+def _fail_fast_redis(online_store: Any, config: Any) -> None:
+    """Give Feast's Redis client short timeouts and no backoff (single-node Redis only)."""
+    if getattr(config, "type", None) != "redis" or not hasattr(online_store, "_get_client"):
+        return
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = getattr(online_store._get_client(config), "connection_pool", None)
+    if pool is not None:  # RedisCluster keeps per-node pools: left as Feast makes them
+        pool.connection_kwargs.update(socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+                                      socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+                                      retry=Retry(NoBackoff(), 1))
 
 
 class OnlineFeatureReader:
@@ -84,26 +106,33 @@ class OnlineFeatureReader:
                 )
         self.columns: list[str] = model_feature_columns(store)
         self.online_store = get_online_store_from_config(store.config.online_store)
+        _fail_fast_redis(self.online_store, store.config.online_store)
         # one SQLite connection is shared by the service's threads: one read at a time
         self._lock = threading.Lock()
 
     def read_snapshots(self, person_ids: Sequence[str]) -> tuple[dict[str, list[Any]], list[bool]]:
         """Snapshot columns (``snap_*`` …) per person, and whether any view knew the person."""
-        keys = [
-            EntityKeyProto(join_keys=[PERSON_JOIN_KEY],
-                           entity_values=[ValueProto(string_val=pid)])
-            for pid in person_ids
-        ]
-        n = len(person_ids)
+        # each distinct person is read and converted once (a batch often repeats persons)
+        slot: dict[str, int] = {}
+        positions = [slot.setdefault(pid, len(slot)) for pid in person_ids]
+        unique = list(slot)
+        n = len(unique)
+        fast_read = getattr(self.online_store, "online_read_serialized", None)
+        if fast_read is not None:
+            keys: list[Any] = string_entity_keys(
+                PERSON_JOIN_KEY, unique, self.config.entity_key_serialization_version)
+        else:
+            fast_read = self.online_store.online_read
+            keys = [EntityKeyProto(join_keys=[PERSON_JOIN_KEY],
+                                   entity_values=[ValueProto(string_val=pid)])
+                    for pid in unique]
         columns: dict[str, list[Any]] = {}
         known = [False] * n
         now = datetime.now(UTC)
         for read in self.views:
             try:
                 with self._lock:
-                    rows = self.online_store.online_read(
-                        self.config, read.view, keys, list(read.features)
-                    )
+                    rows = fast_read(self.config, read.view, keys, list(read.features))
             except Exception as exc:  # sqlite3/redis errors: the store is not usable
                 raise OnlineStoreError(
                     f"online read of '{read.view.name}' failed: {type(exc).__name__}"
@@ -123,7 +152,10 @@ class OnlineFeatureReader:
                     proto = values.get(name)
                     if proto is not None:
                         columns[name][i] = _python_value(proto)
-        return columns, known
+        if n == len(person_ids):
+            return columns, known
+        return ({name: [values[i] for i in positions] for name, values in columns.items()},
+                [known[i] for i in positions])
 
     def transform(self, request_columns: dict[str, list[Any]],
                   snapshots: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -113,13 +113,16 @@ class Predictor:
 
     def __init__(self, settings: Settings, reader: OnlineFeatureReader, identity: IdentityMaps,
                  policy: RoutingPolicy, log: PredictionLog | BackgroundLogWriter,
-                 updater: Any = None) -> None:
+                 updater: Any = None, recorder: Any = None) -> None:
         self.settings = settings
         self.reader = reader
         self.identity = identity
         self.policy = policy
         self.log = log
         self.updater = updater
+        # ``serving.events.BackgroundLeadRecorder`` over ``updater``: scored submissions are
+        # recorded as leads off the request path (synchronously through ``updater`` without it)
+        self.recorder = recorder
         self.load_error: str | None = None
         self._model: LoadedModel | None = None
         self._reload_lock = threading.Lock()
@@ -135,7 +138,7 @@ class Predictor:
         """Build from the work folder: feature store, One ID, policy, log and the champion."""
         from features.score2d import load_scoring_tables
         from features.store import get_store
-        from serving.events import BehaviourUpdater
+        from serving.events import BackgroundLeadRecorder, BehaviourUpdater
 
         store = get_store(settings)
         _ensure_push_source(store, settings)
@@ -148,7 +151,7 @@ class Predictor:
         updater = BehaviourUpdater(store, reader, load_scoring_tables(settings.scoring_config),
                                    settings.intent_half_life_days)
         predictor = cls(settings, reader, IdentityMaps.load(settings), load_policy(policy_path),
-                        log, updater)
+                        log, updater, BackgroundLeadRecorder(updater))
         if load_model:
             predictor.reload()
         return predictor
@@ -178,8 +181,10 @@ class Predictor:
         return current.version if current else None
 
     def close(self) -> None:
-        """Flush and close the prediction log and the online store connection."""
+        """Flush and close the prediction log, the lead recorder and the store connections."""
         self.log.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.reader.close()
 
     # ---- identity ----------------------------------------------------------------------------
@@ -292,7 +297,10 @@ class Predictor:
         columns, degraded = self.features(submissions, resolved)
         scored = model.scorer.score(columns, top_k=3)
         person_ids = [r.person_id for r in resolved]
-        if self.updater is not None:  # the persons' next submissions count these as earlier
+        # the persons' next submissions count these as earlier leads
+        if self.recorder is not None:
+            self.recorder.record_submissions(submissions, person_ids)
+        elif self.updater is not None:
             self.updater.record_submissions(submissions, person_ids)
         probability = np.array([s["probability"] for s in scored], dtype=float)
         rule_score = np.asarray(columns.get("rule_score", [0.0] * len(scored)), dtype=float)
@@ -355,6 +363,8 @@ class Predictor:
         """Fold behaviour events into the persons' online snapshots (``serving.events``)."""
         from serving.events import push_events
 
+        if self.recorder is not None:  # after the leads recorded so far
+            return self.recorder.push_events(events, self.find_person)
         if self.updater is None:
             raise OnlineStoreError("this predictor has no event updater")
         return push_events(events, self.updater, self.find_person)

@@ -130,8 +130,10 @@ def test_replayed_events_and_leads_give_the_offline_rows(workdir: Settings) -> N
             subs = [Submission.model_validate(s) for s in step.submissions]
             resolved = [predictor.resolve(s) for s in subs]
             columns, _ = predictor.features(subs, resolved)
-            # what Predictor.predict does once the answers are computed
-            predictor.updater.record_submissions(subs, [r.person_id for r in resolved])
+            # what Predictor.predict does once the answers are computed (off the request
+            # path: the recorder stores them within a linger; flush waits for that)
+            predictor.recorder.record_submissions(subs, [r.person_id for r in resolved])
+            predictor.recorder.flush()
             for i, sub in enumerate(subs):
                 served.append((sub.lead_id, resolved[i].person_id,
                                {name: columns[name][i] for name in MODEL_FEATURES}))
@@ -194,6 +196,7 @@ def test_a_scored_submission_is_an_earlier_lead_of_the_next(
         assert answer.tags["prior_leads"] == 0
         for _ in range(2):  # a retried submission is one lead
             predictor.predict([Submission.model_validate(first)])
+        assert predictor.recorder.flush(timeout=30)  # leads are recorded off the request path
         later = predictor.predict([Submission.model_validate(second)])[0]
     finally:
         predictor.close()
