@@ -141,10 +141,24 @@ def test_reasons_use_templates_and_a_generic_fallback() -> None:
     assert reason_text("prior_leads", 3, 0.2) == "3 earlier leads"
     assert "pricing/trial" in reason_text("intent_score", 12.0, 0.5)
     assert reason_text("mystery_signal", 2.5, 0.1) == "mystery signal = 2.50 (raises the chance)"
+    assert reason_text("submit_weekday_cn", 0, 0.1) == "submitted on a Monday (China time)"
     reasons = top_reasons([0.5, -0.2, 0.05, -0.6], ["a", "b", "c", "d"],
                           {"a": 1, "b": 2, "c": 3, "d": 4}, top_k=1)
     assert [r["feature"] for r in reasons["positive"]] == ["a"]
     assert [r["feature"] for r in reasons["negative"]] == ["d"]
+
+
+def test_every_model_feature_has_a_readable_reason() -> None:
+    """No served reason falls back to the generic "name = value" text."""
+    from features.request import MODEL_FEATURES
+    from training.explain import REASON_TEMPLATES
+
+    for feature, kind in MODEL_FEATURES.items():
+        known = [k for k in REASON_TEMPLATES.get(feature, {}).get("by_value", {}) if k != "*"]
+        value = known[0] if known else ("x" if kind == "string" else 2.0)
+        for contribution in (0.3, -0.3):
+            text = reason_text(feature, value, contribution)
+            assert "the chance)" not in text, f"{feature}: generic reason {text!r}"
 
 
 # ---- end to end: train, register, gate, report ---------------------------------------------

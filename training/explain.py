@@ -28,6 +28,8 @@ CHANNEL_LABELS: dict[str, str] = {
     "wechat_private": "WeChat private traffic", "new_media": "teachers' new-media accounts",
 }
 
+WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
 REASON_TEMPLATES: dict[str, dict[str, Any]] = {
     "funnel_step": {
         "by_value": {
@@ -102,6 +104,14 @@ REASON_TEMPLATES: dict[str, dict[str, Any]] = {
                                 "nurture": "rule score says nurture"}},
     "submit_hour_cn": {"up": "submitted at {value_int}h (China time)",
                        "down": "submitted at {value_int}h (China time)"},
+    "submit_weekday_cn": {"by_value": {str(day): f"submitted on a {name} (China time)"
+                                       for day, name in enumerate(WEEKDAY_NAMES)}
+                          | {"*": "submission day unknown"}},
+    "events_total": {"up": "{value_int} touches recorded before the lead",
+                     "down": "{value_int} touches recorded before the lead"},
+    "frequency": {"up": "{value_int} earlier purchases", "down": "{value_int} earlier purchases"},
+    "monetary": {"up": "earlier purchases worth {value_int} RMB",
+                 "down": "earlier purchases worth {value_int} RMB"},
 }
 
 # Event counts such as ``trial_class_90d`` read "2 trial classes in the last 90 days".
