@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,15 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataF
     return result[keep]
 
 
-def build_training_set(settings: Settings, out: Path | None = None) -> pd.DataFrame:
-    """Write and return the training set (one row per lead whose label window has closed)."""
+def build_training_set(
+    settings: Settings, out: Path | None = None, as_of: datetime | None = None
+) -> pd.DataFrame:
+    """Write and return the training set (one row per lead whose label window has closed).
+
+    ``as_of`` builds it as it could have been built at that moment: only leads whose
+    conversion window closed by then, so no label uses an outcome recorded later (default:
+    the data's end).
+    """
     started = time.perf_counter()
     from features.build import _read_parquet
 
@@ -176,7 +183,9 @@ def build_training_set(settings: Settings, out: Path | None = None) -> pd.DataFr
         "One ID table 'lead_person'",
         ["lead_id", "person_id"],
     )
-    end = data_end(settings)
+    end = data_end(settings) if as_of is None else pd.Timestamp(as_of)
+    if end.tzinfo is None:
+        end = end.tz_localize("UTC")
     labels = label_leads(leads, outcomes, settings.conversion_window_days, end)
     closed = labels["window_closed"].to_numpy()
     store = get_store(settings)

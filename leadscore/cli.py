@@ -56,6 +56,10 @@ def demo(
     leads: Annotated[int, typer.Option("--leads", min=500, help="Leads to generate.")] = 20000,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: settings).")] = None,
     trials: Annotated[int, typer.Option(min=1, help="Optuna trials for tuning.")] = 20,
+    drift: Annotated[bool, typer.Option(
+        "--drift", help="Shift the channel mix and behaviour in the last third of the history "
+        "(as `leadscore generate --drift`): the replayed weeks then drift from the training "
+        "reference and the weekly report flags them.")] = False,
 ) -> None:
     """The main job: generate a CRM history and run the whole pipeline on it."""
     from leadscore.demo import run_demo
@@ -63,6 +67,6 @@ def demo(
     settings = settings_for(workdir)
     try:
         run_demo(settings, n_leads=leads, seed=settings.seed if seed is None else seed,
-                 trials=trials)
+                 trials=trials, drift=drift)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

@@ -46,7 +46,7 @@ class Settings:
     model_name: str = "lead-conversion"
     feature_service: str = "lead_conversion_v1"
     # weekly drift report: exit 3 when this share of feature columns (or more) drifted
-    drift_share_threshold: float = 0.1
+    drift_share_threshold: float = 0.05
     # production profile connection settings (used by a later profile; harmless here)
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"

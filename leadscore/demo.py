@@ -33,6 +33,7 @@ class DemoContext:
     n_leads: int
     seed: int
     trials: int
+    drift: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,7 +45,7 @@ def stage_generate(ctx: DemoContext) -> dict[str, Any]:
     from leadscore.generate import generate_crm
 
     summary = generate_crm(ctx.settings.data_dir, n_leads=ctx.n_leads, seed=ctx.seed,
-                           salt=ctx.settings.hash_salt)
+                           drift=ctx.drift, salt=ctx.settings.hash_salt)
     return summary.to_dict()
 
 
@@ -83,18 +84,23 @@ def stage_features(ctx: DemoContext) -> dict[str, Any]:
     """Build the offline feature tables, apply the Feast repo, materialize, training set.
 
     The online store is loaded up to the start of the replayed traffic only, so the service
-    answers replayed leads from what was known before them.
+    answers replayed leads from what was known before them; the training set holds the leads
+    whose conversion window had closed by then, so the model never saw the replayed weeks nor
+    any outcome recorded after they start.
     """
     from features.build import build_features, materialize
     from features.training_set import build_training_set
 
     build = build_features(ctx.settings).to_dict()
-    materialized = materialize(ctx.settings, end=replay_start(ctx.settings))
-    training_set = build_training_set(ctx.settings)
+    served_from = replay_start(ctx.settings)
+    materialized = materialize(ctx.settings, end=served_from)
+    # trained as it could have been when the replayed traffic starts: outcomes known by then
+    training_set = build_training_set(ctx.settings, as_of=served_from)
     return {
         "build_seconds": build.get("seconds"),
         "tables": build.get("rows", build.get("tables")),
         "materialize_seconds": materialized.get("seconds"),
+        "training_as_of": served_from.isoformat(),
         "training_rows": len(training_set),
         "positive_rate": float(training_set["label"].mean()),
     }
@@ -136,7 +142,8 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
     # the imported champion belongs to this work folder's BentoML store, as the service's does
     os.environ.setdefault("BENTOML_HOME", bentoml_home(settings))
     tag, version = import_champion(settings)
-    plan = replay_plan(settings, ctx.seed, since=replay_start(settings), singles=SAMPLE_ANSWERS)
+    plan = replay_plan(settings, ctx.seed, since=replay_start(settings), singles=SAMPLE_ANSWERS,
+                       drift=ctx.drift)
     backlog_persons = load_backlog(settings, plan)
     key = "demo-" + ctx.settings.hash_salt[:8]
     log_path = settings.reports_dir / "service.log"
@@ -220,19 +227,25 @@ def _print_stage(name: str, figures: dict[str, Any]) -> None:
     console.print(table)
 
 
-def run_demo(settings: Settings, n_leads: int, seed: int, trials: int) -> dict[str, Any]:
-    """Run every stage; write and return ``summary.json`` in the work folder."""
+def run_demo(
+    settings: Settings, n_leads: int, seed: int, trials: int, drift: bool = False
+) -> dict[str, Any]:
+    """Run every stage; write and return ``summary.json`` in the work folder.
+
+    With ``drift`` the generated history shifts in its last third (``generate_crm(drift=True)``).
+    """
     settings.ensure_dirs()
     # library deprecation chatter hides the figures people read; errors still surface
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials)
+    ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials, drift=drift)
     summary: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "workdir": str(settings.workdir),
         "leads": n_leads,
         "seed": seed,
+        "drift": drift,
         "stages": {},
     }
     summary_path = settings.workdir / "summary.json"

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -32,6 +32,9 @@ from monitoring.drift import (
     log_to_mlflow,
     matured_cohort,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _WEEK = re.compile(r"^(\d{4})-W(\d{2})$")
 
@@ -118,6 +121,34 @@ class WeeklyReport:
     notes: list[str] = field(default_factory=list)
 
 
+def retier_reference(
+    reference: pd.DataFrame, current: pd.DataFrame, settings: Settings
+) -> tuple[pd.DataFrame, str | None]:
+    """The reference's tiers under the routing policy the period was served with.
+
+    The reference was tiered with the cut-offs known at training time; an optimised policy
+    moves them, which would read as tier drift although no lead changed. When the active
+    policy's version is the one most of the period's predictions carry, its cut-offs re-tier
+    the reference probabilities; otherwise the reference keeps its own tiers and a note says so.
+    """
+    from routing.policy import PolicyError, load_policy
+
+    if "policy_version" not in current.columns or current.empty:
+        return reference, None
+    served = str(current["policy_version"].astype(str).value_counts().idxmax())
+    optimized = settings.reports_dir / "routing_policy.yaml"
+    path = settings.routing_policy or (optimized if optimized.exists() else None)
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        return reference, f"reference tiers kept: {exc}"
+    if policy.version != served:
+        return reference, (f"reference tiers kept: the period was served with policy {served}, "
+                           f"the active policy is {policy.version}")
+    tiers, _ = policy.assign(reference["probability"].to_numpy(dtype=float))
+    return reference.assign(tier=tiers), None
+
+
 def default_drift_root(settings: Settings) -> Path:
     return settings.reports_dir / "drift"
 
@@ -163,6 +194,9 @@ def run_weekly_report(
             log.close()
 
     notes = []
+    reference, tier_note = retier_reference(reference, current, settings)
+    if tier_note:
+        notes.append(tier_note)
     outcomes = load_outcomes(settings)
     if outcomes is None:
         notes.append("no outcomes table yet (data/raw/outcomes.parquet): cohort quality skipped")

@@ -28,9 +28,10 @@ _INVALID_EMAIL = "no-at-sign.example"
 _BACKLOG_COLUMNS = ["person_id", "event_type", "event_time", "url"]
 
 
-def _raw_identifiers(settings: Settings, seed: int, n_leads: int,
-                     lead_ids: set[str]) -> dict[str, dict[str, str]]:
-    """lead_id → {form field: raw value} for ``lead_ids``, drawn again in memory.
+def _raw_identifiers(settings: Settings, seed: int, n_leads: int, lead_ids: set[str],
+                     drift: bool = False) -> dict[str, dict[str, str]]:
+    """lead_id → {form field: raw value} for ``lead_ids``, drawn again in memory (with the
+    generator's own options: ``drift`` as generated).
 
     The generator's raw values are matched to the stored hashes of each lead, so a value the
     CRM would send is exactly the one whose hash One ID knows.
@@ -38,7 +39,7 @@ def _raw_identifiers(settings: Settings, seed: int, n_leads: int,
     from leadscore.generate import simulate_crm
     from leadscore.identifiers import hash_identifier
 
-    crm = simulate_crm(n_leads, seed, salt=settings.hash_salt)
+    crm = simulate_crm(n_leads, seed, drift=drift, salt=settings.hash_salt)
     by_hash: dict[str, str] = {}
     for value in crm.raw_identifiers:
         for id_type in _IDENTIFIER_FIELDS:
@@ -56,16 +57,17 @@ def _raw_identifiers(settings: Settings, seed: int, n_leads: int,
 
 
 def replay_submissions(settings: Settings, seed: int, since: datetime,
-                       until: datetime | None = None) -> list[dict[str, Any]]:
+                       until: datetime | None = None,
+                       drift: bool = False) -> list[dict[str, Any]]:
     """``POST /predict`` bodies for every lead created at or after ``since`` (and before
-    ``until``, when given), oldest first."""
+    ``until``, when given), oldest first (``seed`` and ``drift`` as generated)."""
     leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
     n_leads = len(leads)
     leads = leads[leads["created_at"] >= pd.Timestamp(since)]
     if until is not None:
         leads = leads[leads["created_at"] < pd.Timestamp(until)]
     leads = leads.sort_values(["created_at", "lead_id"], kind="stable")
-    raw = _raw_identifiers(settings, seed, n_leads, set(leads["lead_id"]))
+    raw = _raw_identifiers(settings, seed, n_leads, set(leads["lead_id"]), drift)
     bodies: list[dict[str, Any]] = []
     for row in leads.itertuples(index=False):
         form = {}
@@ -157,7 +159,7 @@ def _event_body(row: Any) -> dict[str, Any]:
 
 
 def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime | None = None,
-                max_batch: int = 500, singles: int = 0) -> ReplayPlan:
+                max_batch: int = 500, singles: int = 0, drift: bool = False) -> ReplayPlan:
     """The CRM's traffic from ``since`` (to ``until``): behaviour events and form submissions in
     time order.
 
@@ -174,7 +176,7 @@ def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime 
     step each (for ``/predict``); then up to ``max_batch`` per step. Events come in ``/events``
     bodies of at most ``MAX_BATCH``.
     """
-    submissions = replay_submissions(settings, seed, since, until)
+    submissions = replay_submissions(settings, seed, since, until, drift)
     if not submissions:
         return ReplayPlan(pd.DataFrame(columns=_BACKLOG_COLUMNS), [])
     lead_person = pd.read_parquet(settings.identity_dir / "lead_person.parquet",
