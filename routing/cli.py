@@ -275,5 +275,9 @@ def simulate_command(
         f"needed), conversions {goal['model_conversions']:.1f} vs "
         f"{goal['best_rule_conversions']:.1f}; report {report}, chart {result['chart']}"
     )
+    for name, versus in goal["versus"].items():
+        cut = versus["cpa_reduction"]
+        console.print(f"  vs {name}: conversions ×{versus['conversions_ratio']:.3f}, "
+                      f"cost/conversion {'n/a' if cut is None else f'{-cut:+.1%}'}")
     if require_goal and not goal["met"]:
         raise typer.Exit(1)

@@ -19,8 +19,10 @@ overflow.
 The rule policies (rule_2d, rule_funnel) are priced with the same estimator and capacity rule;
 the *best rule* is the one with the most expected conversions. Objectives:
 
-* ``goal_margin`` (default): the routing goal itself — at least the best rule's conversions at
-  a cost per conversion ``goal_reduction`` (15%) below the rule's — met with the largest equal
+* ``goal_margin`` (default): the routing goal — at least the best rule's conversions at a cost
+  per conversion ``goal_reduction`` (15%) below the rule's; against every rule at once (the most
+  conversions of any rule, 15% below the cheapest rule's cost per conversion) whenever some
+  candidate reaches that on the estimates — met with the largest equal
   room on both sides: maximise ``min(conversions / rule − 1, 1 − CPA / ((1 − g) × rule CPA))``,
   the largest relative error in the estimated conversions *or* cost per conversion that would
   still leave the goal met. Unlike ``cpa_cap`` it stops buying conversions once the extra ones
@@ -174,6 +176,19 @@ def goal_slack(
     return np.minimum(conversion_room, cpa_room)
 
 
+def goal_target(table: pd.DataFrame, limits: dict[str, float | None]) -> str:
+    """``"every_rule"`` when some candidate meets the goal against every rule at once on the
+    estimates (the most conversions of any rule, 15% below the cheapest rule's cost per
+    conversion), else ``"rule"`` (the best rule by conversions, the goal's own wording)."""
+    if limits.get("every_rule_conversions") is None:
+        return "rule"
+    strict = goal_slack(
+        table["conversions"], table["cost"], limits["every_rule_conversions"],
+        limits["every_rule_cost_per_conversion"], limits["goal_reduction"],
+    )
+    return "every_rule" if np.max(strict) >= 0 else "rule"
+
+
 def _select(table: pd.DataFrame, objective: str, limits: dict[str, float | None]
             ) -> tuple[int, bool]:
     """Row index of the chosen candidate and whether its objective's constraint holds."""
@@ -182,9 +197,10 @@ def _select(table: pd.DataFrame, objective: str, limits: dict[str, float | None]
         return int(frame.sort_values(["conversions", "cost"], ascending=[False, True]).index[0])
 
     if objective == "goal_margin":
+        target = goal_target(table, limits)
         slack = goal_slack(
-            table["conversions"], table["cost"], limits["rule_conversions"],
-            limits["rule_cost_per_conversion"], limits["goal_reduction"],
+            table["conversions"], table["cost"], limits[f"{target}_conversions"],
+            limits[f"{target}_cost_per_conversion"], limits["goal_reduction"],
         )
         best = table.assign(slack=slack).sort_values(
             ["slack", "conversions", "cost"], ascending=[False, False, True]
@@ -282,6 +298,11 @@ def optimize_cutoffs(
         "rule_conversions": best_conversions,
         "rule_cost_per_conversion": best_cpa,
         "goal_reduction": goal_reduction,
+        # against every rule at once: the most conversions any rule reaches, at 15% below the
+        # lowest cost per conversion any rule reaches (the rules trade one for the other)
+        "every_rule_conversions": max(r["conversions"] for r in rules.values()),
+        "every_rule_cost_per_conversion": min(
+            r["cost"] / max(r["conversions"], 1e-12) for r in rules.values()),
         "value_per_conversion": value_per_conversion,
         "budget": None if budget_per_lead is None else budget_per_lead * len(leads),
     }
@@ -326,6 +347,9 @@ def optimize_cutoffs(
     )
     conversions, cost = float(chosen["conversions"]), float(chosen["cost"])
     slack = float(goal_slack(conversions, cost, best_conversions, best_cpa, goal_reduction))
+    goal_kind = goal_target(table, limits)
+    kind_slack = float(goal_slack(conversions, cost, limits[f"{goal_kind}_conversions"],
+                                  limits[f"{goal_kind}_cost_per_conversion"], goal_reduction))
     report = {
         "policy_version": new_policy.version,
         "from_version": policy.version,
@@ -360,6 +384,8 @@ def optimize_cutoffs(
         "best_rule_policy": best_rule,
         "goal_reduction": goal_reduction,
         "goal_slack": slack,
+        "goal_target": goal_kind,
+        "goal_target_slack": kind_slack if objective == "goal_margin" else None,
         "target_conversions": target if objective == "match_rules" else None,
         "conversion_margin": conversion_margin,
         "max_cost_per_conversion": (

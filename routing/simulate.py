@@ -354,6 +354,8 @@ def _goal(results: dict[str, dict[str, Any]], reduction: float) -> dict[str, Any
         "cpa_reduction": comparisons[best]["cpa_reduction"],
         "model_capacity_violations": model["capacity_violations"],
         "met": comparisons[best]["met"],
+        # stricter: as many conversions as each rule and 15% below each one's cost per conversion
+        "met_against_every_rule": all(comparisons[name]["met"] for name in RULE_POLICIES),
         "versus": comparisons,
     }
 

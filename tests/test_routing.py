@@ -18,7 +18,7 @@ from leadscore.config import get_settings
 from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_STEPS
 from routing.cli import app as route_app
 from routing.control import control_mask, is_control, route_with_control
-from routing.optimize import _select, goal_slack, optimize_cutoffs
+from routing.optimize import _select, goal_slack, goal_target, optimize_cutoffs
 from routing.policy import (
     CapacityLedger,
     PolicyError,
@@ -446,6 +446,21 @@ def test_goal_margin_picks_the_candidate_with_most_room_on_both_sides() -> None:
     hopeless = table.assign(cost=table["conversions"] * 500.0)
     index, met = _select(hopeless, "goal_margin", limits)
     assert not met and index == 0  # least short of the goal, reported as not met
+
+
+def test_goal_margin_beats_every_rule_when_the_estimates_allow_it() -> None:
+    table = pd.DataFrame({"conversions": [130.0, 101.0, 112.0, 98.0],
+                          "cost": [130 * 168.0, 101 * 110.0, 112 * 136.0, 98 * 100.0]})
+    # best rule by conversions: 100 at 200 RMB; another rule converts 95 at 150 RMB
+    limits = {"rule_conversions": 100.0, "rule_cost_per_conversion": 200.0,
+              "every_rule_conversions": 100.0, "every_rule_cost_per_conversion": 150.0,
+              "goal_reduction": 0.15}
+    assert goal_target(table, limits) == "every_rule"
+    # only candidate 1 has ≥ 100 conversions at ≤ 0.85 × 150 = 127.5 RMB per conversion
+    assert _select(table, "goal_margin", limits) == (1, True)
+    limits["every_rule_cost_per_conversion"] = 100.0  # cap 85 RMB: out of reach
+    assert goal_target(table, limits) == "rule"
+    assert _select(table, "goal_margin", limits) == (2, True)
 
 
 def test_split_by_day_and_after_tuning(leads: pd.DataFrame, default_policy) -> None:
