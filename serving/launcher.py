@@ -18,6 +18,8 @@ import httpx
 
 from leadscore.config import PROJECT_ROOT
 
+SERVICE_TARGET = "serving.service:LeadScoring"
+
 
 class ServiceStartError(RuntimeError):
     """The service did not become ready; the message carries the tail of its log."""
@@ -47,14 +49,16 @@ def service_env(workdir: Path, api_key: str, **extra: str) -> dict[str, str]:
 class ServedService:
     """``bentoml serve`` of the project in a subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, workdir: Path, log_path: Path, api_key: str, **extra_env: str) -> None:
+    def __init__(self, workdir: Path, log_path: Path, api_key: str,
+                 target: str = SERVICE_TARGET, **extra_env: str) -> None:
+        """Start serving ``target``: the project's service, or a built Bento's tag."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LeadScoring",
+        command = [sys.executable, "-m", "bentoml", "serve", target,
                    "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=service_env(workdir, api_key, **extra_env),

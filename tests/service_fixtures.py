@@ -85,8 +85,9 @@ def submission(lead_id: str, **overrides: Any) -> dict[str, Any]:
 class ServedService(launcher.ServedService):
     """The package's launcher with the test key; a start failure fails the test."""
 
-    def __init__(self, workdir: Path, log_path: Path, **extra_env: str) -> None:
-        super().__init__(workdir, log_path, API_KEY, **extra_env)
+    def __init__(self, workdir: Path, log_path: Path, target: str = launcher.SERVICE_TARGET,
+                 **extra_env: str) -> None:
+        super().__init__(workdir, log_path, API_KEY, target, **extra_env)
 
     def wait_until(self, path: str = "/readyz", timeout: float = 120.0) -> None:
         try:

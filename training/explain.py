@@ -77,7 +77,7 @@ REASON_TEMPLATES: dict[str, dict[str, Any]] = {
     },
     "grade": {"by_value": {"*": "child in grade {value}"}},
     "subject": {"by_value": {"*": "interested in {value}"}},
-    "device": {"by_value": {"*": "came from a {value} device"}},
+    "device": {"by_value": {"unknown": "device unknown", "*": "came from a {value} device"}},
     "recruitment_visits": {"up": "no recruitment-page visits",
                            "down": "visited recruitment pages (job seeker?)"},
     "rfm_segment": {"by_value": {"no_orders": "no earlier purchases",
