@@ -166,6 +166,9 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         version = config.entity_key_serialization_version
         want_text = getattr(config.online_store, "numeric_value_text", False)
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        # a ValueProto object shared by many cells (callers reuse one per distinct value) is
+        # serialised once; ``data`` keeps every proto alive, so ids are not reused meanwhile
+        encoded: dict[int, tuple[bytes, str | None]] = {}
         for entity_key, values, event_ts, created_ts in data:
             names = tuple(sorted(values))
             params: list[Any] = [
@@ -175,8 +178,11 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
             ]
             for name in names:
                 value = values[name]
-                params.append(value.SerializeToString())
-                params.append(_value_text(value, want_text))
+                cell = encoded.get(id(value))
+                if cell is None:
+                    cell = encoded[id(value)] = (value.SerializeToString(),
+                                                 _value_text(value, want_text))
+                params.extend(cell)
             groups.setdefault(names, []).append(params)
         conn = self._get_conn(config)
         table_name = self._table_name(config, table)
@@ -412,6 +418,63 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
             else:
                 result.append((_read_timestamp(entry[1][0]), entry[0]))
         return result
+
+    def online_read_columns(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        keys: list[bytes],
+        requested_features: list[str],
+    ) -> tuple[list[datetime | None], list[bool], dict[str, list[Any]]]:
+        """``online_read_serialized`` as columns of Python values, for a batch of keys.
+
+        Returns per key the event timestamp, whether the store has any requested feature of
+        it (``online_read`` reports a key without as ``(None, None)``), and per feature the
+        values (``ValueProto``'s set field; None when unset or absent), without building a
+        ``ValueProto`` dict per key: small serialised values (counts, flags, timestamps …
+        repeat a lot) are decoded once per distinct bytes.
+        """
+        conn = self._get_conn(config)
+        table_name = compute_table_id(
+            config.project, table, config.registry.enable_online_feature_view_versioning
+        )
+        n = len(keys)
+        columns: dict[str, list[Any]] = {name: [None] * n for name in requested_features}
+        seconds: list[Any] = [None] * n
+        found = [False] * n
+        if n:
+            placeholders = ",".join("?" * n)
+            rows = conn.execute(
+                f"SELECT entity_key, feature_name, value, event_ts + 0 FROM "
+                f"{_quote_id(table_name)} WHERE entity_key IN ({placeholders})",
+                keys,
+            ).fetchall()
+            slot: dict[bytes, int] = {}
+            for i, key in enumerate(keys):
+                slot.setdefault(key, i)
+            decoded = _DECODED
+            for key, name, blob, stamp in rows:
+                column = columns.get(name)
+                if column is None:
+                    continue
+                i = slot[key]
+                if not found[i]:
+                    found[i] = True
+                    seconds[i] = stamp
+                elif stamp is not None and (seconds[i] is None or stamp > seconds[i]):
+                    seconds[i] = stamp
+                value = decoded.get(blob, decoded)
+                if value is decoded:
+                    value = _decode_value(blob)
+                column[i] = value
+            for i, key in enumerate(keys):  # a key listed twice: the same answer twice
+                first = slot[key]
+                if first != i:
+                    found[i], seconds[i] = found[first], seconds[first]
+                    for column in columns.values():
+                        column[i] = column[first]
+        stamps = [_read_timestamp(s) if f else None for s, f in zip(seconds, found, strict=True)]
+        return stamps, found, columns
 
 
 class FastSqliteTable(SqliteTable):
@@ -753,6 +816,28 @@ def _value_text(value: ValueProto, want_numeric_text: bool) -> str | None:
     if kind == "bool_val":
         return str(value.bool_val)
     return None
+
+
+# serialised ValueProto bytes → Python value, for small scalar values (``online_read_columns``)
+_DECODED: dict[bytes, Any] = {}
+_MAX_DECODED = 100_000
+_MAX_DECODED_BYTES = 64
+
+
+def _decode_value(blob: bytes) -> Any:
+    """The set field of a serialised ``ValueProto`` (None when unset or null), remembered
+    for small scalar values."""
+    proto = ValueProto.FromString(blob)
+    kind = proto.WhichOneof("val")
+    value = None if kind is None or kind == "null_val" else getattr(proto, kind)
+    if len(blob) <= _MAX_DECODED_BYTES and type(value) in _SCALAR_TYPES:
+        if len(_DECODED) >= _MAX_DECODED:
+            _DECODED.clear()
+        _DECODED[blob] = value
+    return value
+
+
+_SCALAR_TYPES = frozenset({int, float, str, bool, bytes, type(None)})
 
 
 def _needs_stock_path(config: RepoConfig) -> bool:

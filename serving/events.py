@@ -45,6 +45,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from features import history as hist
 from features import request as rq
 from features.behaviour import event_weight
+from features.online_store import string_entity_keys
 from features.score2d import ScoringTables
 from leadscore.config import Settings
 from serving.log_writer import BatchingWriter
@@ -171,6 +172,17 @@ class BehaviourUpdater:
 
     def current(self, person_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """The stored row of each person (None for persons without one)."""
+        columnar = getattr(self.online_store, "online_read_columns", None)
+        if columnar is not None:  # the fast SQLite store: values without protos
+            config = self.store.config
+            keys = string_entity_keys(PERSON_JOIN_KEY, list(person_ids),
+                                      config.entity_key_serialization_version)
+            _, found, columns = columnar(config, self.view, keys, list(self.fields))
+            current: list[dict[str, Any] | None] = []
+            for i, known in enumerate(found):
+                row = {name: values[i] for name, values in columns.items()} if known else None
+                current.append(row if row and row.get("snap_ts_s") is not None else None)
+            return current
         rows = self.online_store.online_read(self.store.config, self.view,
                                              [_entity_key(p) for p in person_ids],
                                              list(self.fields))
@@ -220,9 +232,21 @@ class BehaviourUpdater:
         """Write the rows of ``person_behaviour`` (as a push through its PushSource would)."""
         created = datetime.now(UTC)
         data = []
+        # one ValueProto per distinct (kind, value): counts, flags and times repeat a lot
+        protos: dict[tuple[str, type, Any], ValueProto] = {}
         for person, row in zip(persons, rows, strict=True):
             key = _entity_key(person)
-            values = {name: _proto(row[name], kind) for name, kind in self.fields.items()}
+            values = {}
+            for name, kind in self.fields.items():
+                value = row[name]
+                try:
+                    memo = (kind, type(value), value)
+                    proto = protos.get(memo)
+                    if proto is None:
+                        proto = protos[memo] = _proto(value, kind)
+                except TypeError:  # unhashable: never the case for snapshot fields
+                    proto = _proto(value, kind)
+                values[name] = proto
             stamp = _EPOCH + timedelta(microseconds=round(row["snap_ts_s"] * 1e6))
             data.append((key, values, stamp, created))
         self.online_store.online_write_batch(self.store.config, self.view, data, None)

@@ -31,7 +31,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.online_store import string_entity_keys
 from features.training_set import model_feature_columns
-from leadscore.config import Settings
+from leadscore.config import Settings, get_settings
+from serving.history_batch import at_request_times
 
 PERSON_JOIN_KEY = "person_id"
 
@@ -117,6 +118,7 @@ class OnlineFeatureReader:
         positions = [slot.setdefault(pid, len(slot)) for pid in person_ids]
         unique = list(slot)
         n = len(unique)
+        columnar = getattr(self.online_store, "online_read_columns", None)
         fast_read = getattr(self.online_store, "online_read_serialized", None)
         if fast_read is not None:
             keys: list[Any] = string_entity_keys(
@@ -132,12 +134,29 @@ class OnlineFeatureReader:
         for read in self.views:
             try:
                 with self._lock:
-                    rows = fast_read(self.config, read.view, keys, list(read.features))
+                    if columnar is not None:  # the fast SQLite store: columns of values
+                        read_columns = columnar(self.config, read.view, keys,
+                                                list(read.features))
+                    else:
+                        rows = fast_read(self.config, read.view, keys, list(read.features))
             except Exception as exc:  # sqlite3/redis errors: the store is not usable
                 raise OnlineStoreError(
                     f"online read of '{read.view.name}' failed: {type(exc).__name__}"
                 ) from exc
             ttl = read.view.ttl
+            if columnar is not None:
+                stamps, found, values_of = read_columns
+                for name in read.features:
+                    columns[name] = values_of[name]
+                for i, event_ts in enumerate(stamps):
+                    if not found[i]:
+                        continue
+                    if ttl and event_ts is not None and now - event_ts > ttl:
+                        for name in read.features:  # too old: as if the store had nothing
+                            columns[name][i] = None
+                        continue
+                    known[i] = True
+                continue
             for name in read.features:
                 columns[name] = [None] * n
             for i, (event_ts, values) in enumerate(rows):
@@ -161,6 +180,11 @@ class OnlineFeatureReader:
                   snapshots: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The on-demand view(s) on request columns + snapshots: model columns, in order."""
         inputs = {**request_columns, **snapshots}
+        if len(next(iter(request_columns.values()), ())) > 1:
+            # a batch: snapshots brought to their request times once per history and group of
+            # request times (``serving.history_batch``); the view then finds nothing stale
+            n = len(next(iter(request_columns.values())))
+            inputs = at_request_times(inputs, n, get_settings().intent_half_life_days)
         out: dict[str, list[Any]] = {}
         for odfv in self.odfvs:
             out.update(odfv.transform_dict(inputs))

@@ -102,9 +102,12 @@ class FastScorer:
         for j, column in enumerate(self.columns):
             values = features[column]
             codes = self.codes.get(column)
-            if codes is not None:
+            if codes is not None:  # strings are their own ``str``: one dict lookup each
+                get = codes.get
                 out[:, j] = [
-                    math.nan if _missing(v) else codes.get(str(v), math.nan) for v in values
+                    get(v, math.nan) if type(v) is str
+                    else math.nan if _missing(v) else get(str(v), math.nan)
+                    for v in values
                 ]
             else:
                 out[:, j] = _numbers(column, values, n)

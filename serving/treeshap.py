@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,7 @@ class TreeTables:
         # where a NaN goes: the default way (missing type NaN, or Zero: NaN counts as 0.0,
         # which is missing there), else as 0.0 would
         self.nan_left = np.where(nan_missing | zero_missing, default_left, threshold >= 0.0)
+        self._build_ranks()
 
     @classmethod
     def build(cls, booster: Any) -> TreeTables | None:
@@ -272,19 +274,47 @@ class TreeTables:
             trees.append((nodes, leaves, _child_counts(structure)))
         return cls(trees, int(dump["max_feature_idx"]) + 1, sigmoid)
 
+    def _build_ranks(self) -> None:
+        """Per feature, the sorted distinct thresholds of its numeric nodes, and per node the
+        position of its threshold there: ``value <= threshold`` is then ``rank(value) <=
+        position`` with ``rank`` = ``searchsorted(thresholds, value, "left")`` (NaN ranks past
+        every threshold: never left by the comparison, as NaN compares False)."""
+        numeric = self.real.copy()
+        if len(self.cat_pos):
+            numeric[self.cat_pos[:, 0], self.cat_pos[:, 1]] = False
+        position = np.full(self.feature.shape, -1, dtype=np.int64)
+        thresholds: list[np.ndarray] = []
+        for f in range(self.n_features):
+            nodes = numeric & (self.feature == f)
+            levels = np.unique(self.threshold[nodes])
+            thresholds.append(levels)
+            position[nodes] = np.searchsorted(levels, self.threshold[nodes])
+        longest = max((len(levels) for levels in thresholds), default=0)
+        self.rank_dtype = np.int16 if longest < np.iinfo(np.int16).max else np.int32
+        self.rank_thresholds = thresholds
+        self.rank_position = position.astype(self.rank_dtype)  # -1: padding/categorical
+
     def codes(self, x: np.ndarray) -> np.ndarray:
-        """Decision code of every row in every tree (rows × trees)."""
-        values = np.take(x, self.feature, axis=1)  # rows × trees × width
-        left = values <= self.threshold  # NaN compares False
-        missing = np.isnan(values)
+        """Decision code of every row in every tree (rows × trees).
+
+        Numeric decisions compare small integer ranks (rows × features, one ``searchsorted``
+        per feature) gathered per node instead of the float values, which is the same
+        comparison: per feature the thresholds are sorted, and ``value <= t_k`` exactly when
+        fewer than ``k + 1`` thresholds lie below ``value``.
+        """
+        ranks = np.empty((len(x), self.n_features), dtype=self.rank_dtype)
+        for f, levels in enumerate(self.rank_thresholds):
+            ranks[:, f] = np.searchsorted(levels, x[:, f], side="left")
+        left = np.take(ranks, self.feature, axis=1) <= self.rank_position  # rows × trees × width
+        missing = np.isnan(x)
         if missing.any():  # NaN: the default way (missing type NaN) or as 0.0 (the others)
-            left = np.where(missing, self.nan_left, left)
+            left = np.where(np.take(missing, self.feature, axis=1), self.nan_left, left)
         if self.any_zero_missing:
-            zero = self.zero_missing & (np.abs(values) <= ZERO_THRESHOLD)
+            zero = np.take(np.abs(x) <= ZERO_THRESHOLD, self.feature, axis=1) & self.zero_missing
             left = np.where(zero, self.default_left, left)
         if len(self.cat_pos):
             t, k = self.cat_pos[:, 0], self.cat_pos[:, 1]
-            raw = values[:, t, k]  # rows × categorical nodes
+            raw = np.take(x, self.feature[t, k], axis=1)  # rows × categorical nodes
             top = self.cat_lut.shape[1] - 1
             ok = (raw >= 0) & (raw < top)  # NaN compares False: goes right
             index = np.where(ok, raw, top).astype(np.intp)
@@ -296,13 +326,13 @@ class TreeTables:
         """(probability as ``booster.predict``, contributions rows × features, no bias).
 
         Large batches run as two halves on two threads (numpy releases the GIL in the array
-        work), as LightGBM's own ``predict`` used both cores for them.
+        work), as LightGBM's own ``predict`` used both cores for them. Every row's values are
+        those of scoring it alone (the same sums in the same order).
         """
         if len(x) < PARALLEL_ROWS:
             return self._predict(x)
         half = len(x) // 2
-        with ThreadPoolExecutor(2) as pool:
-            parts = list(pool.map(self._predict, (x[:half], x[half:])))
+        parts = list(_pool().map(self._predict, (x[:half], x[half:])))
         return (np.concatenate([p for p, _ in parts]),
                 np.concatenate([c for _, c in parts], axis=0))
 
@@ -311,11 +341,25 @@ class TreeTables:
         margin = np.take(self.leaf_values, index).sum(axis=1)
         probability = 1.0 / (1.0 + np.exp(-self.sigmoid * margin))
         slots = np.take(self.contrib_table, index, axis=0)  # rows × trees × u_max
-        if len(x) == 1:  # one row: a weighted count per feature beats the matrix product
-            contrib = np.bincount(self.slot_feature, weights=slots.ravel(),
-                                  minlength=self.n_features)[:self.n_features]
-            return probability, contrib[None, :]
-        return probability, slots.reshape(len(x), -1) @ self.to_feature
+        # per row and feature, the sum of its slots in tree order (``bincount`` adds in input
+        # order): one row gives the bits it gives inside any batch
+        n, width = len(x), self.n_features + 1
+        bins = (np.arange(n, dtype=np.intp)[:, None] * width + self.slot_feature).ravel()
+        contrib = np.bincount(bins, weights=slots.ravel(), minlength=n * width)
+        return probability, contrib.reshape(n, width)[:, :self.n_features]
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Two worker threads for the halves of large batches, started once."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(2, thread_name_prefix="treeshap")
+        return _POOL
 
 
 def _has_linear(structure: dict[str, Any]) -> bool:

@@ -208,3 +208,120 @@ def test_predict_floor_is_milliseconds(predictor: Predictor) -> None:
         predictor.predict([sub])
     per_call = (time.perf_counter() - started) / 50
     assert per_call < 0.05  # the Feast get_online_features path took ~60 ms here
+
+
+class _CapturedLog:
+    """A prediction log that keeps the records it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[PredictionRecord] = []
+
+    def append(self, records: list[PredictionRecord]) -> None:
+        self.records.extend(records)
+
+    def close(self) -> None:
+        pass
+
+
+def _quiet_predictor(settings, reader=None) -> Predictor:  # noqa: ANN001
+    """A predictor that records no leads (its scoring state stays fixed), logging in memory."""
+    from routing.policy import load_policy
+
+    if reader is None:
+        built = Predictor.from_settings(settings, background_log=False)
+        built.log.close()
+        built.recorder.close()
+        built.recorder = built.updater = None
+        built.log = _CapturedLog()
+    else:
+        built = Predictor(settings, reader, IdentityMaps.load(settings), load_policy(None),
+                          _CapturedLog())
+        built.reload()
+    assert built.ready(), built.load_error
+    return built
+
+
+def _mixed_batch() -> list[Submission]:
+    """A known person with a history (three times: windows and lead counts differ), new
+    persons, two new leads sharing a cookie (the second joins the first's person), unusable
+    identifiers, form variants."""
+    now = datetime.now(UTC)
+
+    def at(delta: timedelta) -> str:
+        return (now - delta).isoformat()
+
+    bodies = [
+        submission("L-mix-known-1"),
+        submission("L-mix-new-1", identifiers={"cookie_id": "c-mix-shared"},
+                   form={"grade": "G9", "city_tier": 1, "device": "ios"}),
+        submission("L-mix-known-2", submitted_at=at(timedelta(days=2, hours=3))),
+        submission("L-mix-bad-ids", channel="app", funnel_step="submitted",
+                   identifiers={"phone": "not a phone", "email": 12345, "wechat_id": ["x"],
+                                "cookie_id": "c-mix-bad"}),
+        submission("L-mix-new-2", identifiers={"cookie_id": "c-mix-shared",
+                                               "email": "someone@qq.com"},
+                   form={"city": "nowhere-ville"}),
+        submission("L-mix-known-3", submitted_at=at(timedelta(days=40)), campaign="",
+                   landing_page="/pricing?x=1", form={}),
+        submission("L-mix-new-3", identifiers={}, submitted_at=at(timedelta(hours=5))),
+        submission("L-mix-known-4", submitted_at=at(timedelta(days=2, hours=3, seconds=1))),
+    ]
+    return [Submission.model_validate(body) for body in bodies]
+
+
+def _comparable(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "scored_at"}
+
+
+def test_batch_answers_equal_single_answers(service_workdir: ServiceWorkdir) -> None:  # noqa: F811
+    settings = service_workdir.settings
+    subs = _mixed_batch()
+    batch_predictor = _quiet_predictor(settings)
+    single_predictor = _quiet_predictor(settings)
+    try:
+        batch = batch_predictor.answers(subs)
+        singles = [single_predictor.answers([sub])[0] for sub in subs]
+        assert [a["lead_id"] for a in batch] == [s.lead_id for s in subs]
+        assert [_comparable(a) for a in batch] == [_comparable(a) for a in singles]
+        # the known person (history re-evaluated at three request times), new persons, the
+        # shared cookie's second lead joining the first one's person, a person_unknown answer
+        persons = [a["person_id"] for a in batch]
+        assert persons[0] == persons[2] == persons[5] == service_workdir.known_person
+        assert persons[4] == persons[1] != persons[6]
+        assert not batch[0]["degraded"] and batch[1]["degraded_reason"] == "person_unknown"
+        assert batch[0]["tags"] != batch[5]["tags"]
+        assert set(batch[3]["identifiers_rejected"]) == {"phone", "email", "wechat_id"}
+        # one log record per lead, in order, as the single path logs them
+        logged = batch_predictor.log.records
+        assert [r.lead_id for r in logged] == [s.lead_id for s in subs]
+        assert len({r.request_id for r in logged}) == len(subs)
+        assert [r.features for r in logged] == [r.features for r in single_predictor.log.records]
+        # the JSON the API sends: no raw identifier anywhere
+        body = batch_predictor.predict_json(subs, batch=True).decode()
+        for raw in ("139 1234 5678", "c-mix-shared", "someone@qq.com", "not a phone", "wx_abc"):
+            assert raw not in body
+    finally:
+        batch_predictor.close()
+        single_predictor.close()
+
+
+def test_degraded_batch_equals_degraded_singles(
+    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
+) -> None:
+    settings = service_workdir.settings
+    config = repo_config_dict(settings)
+    broken = tmp_path / "online_store_is_a_directory"
+    broken.mkdir()
+    config["online_store"]["path"] = str(broken)
+    store = FeatureStore(config=RepoConfig(**config), repo_path=str(settings.feature_repo_dir))
+    subs = _mixed_batch()
+    batch_predictor = _quiet_predictor(settings, OnlineFeatureReader(store, settings))
+    single_predictor = _quiet_predictor(settings, OnlineFeatureReader(store, settings))
+    try:
+        batch = batch_predictor.answers(subs)
+        singles = [single_predictor.answers([sub])[0] for sub in subs]
+        assert [_comparable(a) for a in batch] == [_comparable(a) for a in singles]
+        assert {a["degraded_reason"] for a in batch} == {DEGRADED_STORE}
+    finally:
+        batch_predictor.close()
+        single_predictor.close()

@@ -2,20 +2,30 @@
 
 * ``serving.scoring.fast_calibration`` vs ``Calibrator.predict`` (both methods, fitted here);
 * ``FastScorer.reasons`` (ranking on the whole matrix) vs ``training.explain.top_reasons`` per row;
-* ``features.request._map_unique`` small-input path vs the pandas ``factorize`` path.
+* ``features.request._map_unique`` small-input path vs the pandas ``factorize`` path;
+* ``serving.history_batch`` (a batch's histories at their request times, grouped) vs
+  ``features.history.snapshot_at`` / ``at_request_time`` row by row, bit for bit;
+* ``TreeTables`` rank-based decisions vs float comparisons, and a batch's rows vs each row alone;
+* ``serving.predictor.request_columns_of`` vs ``features.online.submission_request``.
 """
 
 from __future__ import annotations
 
 import decimal
+import json
 import random
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features import history as hist
 from features import request
+from features.online import submission_request
+from serving.history_batch import at_request_times, snapshots_at
+from serving.predictor import request_columns_of
 from serving.scoring import FastScorer, fast_calibration
 from training.calibration import fit_calibrator
 from training.explain import top_reasons
@@ -84,3 +94,124 @@ def test_small_input_map_refuses_unhashable_as_pandas_does() -> None:
         _pandas_map(["sem", [1]], request._free_text_one)
     with pytest.raises(TypeError):
         request._map_unique(["sem", [1]], request._free_text_one)
+
+
+DAY = hist.DAY_US
+BASE_US = 1_780_000_000_000_000
+EVENT_TYPES = ["web_visit", "live_class", "email_open", "whitepaper_download", "offline_event",
+               "pricing_page", "trial_class", "app_open", "something_else"]
+
+
+def _history(rng: random.Random) -> dict:
+    history = hist.empty_history()
+    for _ in range(rng.randint(0, 150)):
+        history["t"].append(BASE_US - rng.randint(0, 200 * DAY))
+        history["y"].append(rng.choice(EVENT_TYPES))
+        history["u"].append(rng.choice(["/a", "/b", "/pricing", "", "/c?x=1"]))
+        history["w"].append(rng.choice([1.0, 0.5, 2.25, 3, 0.1]))
+    for j in range(rng.randint(0, 30)):
+        history["lt"].append(BASE_US - rng.randint(0, 100 * DAY))
+        history["lc"].append(rng.choice(["sem", "app"]))
+        history["li"].append(f"L{j}")
+    if rng.random() < 0.5:
+        history.update(n0=rng.randint(1, 30), i0=rng.random() * 5, a0=BASE_US - 300 * DAY,
+                       f0=BASE_US - 400 * DAY, l0=BASE_US - 250 * DAY)
+    return json.loads(json.dumps(history))  # as stored
+
+
+def test_grouped_snapshots_equal_snapshot_at_bit_for_bit() -> None:
+    rng = random.Random(5)
+    for _ in range(60):
+        history = _history(rng)
+        ats = [BASE_US + rng.randint(-150 * DAY, 5 * DAY) for _ in range(rng.randint(2, 25))]
+        ats += [ats[0], ats[0] + 1, *history["t"][:3], *(t + 7 * DAY for t in history["t"][:3]),
+                *history["lt"][:2]]  # on the thresholds of the windows
+        half_life = rng.choice([14.0, 7.5, 30])
+        got = snapshots_at(history, ats, half_life)
+        expected = [hist.snapshot_at(history, at, half_life) for at in ats]
+        assert got == expected
+        assert [list(row) for row in got] == [list(row) for row in expected]
+
+
+def test_grouped_snapshots_leave_float_times_to_snapshot_at() -> None:
+    history = _history(random.Random(1))
+    history["t"] = [float(t) for t in history["t"]]
+    assert snapshots_at(history, [BASE_US, BASE_US + 1], 14.0) is None
+
+
+def test_batch_at_request_times_equal_at_request_time() -> None:
+    rng = random.Random(9)
+    shared, other = _history(rng), _history(rng)
+    other["t"] = [t + 0.5 for t in other["t"]]  # float times: row by row
+    texts = [hist.dumps(shared)] * 6 + [hist.dumps(other)] * 2 + [None, "not json", ""]
+    n = len(texts)
+    snapshot = hist.snapshot_at(shared, BASE_US - 3 * DAY, 14.0)
+    inputs = {name: [value] * n for name, value in snapshot.items()}
+    inputs[hist.HISTORY_FIELD] = texts
+    request = [BASE_US + rng.randint(-20 * DAY, DAY) / 1e6 * 1e6 for _ in range(n)]
+    request[3] = snapshot["snap_ts_s"] * 1e6  # requested at the snapshot's own time
+    inputs["request_ts_s"] = [us / 1e6 for us in request]
+    inputs["request_ts_s"][4] = None  # no request time
+    inputs["form_channel"] = ["sem"] * n
+    expected = hist.at_request_time(inputs, n, 14.0)
+    got = at_request_times(inputs, n, 14.0)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert list(got[name]) == list(expected[name]), name
+    # the view's own pass then finds nothing left to do
+    assert hist.at_request_time(got, n, 14.0) == got
+
+
+def _reference_codes(tables, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """Decision codes by float comparisons (the tables' former implementation)."""
+    values = np.take(x, tables.feature, axis=1)
+    left = values <= tables.threshold
+    missing = np.isnan(values)
+    left = np.where(missing, tables.nan_left, left)
+    if tables.any_zero_missing:
+        zero = tables.zero_missing & (np.abs(values) <= 1e-35)
+        left = np.where(zero, tables.default_left, left)
+    if len(tables.cat_pos):
+        t, k = tables.cat_pos[:, 0], tables.cat_pos[:, 1]
+        raw = values[:, t, k]
+        top = tables.cat_lut.shape[1] - 1
+        index = np.where((raw >= 0) & (raw < top), raw, top).astype(np.intp)
+        left[:, t, k] = tables.cat_lut[tables.cat_rows, index]
+    left &= tables.real
+    return np.einsum("ntw,w->nt", left.view(np.uint8), tables.pow2)
+
+
+@pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}])
+def test_tree_tables_batch_rows_equal_single_rows(params: dict) -> None:
+    from test_treeshap import _booster
+
+    from serving.treeshap import TreeTables
+
+    booster, x = _booster(10, **params)
+    tables = TreeTables.build(booster)
+    assert tables is not None
+    np.testing.assert_array_equal(tables.codes(x), _reference_codes(tables, x))
+    probability, contrib = tables.predict(x)  # two threads from 256 rows
+    for i in range(0, len(x), 37):
+        one_p, one_c = tables.predict(x[i:i + 1])
+        assert one_p[0] == probability[i]
+        np.testing.assert_array_equal(one_c[0], contrib[i])
+
+
+def test_request_columns_equal_submission_request() -> None:
+    now = datetime.now(UTC)
+    forms = [
+        {"channel": "sem", "campaign": "x", "landing_page": "/p", "funnel_step": "verified",
+         "grade": "G5", "subject": "math", "city_tier": 2, "device": "ios", "phone_valid": True,
+         "email_domain_type": "free"},
+        {"channel": 3, "city_tier": 2.0, "phone_valid": 1, "grade": None},
+        {"city_tier": float("nan"), "phone_valid": "yes", "device": ["x"]},
+        {},
+    ]
+    times = [now - timedelta(days=i, microseconds=7 * i) for i in range(len(forms))]
+    rows = [submission_request(form, at) for form, at in zip(forms, times, strict=True)]
+    expected = {name: [row[name] for row in rows] for name in rows[0]}
+    got = request_columns_of(forms, times)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert [(type(v), v) for v in got[name]] == [(type(v), v) for v in expected[name]]
