@@ -7,6 +7,26 @@ stratified 5-fold cross-validation; ours, default LightGBM and one-hot logistic 
 come from the same run and the same folds.
 
     .venv/bin/python benchmarks/bench_x_education.py [--trials 30] [--csv PATH] [--mlflow]
+
+Last measured (seed 42, 30 trials, ~140 s under ``nice`` on 2 cores): ours ROC-AUC 0.9106,
+ECE 0.0092; default LightGBM 0.9041; logistic regression 0.8960; ``Tags`` flagged (stand-alone
+AUC 0.919), the two identifiers dropped. The goal of 0.915 is not met: every honest idea
+below lands within +-0.0005 of the same plateau (about 0.910 for a single model with fixed
+parameters, 0.9105 for the product), i.e. fold noise:
+
+* the fixed learning rate + median pruning + 3-seed bagging per inner fold: +0.0031
+  (0.9075 -> 0.9106), kept; learning rate 0.03 instead of 0.06: 0.9104; 5 inner folds:
+  0.9107; tuning on inner AUC instead of log loss: 0.9106; ``max_cat_to_onehot=32``: 0.9103.
+* fixed-parameter 5-fold checks (two fold seeds; reference 0.9093 with the share columns):
+  ``Select``-vs-blank indicators 0.9097, Lead Origin x Lead Source and Last Activity x Last
+  Notable Activity crosses 0.9096, both plus feature_fraction 0.3 0.9104, missing-pattern
+  category 0.9095, time per visit and total page views 0.9089, nested in-fold target encoding
+  0.9100, dropping the weak columns 0.9103, extra_trees 0.9090, path_smooth 0.9093,
+  linear_tree 0.9090, learning rate 0.01 0.9106, monotone Total Time 0.9096, one full-part
+  model instead of the inner-fold average 0.9100.
+* other learners blended with LightGBM (logit or rank average, weights 0.5-0.9): a spline +
+  one-hot logistic regression (0.9028 alone), random forest (0.9033), extra trees (0.9001),
+  an MLP (0.9011): at most +0.0002.
 """
 
 from __future__ import annotations

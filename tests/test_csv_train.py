@@ -13,9 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from leadscore.config import Settings, get_settings
 from training.csv_train import (
+    CSV_LEARNING_RATE,
     CsvTrainingError,
+    _trial_scorer,
     clean_export,
     cross_validate,
+    csv_params_from,
     evaluate_split,
     read_export,
     time_validate,
@@ -151,6 +154,21 @@ def test_cross_validation_never_tunes_or_calibrates_on_its_test_fold(export_csv)
     with pytest.raises(ValueError, match="overlap"):
         evaluate_split(X, data.y, np.arange(0, 300), np.arange(250, 400), fold=1,
                        categorical=categorical, n_trials=1, timeout=None, seed=7)
+
+
+def test_csv_search_fixes_the_learning_rate_and_scores_without_a_trial(export_csv) -> None:
+    sampled = {"num_leaves": 8, "min_child_samples": 20, "feature_fraction": 0.5,
+               "bagging_fraction": 0.8, "lambda_l1": 1e-3, "lambda_l2": 1e-3,
+               "min_data_per_group": 20, "cat_l2": 5.0, "cat_smooth": 5.0,
+               "max_cat_threshold": 8}
+    params = {**csv_params_from(sampled), "n_jobs": 1, "seed": 3}
+    assert params["learning_rate"] == CSV_LEARNING_RATE  # not part of the search
+    data = clean_export(read_export(export_csv), "Converted", drop=["Created"])
+    X = data.features[["Lead Source", "TotalVisits", "Total Time", "Working"]]
+    rows = np.arange(len(data.y))
+    folds = [(rows[rows % 2 == 0], rows[rows % 2 == 1]), (rows[rows % 2 == 1], rows[rows % 2 == 0])]
+    loss, auc, rounds = _trial_scorer(X, data.y, ["Lead Source"], folds=folds)(params)
+    assert 0 < loss < 0.7 and 0.5 < auc <= 1 and rounds >= 1
 
 
 def test_time_mode_tests_on_the_newest_rows(export_csv) -> None:

@@ -79,6 +79,8 @@ DEFAULT_LGBM_ROUNDS = 100  # LightGBM's own default number of boosting rounds
 REPORT_EVERY = 5
 CSV_MAX_ROUNDS = 3000  # small learning rates on small tables need more than tune.py's 1000
 EARLY_STOPPING_ROUNDS = 50
+CSV_LEARNING_RATE = 0.06  # fixed, not tuned: see _tune
+BAGGED_SEEDS = 3  # boosters (seeds) averaged per inner fold
 # One thread per model: on a shared 2-core machine two OpenMP threads busy-wait against other
 # processes and train up to 50x slower; folds are small enough for one core.
 LGBM_OVERRIDES: dict[str, Any] = {"n_jobs": 1}
@@ -90,13 +92,14 @@ ProgressCallback = Callable[[str], None]
 def suggest_csv_params(trial: optuna.Trial) -> dict[str, Any]:
     """LightGBM search space for flat exports (merged over ``BASE_PARAMS``).
 
-    Wider than the product's shared space where small tables need it: feature_fraction down
-    to 0.1 (strong column subsampling regularises well on few thousand rows), smaller trees,
-    and LightGBM's categorical knobs (min_data_per_group, cat_l2, cat_smooth,
-    max_cat_threshold) for the high-cardinality text columns exports are full of.
+    Differs from the product's shared space where small tables need it: feature_fraction
+    down to 0.1 (strong column subsampling regularises well on a few thousand rows), smaller
+    trees, LightGBM's categorical knobs (min_data_per_group, cat_l2, cat_smooth,
+    max_cat_threshold) for the text columns exports are full of, and a fixed learning rate
+    (see ``_tune``).
     """
     params = {
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.1, log=True),
+        "learning_rate": CSV_LEARNING_RATE,
         "num_leaves": trial.suggest_int("num_leaves", 4, 64, log=True),
         "min_child_samples": trial.suggest_int("min_child_samples", 5, 200, log=True),
         "feature_fraction": trial.suggest_float("feature_fraction", 0.1, 1.0),
@@ -432,6 +435,7 @@ class FoldResult:
 
 
 Splits = Sequence[tuple[np.ndarray, np.ndarray]]
+TrialScorer = Callable[[dict[str, Any], "optuna.Trial | None"], tuple[float, float, int]]
 
 
 def _cv_pruning_callback(trial: optuna.Trial) -> Callable[[Any], None]:
@@ -450,13 +454,14 @@ def _cv_pruning_callback(trial: optuna.Trial) -> Callable[[Any], None]:
 def _trial_scorer(
     X: pd.DataFrame, y: np.ndarray, categorical: Sequence[str], *,
     folds: Splits | None = None, tuning_split: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Callable[[optuna.Trial, dict[str, Any]], tuple[float, float, int]]:
-    """A function scoring one trial's parameters: (log loss, ROC-AUC, early-stopped rounds).
+) -> TrialScorer:
+    """A function scoring one parameter set: (log loss, ROC-AUC, early-stopped rounds).
 
     With ``folds`` (cross-validation mode): the mean over those inner folds of the training
     part (``lgb.cv``, early stopping on the mean log loss) — much less noisy than one split on
     a small export. With ``tuning_split`` (time mode): fit on the older rows, validate on the
-    newer ones. Datasets are binned once and reused by every trial.
+    newer ones. Datasets are binned once and reused by every trial. With a trial, its
+    intermediate log loss is reported to Optuna's pruner.
     """
     if folds is not None:
         rows = np.unique(np.concatenate([np.concatenate(pair) for pair in folds]))
@@ -466,15 +471,17 @@ def _trial_scorer(
         dataset = _lgb_dataset(X.iloc[rows], y[rows], categorical, free_raw_data=False)
         dataset.construct()
 
-        def score_cv(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, int]:
+        def score_cv(
+            params: dict[str, Any], trial: optuna.Trial | None = None
+        ) -> tuple[float, float, int]:
+            callbacks = [
+                lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True, verbose=False)
+            ]
+            if trial is not None:
+                callbacks.append(_cv_pruning_callback(trial))
             result = lgb.cv(
                 {**params, "metric": [OBJECTIVE_METRIC, "auc"]}, dataset,
-                num_boost_round=CSV_MAX_ROUNDS, folds=local,
-                callbacks=[
-                    lgb.early_stopping(EARLY_STOPPING_ROUNDS, first_metric_only=True,
-                                       verbose=False),
-                    _cv_pruning_callback(trial),
-                ],
+                num_boost_round=CSV_MAX_ROUNDS, folds=local, callbacks=callbacks,
             )
             losses = result[f"{VALID_NAME} {OBJECTIVE_METRIC}-mean"]
             return float(losses[-1]), float(result[f"{VALID_NAME} auc-mean"][-1]), len(losses)
@@ -487,11 +494,15 @@ def _trial_scorer(
         X.iloc[fit_idx], y[fit_idx], X.iloc[valid_idx], y[valid_idx], categorical
     )
 
-    def score_split(trial: optuna.Trial, params: dict[str, Any]) -> tuple[float, float, int]:
+    def score_split(
+        params: dict[str, Any], trial: optuna.Trial | None = None
+    ) -> tuple[float, float, int]:
         booster = train_booster(
             params, dtrain, dvalid, max_rounds=CSV_MAX_ROUNDS,
             early_stopping_rounds=EARLY_STOPPING_ROUNDS,
-            extra_callbacks=[pruning_callback(trial, report_every=REPORT_EVERY)],
+            extra_callbacks=(
+                [] if trial is None else [pruning_callback(trial, report_every=REPORT_EVERY)]
+            ),
         )
         scores = booster.best_score[VALID_NAME]
         return (float(scores[OBJECTIVE_METRIC]), float(scores["auc"]),
@@ -501,25 +512,28 @@ def _trial_scorer(
 
 
 def _tune(
-    score: Callable[[optuna.Trial, dict[str, Any]], tuple[float, float, int]],
-    n_trials: int, timeout: float | None, seed: int,
+    score: TrialScorer, n_trials: int, timeout: float | None, seed: int,
 ) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """Optuna study (seeded TPE, median pruning) of ``suggest_csv_params``, minimising the
     held-out log loss that ``score`` (see ``_trial_scorer``) measures.
 
-    Each fold runs its own study from scratch (no warm start from another fold, whose
-    training part holds this fold's test rows).
+    Trials run at the fixed ``CSV_LEARNING_RATE``: the median pruner compares intermediate
+    log losses, which penalises slow learning rates unfairly when they are tuned too. Each
+    fold runs its own study from scratch (no warm start from another fold, whose training
+    part holds this fold's test rows).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.NopPruner(),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=30, interval_steps=REPORT_EVERY
+        ),
     )
 
     def objective(trial: optuna.Trial) -> float:
         params = {**suggest_csv_params(trial), **LGBM_OVERRIDES, "seed": seed}
-        loss, auc, rounds = score(trial, params)
+        loss, auc, rounds = score(params, trial)
         trial.set_user_attr("best_iteration", rounds)
         trial.set_user_attr("valid_auc", auc)
         return loss
@@ -553,29 +567,36 @@ def _fit_tuned_models(
     """Held-out and test predictions of tuned LightGBM and logistic regression.
 
     Each (fit, held-out) split trains both models on its fit rows (LightGBM on ``X_lgbm``, the
-    export's columns plus the engineered ones; the logistic regression on ``X``); held-out rows
-    get that model's prediction and the test rows the average over splits. Also returns the
-    first booster's SHAP contributions on a sample of test rows, folded back onto the export's
-    columns, and the sampled row positions.
+    export's columns plus the engineered ones, averaged over ``BAGGED_SEEDS`` seeds since
+    column and row subsampling make single boosters noisy; the logistic regression on ``X``);
+    held-out rows get that model's prediction and the test rows the average over splits.
+    Also returns the first booster's SHAP contributions on a sample of test rows, folded back
+    onto the export's columns, and the sampled row positions.
     """
     held_out = {"lightgbm": np.full(len(y), np.nan), "linear": np.full(len(y), np.nan)}
     test = {"lightgbm": np.zeros(test_idx.size), "linear": np.zeros(test_idx.size)}
     rng = np.random.default_rng(seed)
     shap_idx = np.sort(rng.choice(test_idx, min(SHAP_ROWS_PER_FOLD, test_idx.size), replace=False))
-    booster = None
+    first: lgb.Booster | None = None
     for fit_idx, held_idx in splits:
-        booster = lgb.train(
-            params, _lgb_dataset(X_lgbm.iloc[fit_idx], y[fit_idx], categorical), rounds
-        )
-        held_out["lightgbm"][held_idx] = booster.predict(X_lgbm.iloc[held_idx])
-        test["lightgbm"] += booster.predict(X_lgbm.iloc[test_idx]) / len(splits)
+        dataset = _lgb_dataset(X_lgbm.iloc[fit_idx], y[fit_idx], categorical)
+        held = np.zeros(held_idx.size)
+        for offset in range(BAGGED_SEEDS):
+            booster = lgb.train({**params, "seed": seed + offset}, dataset, rounds)
+            if first is None:
+                first = booster
+            held += booster.predict(X_lgbm.iloc[held_idx]) / BAGGED_SEEDS
+            test["lightgbm"] += booster.predict(X_lgbm.iloc[test_idx]) / (
+                BAGGED_SEEDS * len(splits)
+            )
+        held_out["lightgbm"][held_idx] = held
         linear = LogisticBaseline(list(X.columns), list(categorical), seed=seed)
         linear.fit(X.iloc[fit_idx], y[fit_idx])
         held_out["linear"][held_idx] = linear.predict_proba(X.iloc[held_idx])
         test["linear"] += linear.predict_proba(X.iloc[test_idx]) / len(splits)
-    assert booster is not None  # splits is never empty
+    assert first is not None  # splits is never empty
     contributions = fold_contributions(
-        booster.predict(X_lgbm.iloc[shap_idx], pred_contrib=True),
+        first.predict(X_lgbm.iloc[shap_idx], pred_contrib=True),
         source_positions(list(X_lgbm.columns), list(X.columns)), X.shape[1],
     )
     return held_out, test, contributions, shap_idx
