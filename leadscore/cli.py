@@ -9,6 +9,7 @@ import typer
 from features.cli import features_app
 from leadscore import __version__
 from leadscore.cli_common import WorkdirOption, fail, settings_for
+from leadscore.demo import CLI_REPLAY_WEEKS
 from leadscore.doctor import doctor
 from leadscore.generate_cli import generate
 from leadscore.identity_cli import identity_command, ingest_command
@@ -60,6 +61,10 @@ def demo(
         "--drift", help="Shift the channel mix and behaviour in the last third of the history "
         "(as `leadscore generate --drift`): the replayed weeks then drift from the training "
         "reference and the weekly report flags them.")] = False,
+    replay_weeks: Annotated[int, typer.Option(
+        "--replay-weeks", min=1, max=10, help="Weeks of traffic replayed through the service "
+        "(the model is trained as of their start); from 6 on, the weekly report of the last "
+        "one also rates the leads whose 30-day outcome has closed.")] = CLI_REPLAY_WEEKS,
 ) -> None:
     """The main job: generate a CRM history and run the whole pipeline on it."""
     from leadscore.demo import run_demo
@@ -67,6 +72,6 @@ def demo(
     settings = settings_for(workdir)
     try:
         run_demo(settings, n_leads=leads, seed=settings.seed if seed is None else seed,
-                 trials=trials, drift=drift)
+                 trials=trials, drift=drift, replay_weeks=replay_weeks)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))

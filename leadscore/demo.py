@@ -34,6 +34,7 @@ class DemoContext:
     seed: int
     trials: int
     drift: bool = False
+    replay_weeks: int = 2
     results: dict[str, Any] = field(default_factory=dict)
 
 
@@ -66,16 +67,18 @@ def stage_identity(ctx: DemoContext) -> dict[str, Any]:
     return figures
 
 
-REPLAY_DAYS = 14
+REPLAY_WEEKS = 2  # library default (tests); the command line replays CLI_REPLAY_WEEKS
+CLI_REPLAY_WEEKS = 6  # enough for the last week's report to rate leads whose outcome closed
 
 
-def replay_start(settings: Settings) -> datetime:
-    """Monday 00:00 UTC about two weeks before the last lead: the demo's replayed traffic."""
+def replay_start(settings: Settings, weeks: int = REPLAY_WEEKS) -> datetime:
+    """Monday 00:00 UTC about ``weeks`` weeks before the last lead: the demo's replayed
+    traffic starts there."""
     import pandas as pd
 
     created = pd.read_parquet(settings.raw_dir / "leads.parquet", columns=["created_at"])
     last = created["created_at"].max().to_pydatetime()
-    start = (last - timedelta(days=REPLAY_DAYS)).replace(hour=0, minute=0, second=0,
+    start = (last - timedelta(days=7 * weeks)).replace(hour=0, minute=0, second=0,
                                                          microsecond=0)
     return start - timedelta(days=start.weekday())
 
@@ -92,7 +95,7 @@ def stage_features(ctx: DemoContext) -> dict[str, Any]:
     from features.training_set import build_training_set
 
     build = build_features(ctx.settings).to_dict()
-    served_from = replay_start(ctx.settings)
+    served_from = replay_start(ctx.settings, ctx.replay_weeks)
     materialized = materialize(ctx.settings, end=served_from)
     # trained as it could have been when the replayed traffic starts: outcomes known by then
     training_set = build_training_set(ctx.settings, as_of=served_from)
@@ -142,7 +145,8 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
     # the imported champion belongs to this work folder's BentoML store, as the service's does
     os.environ.setdefault("BENTOML_HOME", bentoml_home(settings))
     tag, version = import_champion(settings)
-    plan = replay_plan(settings, ctx.seed, since=replay_start(settings), singles=SAMPLE_ANSWERS,
+    plan = replay_plan(settings, ctx.seed, since=replay_start(settings, ctx.replay_weeks),
+                       singles=SAMPLE_ANSWERS,
                        drift=ctx.drift)
     backlog_persons = load_backlog(settings, plan)
     key = "demo-" + ctx.settings.hash_salt[:8]
@@ -190,7 +194,8 @@ def stage_drift(ctx: DemoContext) -> dict[str, Any]:
     """Weekly Evidently drift and business report of the last replayed week."""
     from monitoring.cli import iso_week, run_weekly_report
 
-    start = replay_start(ctx.settings) + timedelta(days=7)
+    last_week = timedelta(days=7 * (ctx.replay_weeks - 1))
+    start = replay_start(ctx.settings, ctx.replay_weeks) + last_week
     year, week, _ = start.isocalendar()
     report = run_weekly_report(ctx.settings, iso_week(f"{year}-W{week:02d}"))
     drift = report.drift
@@ -202,6 +207,9 @@ def stage_drift(ctx: DemoContext) -> dict[str, Any]:
         "drift_share": drift.get("drift_share"),
         "n_current": drift.get("n_current"),
         "cohort": drift.get("cohort"),
+        "cohort_n": (drift.get("cohort") or {}).get("n"),
+        "cohort_auc": (drift.get("cohort") or {}).get("auc"),
+        "cohort_ece": (drift.get("cohort") or {}).get("ece"),
         "index": str(report.index_path),
     }
 
@@ -228,7 +236,8 @@ def _print_stage(name: str, figures: dict[str, Any]) -> None:
 
 
 def run_demo(
-    settings: Settings, n_leads: int, seed: int, trials: int, drift: bool = False
+    settings: Settings, n_leads: int, seed: int, trials: int, drift: bool = False,
+    replay_weeks: int = REPLAY_WEEKS,
 ) -> dict[str, Any]:
     """Run every stage; write and return ``summary.json`` in the work folder.
 
@@ -239,13 +248,17 @@ def run_demo(
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials, drift=drift)
+    if replay_weeks < 1:
+        raise ValueError("replay_weeks: must be at least 1")
+    ctx = DemoContext(settings=settings, n_leads=n_leads, seed=seed, trials=trials, drift=drift,
+                      replay_weeks=replay_weeks)
     summary: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "workdir": str(settings.workdir),
         "leads": n_leads,
         "seed": seed,
         "drift": drift,
+        "replay_weeks": replay_weeks,
         "stages": {},
     }
     summary_path = settings.workdir / "summary.json"
