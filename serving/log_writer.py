@@ -12,11 +12,17 @@ everything appended so far is stored.
 
 The thread, queue, linger, retry and drain live in ``BatchingWriter``, which other background
 stores (``serving.events.BackgroundLeadRecorder``) reuse with their own ``_store``.
+
+The writer thread lowers its own scheduling priority (``nice``, Linux: a thread's own niceness;
+``BACKGROUND_NICE``): its work is never what a client waits for, and on a machine with few
+cores its SQLite writes (which run without the GIL) would otherwise take a core from the
+requests' work. It still gets all the CPU that nothing more urgent wants.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -28,6 +34,22 @@ from leadscore.prediction_log import PredictionLog, PredictionRecord
 logger = logging.getLogger("leadscore.prediction_log")
 
 _STOP = object()
+BACKGROUND_NICE = 10  # added to the writer threads' niceness (0 leaves it as it is)
+
+
+def lower_thread_priority(increment: int = BACKGROUND_NICE) -> bool:
+    """Add ``increment`` to the calling thread's niceness (Linux schedules threads one by one;
+    elsewhere, or without the right, nothing happens); True when it changed."""
+    if increment <= 0 or not hasattr(os, "setpriority") or not hasattr(threading,
+                                                                        "get_native_id"):
+        return False
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + increment))
+    except OSError:
+        return False
+    return True
 
 
 class BatchingWriter:
@@ -41,8 +63,10 @@ class BatchingWriter:
     logger = logger
 
     def __init__(self, max_queued_batches: int = 10_000, max_records_per_write: int = 2_000,
-                 linger_seconds: float = 0.02, name: str = "batching-writer") -> None:
+                 linger_seconds: float = 0.02, name: str = "batching-writer",
+                 nice: int = BACKGROUND_NICE) -> None:
         self._linger = linger_seconds
+        self._nice = nice
         self._queue: queue.Queue = queue.Queue(maxsize=max_queued_batches)
         self._max_records = max_records_per_write
         self._cond = threading.Condition()
@@ -99,6 +123,7 @@ class BatchingWriter:
 
     # ---- writer thread -------------------------------------------------------------------
     def _run(self) -> None:
+        lower_thread_priority(self._nice)
         stop = False
         while not stop:
             item = self._queue.get()

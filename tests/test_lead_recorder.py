@@ -96,3 +96,33 @@ def test_close_drains_every_queued_lead(service_workdir: ServiceWorkdir) -> None
         check.close()
     stored = history.loads(row[history.HISTORY_FIELD])
     assert stored["li"] == [sub.lead_id for sub in subs]  # all of them, in order
+
+
+def test_background_writer_threads_run_at_a_lower_priority() -> None:
+    """The writers' work is never what a client waits for: their threads are niced (Linux
+    schedules threads one by one), so on a small machine they yield the cores to requests."""
+    import os
+    import sys
+    import threading
+
+    import pytest
+
+    from serving.log_writer import BACKGROUND_NICE, BatchingWriter
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread niceness is a Linux scheduling feature")
+
+    seen: list[int] = []
+
+    class Probe(BatchingWriter):
+        def _store(self, batch: list[object]) -> None:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    writer = Probe(linger_seconds=0.0)
+    writer._enqueue([1])
+    assert writer.flush(timeout=10)
+    writer.close()
+    assert seen == [min(19, mine + BACKGROUND_NICE)]
+    # the caller's own thread keeps its priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
