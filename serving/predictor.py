@@ -267,7 +267,11 @@ class Predictor:
         if person is None:
             person = identity.lead_person.get(sub.lead_id)
         if person is None:  # not in One ID's state: link what this lead founds or joins
-            person = self._person(hashes, sub.lead_id) or new_person_id(sub.lead_id)
+            # ``_person`` without the two One ID lookups just made
+            new_links = self._new_links
+            person = (lookup_person(hashes, new_links)
+                      or (new_links.get("lead:" + sub.lead_id) if sub.lead_id else None)
+                      or new_person_id(sub.lead_id))
             self._remember(hashes, sub.lead_id, person)
         city_tier = sub.form.city_tier
         if city_tier is None and sub.form.city:

@@ -174,31 +174,33 @@ class FastScorer:
         chosen = order[rows, slots].tolist()
         values = ranked[rows, slots].tolist()
         columns = self.columns
-        out: list[dict[str, list[dict[str, Any]]]] = [
-            {"positive": [], "negative": []} for _ in range(len(contrib))
-        ]
+        column_values = [features[name] for name in columns]
+        n = len(contrib)
+        positives: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        negatives: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         # (feature, type, value, sign) → (value text, sentence); per scorer, i.e. per model
         wording: dict[tuple[Any, ...], tuple[str | None, str]] = self.__dict__.setdefault(
             "_wording", {})
+        get = wording.get
         for i, j, c in zip(rows.tolist(), chosen, values, strict=True):
-            name = columns[j]
-            value = features[name][i]
+            value = column_values[j][i]
             up = c > 0
-            key = (name, type(value), value, up)
+            key = (columns[j], type(value), value, up)
             try:
-                worded = wording.get(key)
+                worded = get(key)
             except TypeError:  # an unhashable value: word it every time
                 key, worded = None, None
             if worded is None:
-                worded = self._word(name, value, c, top_k)
+                worded = self._word(columns[j], value, c, top_k)
                 if key is not None and not (isinstance(value, float) and value != value):
                     if len(wording) >= MAX_CACHED_WORDINGS:
                         wording.clear()
                     wording[key] = worded
-            out[i]["positive" if up else "negative"].append(
-                {"feature": name, "value": worded[0], "text": worded[1],
+            (positives if up else negatives)[i].append(
+                {"feature": columns[j], "value": worded[0], "text": worded[1],
                  "contribution": round(c, 4)})
-        return out
+        return [{"positive": pos, "negative": neg}
+                for pos, neg in zip(positives, negatives, strict=True)]
 
     def _word(self, name: str, value: Any, contribution: float, top_k: int
               ) -> tuple[str | None, str]:

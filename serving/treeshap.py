@@ -20,6 +20,10 @@ Node decisions follow LightGBM's ``Tree::NumericalDecision`` and ``CategoricalDe
 numeric ``value <= threshold`` goes left; NaN counts as 0 unless the node's missing type is NaN,
 and a missing value (NaN, or ~0 for missing type Zero) goes the default way; a categorical value
 goes left when its integer code is in the node's category set, NaN and negatives go right.
+Rather than node by node, the decisions are read from lookup tables: each row's value of a
+feature becomes a small integer code (its rank among the feature's thresholds, NaN a sentinel;
+or its category), and per (tree, feature) a table maps that code to the tree's decision bits of
+the feature's nodes (``_build_lookups``; ``_node_codes`` is the node-by-node path).
 
 ``TreeTables.build`` returns None for models it does not cover (multiclass, linear trees, a tree
 with more than ``MAX_TREE_NODES`` splits, tables over ``MAX_TABLE_ENTRIES``): the caller then
@@ -41,6 +45,7 @@ PARALLEL_ROWS = 256  # batches from this size are split over two threads
 MAX_TREE_NODES = 12  # 4,096 codes per tree
 MAX_TABLE_ENTRIES = 16_000_000  # ~128 MB of float64 over all trees
 ZERO_THRESHOLD = 1e-35  # LightGBM's kZeroThreshold
+MAX_CACHED_BINS = 4_000_000  # ``TreeTables._bins`` kept for a few batch sizes (~32 MB)
 
 
 @dataclass(frozen=True)
@@ -246,6 +251,7 @@ class TreeTables:
         # which is missing there), else as 0.0 would
         self.nan_left = np.where(nan_missing | zero_missing, default_left, threshold >= 0.0)
         self._build_ranks()
+        self._build_lookups(slot_features)
 
     @classmethod
     def build(cls, booster: Any) -> TreeTables | None:
@@ -294,8 +300,113 @@ class TreeTables:
         self.rank_thresholds = thresholds
         self.rank_position = position.astype(self.rank_dtype)  # -1: padding/categorical
 
+    def _build_lookups(self, slot_features: list[list[int]]) -> None:
+        """Per-feature value codes and per (tree, feature) lookup tables of decision bits.
+
+        A row's value of feature ``f`` is first reduced to a small integer, its *value code*:
+        for a numeric feature the rank ``searchsorted(thresholds + [inf], value, "left")``
+        (``0 .. L``; NaN, which sorts after ``inf``, gets ``L + 1``), for a categorical feature
+        its category code when ``0 <= value < top_f`` (``top_f``: one past the largest category
+        any of its nodes lists), else ``top_f`` (NaN, negatives, unseen codes: right). Every
+        node's decision is a function of the code of its feature, and so is the sum of
+        ``2**k`` over the nodes ``k`` of one tree that split on that feature (they never share
+        a bit): ``pair_lut`` holds that sum per (tree, feature) pair and value code, and a tree's
+        decision code is the sum of its pairs' entries. Models with zero-as-missing nodes or a
+        feature split both ways keep ``_node_codes`` (``self.lookup`` False)."""
+        numeric = self.real.copy()
+        if len(self.cat_pos):
+            numeric[self.cat_pos[:, 0], self.cat_pos[:, 1]] = False
+        cat_features = {int(f) for f in self.feature[self.cat_pos[:, 0], self.cat_pos[:, 1]]}
+        num_features = {int(f) for f in self.feature[numeric]}
+        self.lookup = not self.any_zero_missing and not (cat_features & num_features)
+        if not self.lookup:
+            return
+        categories: dict[tuple[int, int], frozenset[int]] = {}
+        for i, (t, k) in enumerate(self.cat_pos.tolist()):
+            categories[(t, k)] = frozenset(np.flatnonzero(self.cat_lut[i]).tolist())
+        top = {f: 0 for f in cat_features}
+        for (t, k), cats in categories.items():
+            f = int(self.feature[t, k])
+            top[f] = max(top[f], max(cats, default=-1) + 1)
+        size = np.ones(self.n_features, dtype=np.intp)
+        for f in num_features:
+            size[f] = len(self.rank_thresholds[f]) + 2
+        for f, c in top.items():
+            size[f] = c + 1
+        self.value_levels = [np.append(levels, np.inf) for levels in self.rank_thresholds]
+        self.numeric_features = sorted(num_features)
+        self.cat_top = sorted(top.items())
+        # trees by their number of features, most first: pair slot ``s`` covers a prefix
+        n_trees = len(slot_features)
+        order = sorted(range(n_trees), key=lambda t: -len(slot_features[t]))
+        self.tree_order = np.array(order, dtype=np.intp)
+        self.tree_unorder = np.argsort(self.tree_order).astype(np.intp)
+        self.sorted_offsets = self.offsets[self.tree_order]
+        luts: list[np.ndarray] = []
+        start = 0
+        slots: list[tuple[np.ndarray, np.ndarray, int]] = []
+        for s in range(max((len(u) for u in slot_features), default=0)):
+            features: list[int] = []
+            bases: list[int] = []
+            for t in order:
+                if len(slot_features[t]) <= s:
+                    break
+                f = slot_features[t][s]
+                codes = np.arange(size[f])
+                bits = np.zeros(size[f], dtype=np.intp)
+                for k in np.flatnonzero(self.real[t] & (self.feature[t] == f)).tolist():
+                    if (t, k) in categories:
+                        left = np.isin(codes, list(categories[(t, k)]))
+                    else:
+                        left = codes <= self.rank_position[t, k]
+                        left[-1] = self.nan_left[t, k]  # NaN
+                    bits += left.astype(np.intp) << k
+                features.append(f)
+                bases.append(start)
+                luts.append(bits)
+                start += len(bits)
+            slots.append((np.array(features, dtype=np.intp), np.array(bases, dtype=np.intp),
+                          len(features)))
+        self.pair_slots = slots
+        self.pair_lut = np.concatenate(luts) if luts else np.zeros(0, dtype=np.intp)
+
+    def value_codes(self, x: np.ndarray) -> np.ndarray:
+        """Value code (see ``_build_lookups``) of every feature and row (features × rows)."""
+        out = np.zeros((self.n_features, len(x)), dtype=np.intp)
+        for f in self.numeric_features:
+            out[f] = np.searchsorted(self.value_levels[f], x[:, f], side="left")
+        for f, top in self.cat_top:
+            raw = x[:, f]
+            out[f] = np.where((raw >= 0) & (raw < top), raw, top)  # NaN compares False: top
+        return out
+
     def codes(self, x: np.ndarray) -> np.ndarray:
-        """Decision code of every row in every tree (rows × trees).
+        """Decision code of every row in every tree (rows × trees)."""
+        return self._tree_index(x).T - self.offsets
+
+    def _tree_index(self, x: np.ndarray) -> np.ndarray:
+        """Row of every row's code in the tables, per tree (trees × rows, C order).
+
+        Through the lookup tables of ``_build_lookups`` where the model allows them: per
+        feature one value code per row, then per (tree, feature) pair one gather from
+        ``pair_lut``, summed per tree (integers: exact, in any order). Else ``_node_codes``.
+        """
+        if not self.lookup:
+            return np.ascontiguousarray((self._node_codes(x) + self.offsets).T)
+        values = self.value_codes(x)
+        code = np.empty((len(self.tree_order), len(x)), dtype=np.intp)  # trees by ``order``
+        code[:] = self.sorted_offsets[:, None]
+        lut = self.pair_lut
+        for features, bases, count in self.pair_slots:
+            index = np.take(values, features, axis=0)  # pairs × rows
+            index += bases[:, None]
+            code[:count] += np.take(lut, index)
+        return np.take(code, self.tree_unorder, axis=0)
+
+    def _node_codes(self, x: np.ndarray) -> np.ndarray:
+        """``codes`` node by node: the decision of every row at every node, then packed (the
+        path of models ``_build_lookups`` does not cover: zero-as-missing nodes, a feature with
+        numeric and categorical splits).
 
         Numeric decisions compare small integer ranks (rows × features, one ``searchsorted``
         per feature) gathered per node instead of the float values, which is the same
@@ -337,16 +448,31 @@ class TreeTables:
                 np.concatenate([c for _, c in parts], axis=0))
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        index = self.codes(x) + self.offsets  # rows × trees
-        margin = np.take(self.leaf_values, index).sum(axis=1)
+        index = self._tree_index(x)  # trees × rows
+        margin = np.ascontiguousarray(np.take(self.leaf_values, index).T).sum(axis=1)
         probability = 1.0 / (1.0 + np.exp(-self.sigmoid * margin))
-        slots = np.take(self.contrib_table, index, axis=0)  # rows × trees × u_max
+        slots = np.take(self.contrib_table, index, axis=0)  # trees × rows × u_max
         # per row and feature, the sum of its slots in tree order (``bincount`` adds in input
-        # order): one row gives the bits it gives inside any batch
+        # order, here tree by tree): one row gives the bits it gives inside any batch
         n, width = len(x), self.n_features + 1
-        bins = (np.arange(n, dtype=np.intp)[:, None] * width + self.slot_feature).ravel()
-        contrib = np.bincount(bins, weights=slots.ravel(), minlength=n * width)
+        contrib = np.bincount(self._bins(n), weights=slots.ravel(), minlength=n * width)
         return probability, contrib.reshape(n, width)[:, :self.n_features]
+
+    def _bins(self, n: int) -> np.ndarray:
+        """``bincount``'s bin of every slot of ``n`` rows (trees × rows × u_max, flat): row ×
+        (features + 1) + the slot's feature; kept per ``n`` (up to ``MAX_CACHED_BINS``)."""
+        cache: dict[int, np.ndarray] = self.__dict__.setdefault("_bins_cache", {})
+        bins = cache.get(n)
+        if bins is None:
+            width = self.n_features + 1
+            slot_feature = self.slot_feature.reshape(len(self.offsets), 1, self.u_max)
+            rows = np.arange(n, dtype=np.intp)[None, :, None] * width
+            bins = (rows + slot_feature).ravel()
+            bins.flags.writeable = False
+            if sum(map(len, cache.values())) + len(bins) > MAX_CACHED_BINS:
+                cache.clear()
+            cache[n] = bins
+        return bins
 
 
 _POOL: ThreadPoolExecutor | None = None
