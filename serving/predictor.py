@@ -94,19 +94,37 @@ class IdentityMaps:
         )
 
 
-def identifier_hashes(identifiers: Identifiers, salt: str) -> tuple[list[str], dict[str, str]]:
-    """Salted hashes of the usable identifiers, and ``field → reason`` for unusable ones."""
+HashMemo = dict[tuple[str, type, Any], tuple[str | None, str | None]]
+
+
+def identifier_hashes(
+    identifiers: Identifiers, salt: str, memo: HashMemo | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """Salted hashes of the usable identifiers, and ``field → reason`` for unusable ones.
+
+    ``memo`` (a dict shared across the submissions of one batch) hashes each distinct raw
+    value once.
+    """
     hashes: list[str] = []
     rejected: dict[str, str] = {}
     for id_type, name in ID_FIELDS:
         raw = getattr(identifiers, name)
         if raw is None:
             continue
-        hashed, reason = hash_identifier(id_type, raw, salt)
-        if hashed is None:
-            rejected[name] = reason or "unusable"
+        if memo is None:
+            result = hash_identifier(id_type, raw, salt)
         else:
-            hashes.append(hashed)
+            try:
+                key = (id_type, type(raw), raw)
+                result = memo.get(key)
+                if result is None:
+                    result = memo[key] = hash_identifier(id_type, raw, salt)
+            except TypeError:  # a list or an object: not hashable, and never usable
+                result = hash_identifier(id_type, raw, salt)
+        if result[0] is None:
+            rejected[name] = result[1] or "unusable"
+        else:
+            hashes.append(result[0])
     return hashes, rejected
 
 
@@ -224,7 +242,7 @@ class Predictor:
         if len(submissions) == 1:
             return [self.resolve(submissions[0])]
         salt = self.settings.hash_salt
-        hashed: dict[tuple[str, type, Any], tuple[str | None, str | None]] = {}
+        hashed: HashMemo = {}
         domains: dict[tuple[type, Any], str] = {}
 
         def domain_type(email: Any) -> str:
@@ -237,23 +255,7 @@ class Predictor:
         out: list[Resolved] = []
         for sub in submissions:
             identifiers = sub.identifiers
-            hashes: list[str] = []
-            rejected: dict[str, str] = {}
-            for id_type, name in ID_FIELDS:
-                raw = getattr(identifiers, name)
-                if raw is None:
-                    continue
-                try:
-                    key = (id_type, type(raw), raw)
-                    result = hashed.get(key)
-                    if result is None:
-                        result = hashed[key] = hash_identifier(id_type, raw, salt)
-                except TypeError:  # a list or an object: not hashable, and never usable
-                    result = hash_identifier(id_type, raw, salt)
-                if result[0] is None:
-                    rejected[name] = result[1] or "unusable"
-                else:
-                    hashes.append(result[0])
+            hashes, rejected = identifier_hashes(identifiers, salt, hashed)
             email = identifiers.email
             out.append(self._resolve(
                 sub, hashes, rejected,

@@ -23,6 +23,7 @@ from service_fixtures import (
 
 from features.online import online_features
 from features.store import get_store, repo_config_dict
+from leadscore.config import Settings
 from leadscore.prediction_log import PredictionRecord, SqlitePredictionLog
 from routing.control import route_with_control
 from serving.log_writer import BackgroundLogWriter
@@ -107,15 +108,20 @@ def test_routing_matches_route_with_control(predictor: Predictor) -> None:
     assert any(control)
 
 
-def test_unreachable_online_store_degrades(
-    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
-) -> None:
-    settings = service_workdir.settings
+def unreachable_store(settings: Settings, tmp_path: Path) -> FeatureStore:
+    """The work folder's Feast store with its SQLite online store path made unusable."""
     config = repo_config_dict(settings)
     broken = tmp_path / "online_store_is_a_directory"
     broken.mkdir()
     config["online_store"]["path"] = str(broken)
-    store = FeatureStore(config=RepoConfig(**config), repo_path=str(settings.feature_repo_dir))
+    return FeatureStore(config=RepoConfig(**config), repo_path=str(settings.feature_repo_dir))
+
+
+def test_unreachable_online_store_degrades(
+    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
+) -> None:
+    settings = service_workdir.settings
+    store = unreachable_store(settings, tmp_path)
     reader = OnlineFeatureReader(store, settings)
     with pytest.raises(OnlineStoreError):
         reader.read_snapshots(["P-x"])
@@ -309,11 +315,7 @@ def test_degraded_batch_equals_degraded_singles(
     service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
 ) -> None:
     settings = service_workdir.settings
-    config = repo_config_dict(settings)
-    broken = tmp_path / "online_store_is_a_directory"
-    broken.mkdir()
-    config["online_store"]["path"] = str(broken)
-    store = FeatureStore(config=RepoConfig(**config), repo_path=str(settings.feature_repo_dir))
+    store = unreachable_store(settings, tmp_path)
     subs = _mixed_batch()
     batch_predictor = _quiet_predictor(settings, OnlineFeatureReader(store, settings))
     single_predictor = _quiet_predictor(settings, OnlineFeatureReader(store, settings))
