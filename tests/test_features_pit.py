@@ -176,3 +176,21 @@ def test_online_unknown_person_gets_defaults(workdir) -> None:
     assert all(v is not None for v in served.values())
     with pytest.raises(ValueError, match="timezone-aware"):
         online_features(store, {}, None, at.replace(tzinfo=None))
+
+
+def test_training_set_as_of_uses_only_outcomes_known_then(workdir, tmp_path) -> None:
+    settings, training = workdir
+    created = pd.to_datetime(training["created_at"], utc=True)
+    as_of = created.quantile(0.8).floor("D")
+    window = pd.Timedelta(days=settings.conversion_window_days)
+    earlier = build_training_set(settings, out=tmp_path / "as_of.parquet", as_of=as_of)
+    earlier_created = pd.to_datetime(earlier["created_at"], utc=True)
+    # only leads whose outcome window had closed by then
+    assert len(earlier) < len(training)
+    assert (earlier_created + window <= as_of).all()
+    expected = training[created + window <= as_of]
+    assert sorted(earlier["lead_id"]) == sorted(expected["lead_id"])
+    # their labels need no outcome recorded after as_of: the same as with the full data
+    labels = training.set_index("lead_id")["label"]
+    assert (earlier.set_index("lead_id")["label"] == labels.loc[earlier["lead_id"]]).all()
+    assert earlier.attrs["summary"]["data_end"] == as_of.isoformat()
