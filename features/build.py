@@ -220,8 +220,14 @@ def _materialize_fn():
     return materialize_fast
 
 
-def materialize(settings: Settings, end: datetime | None = None) -> dict[str, Any]:
-    """Load the online store up to ``end`` (inclusive; default now), incrementally per view."""
+def materialize(settings: Settings, end: datetime | None = None,
+                full: bool = False) -> dict[str, Any]:
+    """Load the online store up to ``end`` (inclusive; default now), incrementally per view.
+
+    ``full`` reloads every snapshot from the earliest, whatever the registry says was loaded
+    before: the recovery after the online store lost its data (a Redis restart without
+    persistence), which an incremental run would not notice.
+    """
     end = end or datetime.now(UTC)
     if end.tzinfo is None:
         raise ValueError("materialize: 'end' must be timezone-aware (UTC)")
@@ -239,7 +245,7 @@ def materialize(settings: Settings, end: datetime | None = None) -> dict[str, An
         path = settings.features_dir / TABLE_FILES[name]
         if not path.exists():
             raise FileNotFoundError(f"offline table {path} is missing: run `features build`")
-        start = view.most_recent_end_time or _earliest_timestamp(path)
+        start = (None if full else view.most_recent_end_time) or _earliest_timestamp(path)
         if start is None or start > end:
             report["views"][name] = {"skipped": "nothing new"}
             continue

@@ -51,14 +51,17 @@ def materialize_command(
     end: Annotated[str | None, typer.Option(
         "--end", help="Load snapshots up to this ISO timestamp (UTC if no zone); default now.")
     ] = None,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Reload every snapshot, not only those after the last load: after the "
+        "online store lost its data (e.g. Redis restarted without persistence).")] = False,
 ) -> None:
-    """Load the online store incrementally up to --end."""
+    """Load the online store incrementally up to --end (--full: everything again)."""
     from features.build import materialize
 
     settings = settings_for(workdir)
     try:
         with console.status("[bold]materializing[/] …"):
-            report = materialize(settings, end=_parse_end(end))
+            report = materialize(settings, end=_parse_end(end), full=full)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     console.print_json(json.dumps(report, default=str))

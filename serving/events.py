@@ -259,6 +259,23 @@ def person_leads(scored: Sequence[tuple[Submission, str]]) -> list[PersonLead]:
             for (sub, person), channel in zip(scored, channels, strict=True)]
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps) is a network failure reaching the online store:
+    refused, reset or timed out (Redis down), not a local error such as a locked SQLite file."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    kinds = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain of causes is short; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, kinds):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class BackgroundLeadRecorder(BatchingWriter):
     """Records scored submissions as leads off the request path (``BatchingWriter``).
 
@@ -294,6 +311,14 @@ class BackgroundLeadRecorder(BatchingWriter):
 
     def _store(self, batch: list[tuple[Submission, str]]) -> None:
         self.updater.record_leads(person_leads(batch))
+
+    def _gives_up_on(self, exc: Exception) -> bool:
+        """An unreachable online store drops the batch: retried after the store comes back
+        (empty, say, after a Redis restart without persistence), the read-modify-write would
+        store persons built from nothing but these leads, newer than the rows the recovery's
+        materialization then writes, which Feast would skip. The leads stay in the prediction
+        log and reach the store with the next feature build; other failures are retried."""
+        return is_unreachable(exc)
 
     def _close_target(self) -> None:
         self.updater.close()

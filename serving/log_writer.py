@@ -56,7 +56,8 @@ class BatchingWriter:
     """One background thread storing queued items in order, a linger's worth per write.
 
     Subclasses implement ``_store(batch)`` (one transaction; raising means "retry") and may
-    override ``_close_target`` (called once the queue is drained on ``close``).
+    override ``_close_target`` (called once the queue is drained on ``close``) and
+    ``_gives_up_on`` (a failure that drops the batch instead of retrying it; none by default).
     """
 
     what = "record"
@@ -73,6 +74,7 @@ class BatchingWriter:
         self._appended = 0  # items handed to _enqueue()
         self._stored = 0  # items stored
         self.write_failures = 0
+        self.dropped = 0  # items given up on (``_gives_up_on``)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -121,6 +123,10 @@ class BatchingWriter:
     def _store(self, batch: list[Any]) -> None:
         raise NotImplementedError
 
+    def _gives_up_on(self, exc: Exception) -> bool:
+        """True when a failed batch is dropped rather than retried (never, by default)."""
+        return False
+
     # ---- writer thread -------------------------------------------------------------------
     def _run(self) -> None:
         lower_thread_priority(self._nice)
@@ -153,6 +159,14 @@ class BatchingWriter:
                 self._store(batch)
             except Exception as exc:  # disk full, database locked …: retry, never drop
                 self.write_failures += 1
+                if self._gives_up_on(exc):
+                    self.logger.warning("%s gave up %d %s(s) (%s)", type(self).__name__,
+                                        len(batch), self.what, type(exc).__name__)
+                    with self._cond:
+                        self.dropped += len(batch)
+                        self._stored += len(batch)  # handled: flush() must not wait for them
+                        self._cond.notify_all()
+                    return
                 self.logger.error("%s write of %d %s(s) failed (%s); retrying", type(self).__name__,
                              len(batch), self.what, type(exc).__name__)
                 time.sleep(delay)

@@ -126,3 +126,38 @@ def test_background_writer_threads_run_at_a_lower_priority() -> None:
     assert seen == [min(19, mine + BACKGROUND_NICE)]
     # the caller's own thread keeps its priority
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
+def test_unreachable_store_drops_the_batch_other_failures_retry() -> None:
+    import sqlite3
+
+    import redis
+
+    from serving.events import is_unreachable
+    from serving.log_writer import BatchingWriter
+
+    class FailsOnce(BatchingWriter):
+        def __init__(self, failure: Exception) -> None:
+            self.failure, self.stored_batches = failure, []
+            super().__init__(linger_seconds=0.0, nice=0)
+
+        def _store(self, batch: list) -> None:
+            if self.write_failures == 0:
+                raise self.failure
+            self.stored_batches.append(batch)
+
+        def _gives_up_on(self, exc: Exception) -> bool:
+            return is_unreachable(exc)
+
+    try:
+        raise RuntimeError("online read failed") from redis.exceptions.ConnectionError("refused")
+    except RuntimeError as wrapped:
+        unreachable = wrapped
+    for failure, dropped in ((unreachable, 1), (sqlite3.OperationalError("locked"), 0)):
+        writer = FailsOnce(failure)
+        writer._enqueue(["lead"])
+        assert writer.flush(timeout=10)
+        writer.close()
+        assert writer.write_failures == 1
+        assert writer.dropped == dropped
+        assert writer.stored_batches == ([] if dropped else [["lead"]])
