@@ -12,6 +12,7 @@ get their defaults; fields that are not part of the form are ignored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,26 +25,45 @@ from leadscore.config import get_settings
 NO_PERSON = "__no_person__"
 
 
+def _form_value(kind: str, value: Any) -> Any:
+    """A form field's value as the request column holds it (None when unusable)."""
+    if kind == "string":
+        return value if isinstance(value, str) else None
+    if kind == "int":
+        return int(value) if isinstance(value, int | float) and value == value else None
+    if kind == "bool":
+        return bool(value) if isinstance(value, bool | int) else None
+    return value
+
+
+def _request_time(at: Any) -> float:
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise ValueError("at: the submission time must be a timezone-aware datetime")
+    return at.timestamp()
+
+
 def submission_request(submission: dict[str, Any], at: datetime) -> dict[str, Any]:
     """The request columns of one submission (``form_*`` fields + ``request_ts_s``)."""
     if not isinstance(submission, dict):
         raise ValueError(
             f"submission must be a mapping of form fields, got {type(submission).__name__}"
         )
-    if not isinstance(at, datetime) or at.tzinfo is None:
-        raise ValueError("at: the submission time must be a timezone-aware datetime")
-    row: dict[str, Any] = {}
-    for name, kind in request.FORM_FIELDS.items():
-        value = submission.get(name)
-        if kind == "string":
-            value = value if isinstance(value, str) else None
-        elif kind == "int":
-            value = int(value) if isinstance(value, int | float) and value == value else None
-        elif kind == "bool":
-            value = bool(value) if isinstance(value, bool | int) else None
-        row[request.FORM_PREFIX + name] = value
-    row["request_ts_s"] = at.timestamp()
+    at_s = _request_time(at)
+    row = {request.FORM_PREFIX + name: _form_value(kind, submission.get(name))
+           for name, kind in request.FORM_FIELDS.items()}
+    row["request_ts_s"] = at_s
     return row
+
+
+def submission_requests(forms: Sequence[dict[str, Any]], times: Sequence[datetime]
+                        ) -> dict[str, list[Any]]:
+    """``submission_request`` of every (form, time) of a batch, as columns."""
+    columns: dict[str, list[Any]] = {
+        request.FORM_PREFIX + name: [_form_value(kind, form.get(name)) for form in forms]
+        for name, kind in request.FORM_FIELDS.items()
+    }
+    columns["request_ts_s"] = [_request_time(at) for at in times]
+    return columns
 
 
 def online_features(

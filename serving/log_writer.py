@@ -157,7 +157,7 @@ class BatchingWriter:
         while True:
             try:
                 self._store(batch)
-            except Exception as exc:  # disk full, database locked …: retry, never drop
+            except Exception as exc:  # disk full, database locked …: retried (see _gives_up_on)
                 self.write_failures += 1
                 if self._gives_up_on(exc):
                     self.logger.warning("%s gave up %d %s(s) (%s)", type(self).__name__,

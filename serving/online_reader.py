@@ -31,7 +31,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.online_store import string_entity_keys
 from features.training_set import model_feature_columns
-from leadscore.config import Settings, get_settings
+from leadscore.config import Settings
 from serving.history_batch import at_request_times
 
 PERSON_JOIN_KEY = "person_id"
@@ -87,6 +87,7 @@ class OnlineFeatureReader:
                 f"({type(exc).__name__}); run `leadscore features build`"
             ) from None
         self.config = store.config
+        self.half_life_days = settings.intent_half_life_days
         self.odfvs: list[OnDemandFeatureView] = []
         reads: dict[str, set[str]] = {}
         for projection in service.feature_view_projections:
@@ -184,7 +185,7 @@ class OnlineFeatureReader:
             # a batch: snapshots brought to their request times once per history and group of
             # request times (``serving.history_batch``); the view then finds nothing stale
             n = len(next(iter(request_columns.values())))
-            inputs = at_request_times(inputs, n, get_settings().intent_half_life_days)
+            inputs = at_request_times(inputs, n, self.half_life_days)
         out: dict[str, list[Any]] = {}
         for odfv in self.odfvs:
             out.update(odfv.transform_dict(inputs))

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from pydantic_core import to_json
 
-from features.online import submission_request
-from features.request import FORM_FIELDS, FORM_PREFIX
+from features.online import submission_request, submission_requests
 from leadscore.config import Settings
 from leadscore.generate_mechanism import CITIES
 from leadscore.identifiers import email_domain_type, hash_identifier
@@ -302,7 +301,7 @@ class Predictor:
             row = submission_request(resolved[0].form, submissions[0].submitted_at)
             request_columns = {name: [value] for name, value in row.items()}
         else:
-            request_columns = request_columns_of(
+            request_columns = submission_requests(
                 [r.form for r in resolved], [s.submitted_at for s in submissions])
         n = len(submissions)
         try:
@@ -427,26 +426,6 @@ class Predictor:
         if self.updater is None:
             raise OnlineStoreError("this predictor has no event updater")
         return push_events(events, self.updater, self.find_person)
-
-
-def request_columns_of(forms: Sequence[dict[str, Any]], times: Sequence[datetime]
-                       ) -> dict[str, list[Any]]:
-    """``features.online.submission_request`` of every (form, time), as columns."""
-    columns: dict[str, list[Any]] = {}
-    for name, kind in FORM_FIELDS.items():
-        values = [form.get(name) for form in forms]
-        if kind == "string":
-            values = [v if isinstance(v, str) else None for v in values]
-        elif kind == "int":
-            values = [int(v) if isinstance(v, int | float) and v == v else None for v in values]
-        elif kind == "bool":
-            values = [bool(v) if isinstance(v, bool | int) else None for v in values]
-        columns[FORM_PREFIX + name] = values
-    for at in times:
-        if not isinstance(at, datetime) or at.tzinfo is None:
-            raise ValueError("at: the submission time must be a timezone-aware datetime")
-    columns["request_ts_s"] = [at.timestamp() for at in times]
-    return columns
 
 
 def _ensure_push_source(store: Any, settings: Settings) -> None:

@@ -6,7 +6,7 @@
 * ``serving.history_batch`` (a batch's histories at their request times, grouped) vs
   ``features.history.snapshot_at`` / ``at_request_time`` row by row, bit for bit;
 * ``TreeTables`` rank-based decisions vs float comparisons, and a batch's rows vs each row alone;
-* ``serving.predictor.request_columns_of`` vs ``features.online.submission_request``.
+* ``features.online.submission_requests`` vs ``features.online.submission_request``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import pytest
 
 from features import history as hist
 from features import request
-from features.online import submission_request
+from features.online import submission_request, submission_requests
 from serving.history_batch import at_request_times, snapshots_at
-from serving.predictor import request_columns_of
 from serving.scoring import FastScorer, fast_calibration
 from training.calibration import fit_calibrator
 from training.explain import top_reasons
@@ -211,7 +210,7 @@ def test_request_columns_equal_submission_request() -> None:
     times = [now - timedelta(days=i, microseconds=7 * i) for i in range(len(forms))]
     rows = [submission_request(form, at) for form, at in zip(forms, times, strict=True)]
     expected = {name: [row[name] for row in rows] for name in rows[0]}
-    got = request_columns_of(forms, times)
+    got = submission_requests(forms, times)
     assert list(got) == list(expected)
     for name in expected:
         assert [(type(v), v) for v in got[name]] == [(type(v), v) for v in expected[name]]
