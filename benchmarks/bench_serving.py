@@ -49,8 +49,9 @@ leads per batch, so later batches carry a longer history (both in the request an
 Before, a batch was ~1 ms per lead: the on-demand view re-evaluated the person history of every
 row (JSON parse + ``snapshot_at`` per row; a person with many leads in one batch cost most), the
 tree tables compared floats per node, the online read built a ``ValueProto`` per cell, and each
-record drew its request id from the system's random source. See ``serving.history_batch``,
-``serving.treeshap.TreeTables.codes``, ``FastSqliteOnlineStore.online_read_columns``.
+record drew its request id from the system's random source. See
+``features.history.at_request_time``, ``serving.treeshap.TreeTables.codes``,
+``FastSqliteOnlineStore.online_read_columns``.
 
 Timings on a shared 2-core machine depend on what else runs: each served step also reports the
 server's CPU time per request (all its threads, from ``/proc`` via psutil, when the benchmark

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 import duckdb
@@ -214,7 +215,10 @@ def at_request_time(inputs: dict[str, Any], n: int, half_life_days: float) -> di
     """``inputs`` with each snapshot that has a history re-evaluated at its request time.
 
     Rows requested at their snapshot's own time (every training row), rows without a history
-    and rows without a request time are returned as given.
+    and rows without a request time are returned as given. Rows sharing one history (a batch
+    with several submissions of a person) are evaluated together (``snapshots_grouped``): one
+    ``snapshot_at`` per group of request times that see the same events and leads, each row
+    then with its own ``snap_ts_s`` and intent, bit for bit what ``snapshot_at`` gives it.
     """
     histories = inputs.get(HISTORY_FIELD)
     if histories is None or n == 0:
@@ -225,18 +229,146 @@ def at_request_time(inputs: dict[str, Any], n: int, half_life_days: float) -> di
     if stale.size == 0:
         return inputs
     texts = _column(histories, n)
+    by_history: dict[Any, list[int]] = {}
+    for i in stale.tolist():
+        text = texts[i]
+        by_history.setdefault(text if isinstance(text, str) else ("row", i), []).append(i)
     out = dict(inputs)
     columns: dict[str, list[Any]] = {}
-    for i in stale.tolist():
-        history = loads(texts[i])
+
+    def column(name: str) -> list[Any]:
+        values = columns.get(name)
+        if values is None:
+            values = columns[name] = _column(inputs.get(name), n)
+        return values
+
+    for key, rows in by_history.items():
+        history = loads(texts[rows[0]] if isinstance(key, tuple) else key)
         if history is None:
             continue
-        for name, value in snapshot_at(history, int(request_us[i]), half_life_days).items():
-            if name not in columns:
-                columns[name] = _column(inputs.get(name), n)
-            columns[name][i] = value
+        ats = [int(request_us[i]) for i in rows]
+        grouped = snapshots_grouped(history, ats, half_life_days) if len(rows) > 1 else None
+        if grouped is None:
+            for i, at in zip(rows, ats, strict=True):
+                for name, value in snapshot_at(history, at, half_life_days).items():
+                    column(name)[i] = value
+            continue
+        shared, group, intent = grouped
+        for name in shared[0]:
+            values = column(name)
+            if name == "snap_ts_s":
+                for i, at in zip(rows, ats, strict=True):
+                    values[i] = at / 1e6
+            elif name == "snap_intent":
+                for i, score in zip(rows, intent, strict=True):
+                    values[i] = score
+            else:
+                per_group = [row[name] for row in shared]
+                for i, g in zip(rows, group, strict=True):
+                    values[i] = per_group[g]
     out.update(columns)
     return out
+
+
+# ---- many request times of one history at once (``at_request_time`` on a batch) ----------
+# Whether an event or lead counts at t is a threshold on sorted times (visible: time <= t; in a
+# window: time > t - window; earlier lead: < t / <= t), so request times falling between the
+# same event and lead times get the same counts, touch times and trend. The intent score is
+# summed per time exactly as ``snapshot_at`` sums it (the same float operations, events in
+# stored order, ``pow`` from Python's ``**``: numpy's vectorised ``power`` is not always
+# bit-equal). Histories with non-integer times or weights are left to ``snapshot_at``.
+MAX_PAIRS = 4_000_000  # (row, event) pairs per intent chunk (bounds the temporary arrays)
+
+
+def _windows() -> np.ndarray:
+    """Every window length ``snapshot_at`` compares an event's age with (µs, distinct)."""
+    lengths = {w for w, _ in _EVERY_WINDOW} | {w for w, _ in _URL_WINDOWS}
+    lengths |= {w for pairs in _TYPE_WINDOWS.values() for w, _ in pairs}
+    lengths |= {d * DAY_US for d in _PREV21}
+    return np.array(sorted(lengths), dtype=np.int64)
+
+
+WINDOWS = _windows()
+
+
+def _int_times(values: Sequence[Any]) -> np.ndarray | None:
+    """Times as int64 when they are all Python ints (not bools), else None."""
+    if not all(type(v) is int for v in values):
+        return None
+    return np.array(values, dtype=np.int64) if values else np.zeros(0, dtype=np.int64)
+
+
+def snapshots_grouped(history: dict[str, Any], ats: Sequence[int], half_life_days: float
+                      ) -> tuple[list[dict[str, Any]], list[int], list[float]] | None:
+    """``snapshot_at`` of ``history`` at each time of ``ats`` as (one ``snapshot_at`` row per
+    group of times that see the same events and leads, the group of each time, the intent
+    score at each time); a time's row is its group's with ``snap_ts_s`` = time / 1e6 and its
+    own intent. None when the history is not one this path covers (non-integer times,
+    non-numeric weights)."""
+    t = _int_times(history["t"])
+    lead_t = _int_times(history["lt"])
+    weights = history["w"]
+    if (t is None or lead_t is None or len(weights) != len(t)
+            or not all(type(w) is float or type(w) is int for w in weights)):
+        return None
+    a = np.array(ats, dtype=np.int64)
+    sorted_t = np.sort(t)
+    sorted_lt = np.sort(lead_t)
+    signature = np.column_stack([
+        np.searchsorted(sorted_t, a, side="right"),
+        *(np.searchsorted(sorted_t, a - w, side="right") for w in WINDOWS),
+        np.searchsorted(sorted_lt, a, side="left"),
+        np.searchsorted(sorted_lt, a, side="right"),
+    ])
+    _, first, group = np.unique(signature, axis=0, return_index=True, return_inverse=True)
+    shared = [snapshot_at(history, int(a[j]), half_life_days) for j in first.tolist()]
+    intent = _intents(history, t, np.asarray(weights, dtype=float), a, half_life_days)
+    return shared, group.ravel().tolist(), intent
+
+
+def snapshots_at(history: dict[str, Any], ats: Sequence[int], half_life_days: float
+                 ) -> list[dict[str, Any]] | None:
+    """``[snapshot_at(history, at, half_life_days) for at in ats]`` (``snapshots_grouped``),
+    or None when the history is not one this path covers."""
+    grouped = snapshots_grouped(history, ats, half_life_days)
+    if grouped is None:
+        return None
+    shared, group, intent = grouped
+    out: list[dict[str, Any]] = []
+    for at, g, score in zip(ats, group, intent, strict=True):
+        row = dict(shared[g])
+        row["snap_ts_s"] = at / 1e6
+        row["snap_intent"] = score
+        out.append(row)
+    return out
+
+
+def _intents(history: dict[str, Any], t: np.ndarray, w: np.ndarray, a: np.ndarray,
+             half_life_days: float) -> list[float]:
+    """``snapshot_at``'s intent score at each time of ``a``, bit for bit: per row the visible
+    events' ``weight * 0.5 ** (age / day / half_life)`` added in stored order to 0.0 (``bincount``
+    adds its weights in input order), then the base's decayed intent."""
+    day = float(DAY_US)
+    k = len(a)
+    intent = np.zeros(k)
+    if len(t):
+        step = max(1, MAX_PAIRS // len(t))
+        for lo in range(0, k, step):
+            part = a[lo:lo + step]
+            rows, events = np.nonzero(t[None, :] <= part[:, None])  # row-major: stored order
+            if not len(rows):
+                continue
+            x = (part[rows] - t[events]) / day / half_life_days
+            decay = np.fromiter(map(pow, repeat(0.5), x.tolist()), dtype=float, count=len(x))
+            intent[lo:lo + len(part)] = np.bincount(rows, weights=w[events] * decay,
+                                                    minlength=len(part))
+    scores = intent.tolist()
+    n0 = int(history["n0"])
+    if n0:
+        i0, a0 = float(history["i0"]), int(history["a0"])
+        scores = [score + i0 * 0.5 ** ((at - a0) / day / half_life_days)
+                  for score, at in zip(scores, a.tolist(), strict=True)]
+    return scores
 
 
 def offline_histories(con: duckdb.DuckDBPyConnection, half_life_days: float) -> pd.DataFrame:

@@ -32,7 +32,6 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from features.online_store import string_entity_keys
 from features.training_set import model_feature_columns
 from leadscore.config import Settings
-from serving.history_batch import at_request_times
 
 PERSON_JOIN_KEY = "person_id"
 
@@ -87,7 +86,6 @@ class OnlineFeatureReader:
                 f"({type(exc).__name__}); run `leadscore features build`"
             ) from None
         self.config = store.config
-        self.half_life_days = settings.intent_half_life_days
         self.odfvs: list[OnDemandFeatureView] = []
         reads: dict[str, set[str]] = {}
         for projection in service.feature_view_projections:
@@ -181,11 +179,6 @@ class OnlineFeatureReader:
                   snapshots: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """The on-demand view(s) on request columns + snapshots: model columns, in order."""
         inputs = {**request_columns, **snapshots}
-        if len(next(iter(request_columns.values()), ())) > 1:
-            # a batch: snapshots brought to their request times once per history and group of
-            # request times (``serving.history_batch``); the view then finds nothing stale
-            n = len(next(iter(request_columns.values())))
-            inputs = at_request_times(inputs, n, self.half_life_days)
         out: dict[str, list[Any]] = {}
         for odfv in self.odfvs:
             out.update(odfv.transform_dict(inputs))

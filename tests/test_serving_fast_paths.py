@@ -3,8 +3,8 @@
 * ``serving.scoring.fast_calibration`` vs ``Calibrator.predict`` (both methods, fitted here);
 * ``FastScorer.reasons`` (ranking on the whole matrix) vs ``training.explain.top_reasons`` per row;
 * ``features.request._map_unique`` small-input path vs the pandas ``factorize`` path;
-* ``serving.history_batch`` (a batch's histories at their request times, grouped) vs
-  ``features.history.snapshot_at`` / ``at_request_time`` row by row, bit for bit;
+* ``features.history.at_request_time`` / ``snapshots_at`` (a batch's histories at their
+  request times, grouped) vs ``features.history.snapshot_at`` row by row, bit for bit;
 * ``TreeTables`` rank-based decisions vs float comparisons, and a batch's rows vs each row alone;
 * ``features.online.submission_requests`` vs ``features.online.submission_request``.
 """
@@ -24,7 +24,6 @@ import pytest
 from features import history as hist
 from features import request
 from features.online import submission_request, submission_requests
-from serving.history_batch import at_request_times, snapshots_at
 from serving.scoring import FastScorer, fast_calibration
 from training.calibration import fit_calibrator
 from training.explain import top_reasons
@@ -126,7 +125,7 @@ def test_grouped_snapshots_equal_snapshot_at_bit_for_bit() -> None:
         ats += [ats[0], ats[0] + 1, *history["t"][:3], *(t + 7 * DAY for t in history["t"][:3]),
                 *history["lt"][:2]]  # on the thresholds of the windows
         half_life = rng.choice([14.0, 7.5, 30])
-        got = snapshots_at(history, ats, half_life)
+        got = hist.snapshots_at(history, ats, half_life)
         expected = [hist.snapshot_at(history, at, half_life) for at in ats]
         assert got == expected
         assert [list(row) for row in got] == [list(row) for row in expected]
@@ -135,7 +134,7 @@ def test_grouped_snapshots_equal_snapshot_at_bit_for_bit() -> None:
 def test_grouped_snapshots_leave_float_times_to_snapshot_at() -> None:
     history = _history(random.Random(1))
     history["t"] = [float(t) for t in history["t"]]
-    assert snapshots_at(history, [BASE_US, BASE_US + 1], 14.0) is None
+    assert hist.snapshots_at(history, [BASE_US, BASE_US + 1], 14.0) is None
 
 
 def test_batch_at_request_times_equal_at_request_time() -> None:
@@ -152,8 +151,11 @@ def test_batch_at_request_times_equal_at_request_time() -> None:
     inputs["request_ts_s"] = [us / 1e6 for us in request]
     inputs["request_ts_s"][4] = None  # no request time
     inputs["form_channel"] = ["sem"] * n
-    expected = hist.at_request_time(inputs, n, 14.0)
-    got = at_request_times(inputs, n, 14.0)
+    # reference: every row on its own (one row never takes the grouped path)
+    rows = [hist.at_request_time({k: [v[i]] for k, v in inputs.items()}, 1, 14.0)
+            for i in range(n)]
+    expected = {name: [row[name][0] for row in rows] for name in rows[0]}
+    got = hist.at_request_time(inputs, n, 14.0)
     assert list(got) == list(expected)
     for name in expected:
         assert list(got[name]) == list(expected[name]), name
