@@ -461,6 +461,13 @@ def main() -> None:
         raise SystemExit("--url must be a loopback address (127.0.0.1)")
     if args.rate * args.duration > 100_000:
         raise SystemExit("refusing more than 100,000 requests in one run")
+    baseline = None
+    if args.baseline is not None:  # read before the run, not after a minute of load
+        try:
+            baseline = json.loads(args.baseline.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(
+                f"--baseline {args.baseline}: not a readable JSON file ({exc})") from None
 
     floor = {"p50_ms": float("nan")} if args.skip_floor else measure_floor(workdir,
                                                                            args.floor_calls)
@@ -511,8 +518,8 @@ def main() -> None:
         "machine_cpus": os.cpu_count(),
         "at": datetime.now(UTC).isoformat(),
     }
-    if args.baseline is not None:
-        result["baseline"] = side_by_side(json.loads(args.baseline.read_text()), result)
+    if baseline is not None:
+        result["baseline"] = side_by_side(baseline, result)
     (workdir / "reports").mkdir(parents=True, exist_ok=True)
     (workdir / "reports" / "bench_serving.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
