@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_dask_training.py --leads 1000000
     .venv/bin/python benchmarks/bench_dask_training.py --leads 1000000 --scheduler tcp://host:8786
 
-The leads come from ``leadscore.generate.simulate_crm`` (in memory). Features are a simple
+The leads come from ``crm_data.generate.simulate_crm`` (in memory). Features are a simple
 per-lead frame known at submission: channel, device, grade, subject, funnel step, city tier,
 phone valid, e-mail type, hour and weekday of submission, and the count of the lead's events of
 each type at or before ``created_at``. Time split: the oldest 80% of leads train, the newest 20%
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from lightgbm import LGBMClassifier
 from sklearn.metrics import roc_auc_score
 
-from leadscore.generate import simulate_crm
+from crm_data.generate import simulate_crm
 from leadscore.schemas import (
     CHANNELS,
     DEVICES,

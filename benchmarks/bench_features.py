@@ -1,6 +1,6 @@
 """Time the offline feature build: ``python benchmarks/bench_features.py --leads N``.
 
-Generates a synthetic CRM of N leads (``leadscore.generate``) and resolves it (One ID) in a
+Generates a synthetic CRM of N leads (``crm_data.generate``) and resolves it (One ID) in a
 work folder (default: a temporary one; reused when it already holds data), then times
 ``features.build.build_features`` and prints the timings as JSON.
 """
@@ -22,8 +22,8 @@ def prepare(settings: Settings, n_leads: int, seed: int) -> float:
     """Generate and resolve the data unless the work folder already has it; seconds spent."""
     started = time.perf_counter()
     if not (settings.identity_dir / "lead_person.parquet").exists():
-        from leadscore.generate import generate_crm
-        from leadscore.identity import resolve_identities
+        from crm_data.generate import generate_crm
+        from crm_data.identity import resolve_identities
 
         generate_crm(settings.data_dir, n_leads=n_leads, seed=seed, salt=settings.hash_salt)
         leads = pd.read_parquet(

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from leadscore.generate import generate_crm
+from crm_data.generate import generate_crm
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_identity.py --leads 1000000
 
-Data come from ``leadscore.generate.generate_crm`` when it is available (``--source
+Data come from ``crm_data.generate.generate_crm`` when it is available (``--source
 generator``; identities + truth of a synthetic CRM), else from a built-in synthetic identities
 table (``--source synthetic``: persons with 1–6 leads, each lead carrying a random subset of its
 person's phone / WeChat / e-mail / cookies, a few cookies shared by two persons, a few persons
@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from leadscore.identity import resolve_identities  # noqa: E402
+from crm_data.identity import resolve_identities  # noqa: E402
 
 LEADS_PER_PERSON_P = np.array([0.62, 0.20, 0.09, 0.05, 0.025, 0.015])
 CARRY_P = {"phone": 0.85, "wechat": 0.5, "email": 0.2, "cookie": 0.45}
@@ -83,8 +83,8 @@ def synthetic_identities(n_leads: int, seed: int) -> tuple[pd.DataFrame, ...]:
 
 
 def generated_identities(n_leads: int, seed: int, folder: Path) -> tuple[pd.DataFrame, ...]:
-    """Leads, identities and truth from ``leadscore.generate.generate_crm``."""
-    from leadscore.generate import generate_crm
+    """Leads, identities and truth from ``crm_data.generate.generate_crm``."""
+    from crm_data.generate import generate_crm
 
     generate_crm(folder, n_leads=n_leads, seed=seed)
     leads = pd.read_parquet(folder / "raw" / "leads.parquet", columns=["lead_id", "created_at"])
@@ -108,7 +108,7 @@ def main() -> None:
         source = args.source
         if source == "auto":
             try:
-                import leadscore.generate as generate
+                import crm_data.generate as generate
 
                 source = "generator" if hasattr(generate, "generate_crm") else "synthetic"
             except ImportError:

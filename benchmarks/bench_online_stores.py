@@ -48,7 +48,7 @@ BUILD_STAGES = ("generate", "identity", "features", "train")
 
 def build_workdir(settings: Settings, leads: int, seed: int, trials: int) -> None:
     """The demo's build stages (no serving, no drift) on the embedded profile."""
-    from leadscore.demo import STAGES, DemoContext
+    from pipelines.demo import STAGES, DemoContext
 
     settings.ensure_dirs()
     ctx = DemoContext(settings=settings, n_leads=leads, seed=seed, trials=trials)
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--redis-url must name a Redis database other than 0 (it is flushed)")
 
     from features.build import materialize
-    from leadscore.demo import replay_start
     from leadscore.profiles import drop_databases, redis_client, require_services
+    from pipelines.demo import replay_start
 
     for key in ("MLFLOW_TRACKING_URI", "LEADSCORE_PROFILE", "LEADSCORE_DATABASE_PREFIX"):
         os.environ.pop(key, None)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 MLFLOW_DATABASE = "leadscore_mlflow"
 OPTUNA_DATABASE = "leadscore_optuna"
 FEAST_DATABASE = "leadscore_feast"
-PREDICTION_LOG_DATABASE = "leadscore"  # = leadscore.prediction_log.POSTGRES_DATABASE
+PREDICTION_LOG_DATABASE = "leadscore"  # = crm_data.prediction_log.POSTGRES_DATABASE
 PRODUCTION_DATABASES: dict[str, str] = {
     "mlflow": MLFLOW_DATABASE,
     "optuna": OPTUNA_DATABASE,

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from crm_data.prediction_log import feature_column
 from leadscore.config import Settings
-from leadscore.prediction_log import feature_column
 
 EXIT_QUIET = 0
 EXIT_BAD_INPUT = 2
@@ -366,7 +366,7 @@ def matured_cohort(
     conversion_window_days: int,
 ) -> pd.DataFrame | None:
     """Predictions whose outcome window closed by ``until``, joined with outcomes; None if none."""
-    from leadscore.prediction_log import join_outcomes
+    from crm_data.prediction_log import join_outcomes
 
     if outcomes is None or predictions.empty:
         return None

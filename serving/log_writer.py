@@ -29,9 +29,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from leadscore.prediction_log import PredictionLog, PredictionRecord
+from crm_data.prediction_log import PredictionLog, PredictionRecord
 
-logger = logging.getLogger("leadscore.prediction_log")
+logger = logging.getLogger("crm_data.prediction_log")
 
 _STOP = object()
 BACKGROUND_NICE = 10  # added to the writer threads' niceness (0 leaves it as it is)

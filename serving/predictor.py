@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 from pydantic_core import to_json
 
+from crm_data.generate_mechanism import CITIES
+from crm_data.identity import load_identity_state, lookup_person, new_person_id
+from crm_data.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
 from features.online import submission_request, submission_requests
 from leadscore.config import Settings
-from leadscore.generate_mechanism import CITIES
 from leadscore.identifiers import email_domain_type, hash_identifier
-from leadscore.identity import load_identity_state, lookup_person, new_person_id
-from leadscore.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
 from routing.control import control_draw
 from routing.policy import RoutingPolicy, load_policy
 from routing.simulate import rule_2d_channels

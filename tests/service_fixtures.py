@@ -1,6 +1,6 @@
 """Fixtures of the serving tests: a small real work folder and a served ``bentoml serve`` process.
 
-``service_workdir`` (session-scoped) runs the product's pipeline (``leadscore.demo.run_demo``:
+``service_workdir`` (session-scoped) runs the product's pipeline (``pipelines.demo.run_demo``:
 generate → One ID → features + materialize → train with 2 trials → routing) on 3,000 leads, then
 links one made-up raw phone (``KNOWN_PHONE``) to an existing person who has behaviour in the
 online store, as One ID would after that person left the phone on an earlier form.
@@ -39,9 +39,9 @@ class ServiceWorkdir:
 
 def build_service_workdir(root: Path) -> ServiceWorkdir:
     """Run the pipeline on ``N_LEADS`` leads in ``root`` and link ``KNOWN_PHONE`` to a person."""
-    from leadscore.demo import run_demo
+    from crm_data.identity import IDENTIFIER_PERSON_FILE
     from leadscore.identifiers import hash_identifier
-    from leadscore.identity import IDENTIFIER_PERSON_FILE
+    from pipelines.demo import run_demo
 
     settings = Settings().with_workdir(root)
     # BentoML reads its home on first use: keep this session's imports inside the work folder

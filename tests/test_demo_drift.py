@@ -17,10 +17,10 @@ from service_fixtures import (
     service_workdir,  # noqa: F401 - session fixture
 )
 
+from commands.drift import iso_week, run_weekly_report
 from leadscore.config import Settings
-from leadscore.demo import replay_start
-from monitoring.cli import iso_week, run_weekly_report
 from monitoring.drift import EXIT_DRIFT, EXIT_QUIET
+from pipelines.demo import replay_start
 
 DRIFT_LEADS = 8000
 SHIFTED = {"channel", "app_open_30d", "pricing_page_30d"}  # what ``--drift`` changes
@@ -44,7 +44,7 @@ def weekly(settings: Settings, label: str) -> tuple[int, set[str]]:
 
 @pytest.fixture(scope="module")
 def drifted_workdir(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    from leadscore.demo import run_demo
+    from pipelines.demo import run_demo
 
     root = tmp_path_factory.mktemp("demo_drift")
     settings = Settings().with_workdir(root)

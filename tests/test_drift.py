@@ -1,6 +1,6 @@
 """Weekly drift + business reports on generated-like predictions.
 
-The data follow the generator's mechanism (``leadscore.generate_mechanism``): quiet weeks draw
+The data follow the generator's mechanism (``crm_data.generate_mechanism``): quiet weeks draw
 channels and behaviour like the reference; drifted weeks use its ``--drift`` channel mix and
 behaviour (fewer pricing visits, many more app opens). Probabilities are the true conversion
 probabilities, so the matured cohort's AUC/ECE are known in advance.
@@ -19,12 +19,12 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from leadscore import generate_mechanism as gm
+from commands.drift import custom_period, drift, iso_week, last_week, resolve_period
+from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog
+from crm_data import generate_mechanism as gm
 from leadscore.config import Settings, get_settings
-from leadscore.prediction_log import PredictionRecord, SqlitePredictionLog
 from leadscore.schemas import CHANNELS, DEVICES, EVENT_TYPES, FUNNEL_STEPS, GRADES
 from monitoring.business import lead_velocity_rate, load_channel_costs, two_proportion_p_value
-from monitoring.cli import custom_period, drift, iso_week, last_week, resolve_period
 from monitoring.drift import (
     DriftInputError,
     drift_report,

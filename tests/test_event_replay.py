@@ -2,7 +2,7 @@
 the online store (``POST /events``, ``/predict``), a request at t gets the offline row at t.
 
 A small generated CRM; the online store is loaded up to ``since`` as the main job does, then the
-demo's replay (``serving.demo_traffic.replay_plan``) is run through the service's in-process
+demo's replay (``pipelines.demo_traffic.replay_plan``) is run through the service's in-process
 pieces (``Predictor.push_events``, ``Predictor.features``, ``BehaviourUpdater``) and every served
 row is compared with the point-in-time row of the Feast offline store.
 """
@@ -27,7 +27,7 @@ from features.score2d import load_scoring_tables
 from features.store import get_store
 from features.training_set import entity_frame, historical_features
 from leadscore.config import Settings, get_settings
-from serving.demo_traffic import load_backlog, replay_plan
+from pipelines.demo_traffic import load_backlog, replay_plan
 from serving.events import PersonEvent, PersonLead, next_row
 from serving.predictor import Predictor
 from serving.schemas import Event, Submission
@@ -38,8 +38,8 @@ SEED = 11
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory):
-    from leadscore.generate import generate_crm
-    from leadscore.identity import resolve_identities
+    from crm_data.generate import generate_crm
+    from crm_data.identity import resolve_identities
 
     root = tmp_path_factory.mktemp("event_replay")
     with pytest.MonkeyPatch.context() as mp:

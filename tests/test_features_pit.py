@@ -21,8 +21,8 @@ N_LEADS = 1200
 
 
 def _generate(settings: Settings) -> None:
-    from leadscore.generate import generate_crm
-    from leadscore.identity import resolve_identities
+    from crm_data.generate import generate_crm
+    from crm_data.identity import resolve_identities
 
     generate_crm(settings.data_dir, n_leads=N_LEADS, seed=11, salt=settings.hash_salt)
     leads = pd.read_parquet(settings.raw_dir / "leads.parquet")

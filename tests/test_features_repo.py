@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from features.cli import features_app
+from commands.features import features_app
 from features.store import render_feature_store_yaml, repo_config_dict, write_feature_store_yaml
 from leadscore.config import PROJECT_ROOT, Settings, get_settings
 

@@ -14,17 +14,17 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from leadscore import generate_mechanism as m
+from commands.generate import generate
+from crm_data.generate import generate_crm, simulate_crm
+from crm_data.validation import load_raw_tables
+from crm_data import generate_mechanism as m
 from leadscore.config import get_settings
-from leadscore.generate import generate_crm, simulate_crm
-from leadscore.generate_cli import generate
 from leadscore.schemas import (
     CHANNELS,
     FOLLOWUP_CHANNELS,
     RAW_TABLES,
     TRUTH_LEADS_COLUMNS,
 )
-from leadscore.validation import load_raw_tables
 
 SALT = "test-generate-salt"
 START = date(2026, 5, 1)

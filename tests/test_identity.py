@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from leadscore.identifiers import hash_identifier
-from leadscore.identity import (
+from commands.identity import identity_command, ingest_command
+from crm_data.identity import (
     IDENTIFIER_PERSON_FILE,
     LEAD_PERSON_FILE,
     load_identity_state,
@@ -21,7 +21,7 @@ from leadscore.identity import (
     pairwise_precision_recall,
     resolve_identities,
 )
-from leadscore.identity_cli import identity_command, ingest_command
+from leadscore.identifiers import hash_identifier
 
 SALT = "test-salt"
 T0 = pd.Timestamp("2024-03-01 09:00", tz="UTC")
@@ -281,8 +281,8 @@ def test_cli_identity_without_raw_tables_fails_cleanly(tmp_path: Path) -> None:
 
 
 def test_generated_crm_resolves_well_and_leaks_no_raw_identifier(tmp_path: Path) -> None:
-    from leadscore.generate import simulate_crm, write_crm
-    from leadscore.validation import load_raw_tables
+    from crm_data.generate import simulate_crm, write_crm
+    from crm_data.validation import load_raw_tables
 
     crm = simulate_crm(3000, seed=5, salt=SALT)
     write_crm(crm, tmp_path)

@@ -31,10 +31,10 @@ SHORT_WINDOW_COUNTS = ("events_1d", "events_7d", "events_30d")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Generate a small CRM history, build its features and train a champion on it."""
+    from crm_data.generate import generate_crm
+    from crm_data.identity import resolve_identities
     from features.build import build_features
     from features.training_set import build_training_set
-    from leadscore.generate import generate_crm
-    from leadscore.identity import resolve_identities
     from training.registry import setup_tracking
     from training.split import time_split
     from training.train import load_training_inputs, time_column_of, train_model

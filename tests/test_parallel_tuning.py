@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 from test_train import synthetic_training_set
 from typer.testing import CliRunner
 
+from commands.train import train_command
 from leadscore.config import Settings, get_settings
-from training.cli import train_command
 from training.registry import setup_tracking
 from training.tune import (
     make_datasets,

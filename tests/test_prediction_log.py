@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 from conftest import require_service
 
-from leadscore.config import Settings
-from leadscore.prediction_log import (
+from crm_data.prediction_log import (
     PostgresPredictionLog,
     PredictionLog,
     PredictionLogError,
@@ -27,6 +26,7 @@ from leadscore.prediction_log import (
     open_prediction_log,
     postgres_dsn,
 )
+from leadscore.config import Settings
 
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"

@@ -21,10 +21,10 @@ from service_fixtures import (
     submission,
 )
 
+from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog
 from features.online import online_features
 from features.store import get_store, repo_config_dict
 from leadscore.config import Settings
-from leadscore.prediction_log import PredictionRecord, SqlitePredictionLog
 from routing.control import route_with_control
 from serving.log_writer import BackgroundLogWriter
 from serving.model_store import ModelUnavailableError
@@ -44,7 +44,7 @@ def predictor(service_workdir: ServiceWorkdir) -> Predictor:  # noqa: F811
 def _persons(settings, n: int = 6) -> list[str]:  # noqa: ANN001
     """Persons the online store knows: a snapshot before the materialized end (the main job
     loads the store only up to the start of its replayed traffic)."""
-    from leadscore.demo import replay_start
+    from pipelines.demo import replay_start
 
     behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet")
     known = behaviour[behaviour["event_timestamp"] <= pd.Timestamp(replay_start(settings))]

@@ -94,7 +94,7 @@ def test_demo_runs_on_postgres_and_redis(production: Settings) -> None:
     import psycopg
     from mlflow import MlflowClient
 
-    from leadscore.demo import STAGES, run_demo
+    from pipelines.demo import STAGES, run_demo
 
     settings = production
     summary = run_demo(settings, n_leads=N_LEADS, seed=11, trials=2)

@@ -12,8 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from commands.doctor import doctor
 from leadscore.config import get_settings, load_settings
-from leadscore.doctor import doctor
 from leadscore.profiles import (
     MAINTENANCE_DATABASE,
     PRODUCTION_DATABASES,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from crm_data.prediction_log import POSTGRES_DATABASE
 from leadscore.config import ConfigError, load_settings
-from leadscore.prediction_log import POSTGRES_DATABASE
 from leadscore.profiles import (
     FEAST_DATABASE,
     MLFLOW_DATABASE,
@@ -137,7 +137,7 @@ def test_mask_password_hides_secrets_only() -> None:
 def _doctor_app():
     import typer
 
-    from leadscore.doctor import doctor
+    from commands.doctor import doctor
 
     app = typer.Typer()
     app.command("doctor")(doctor)

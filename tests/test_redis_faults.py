@@ -22,8 +22,8 @@ from service_fixtures import ServedService, submission
 from test_production_demo import production_settings, unique_prefix
 
 from leadscore.config import Settings, get_settings
-from leadscore.demo import STAGES, DemoContext, replay_start
 from leadscore.profiles import drop_databases
+from pipelines.demo import STAGES, DemoContext, replay_start
 from serving.launcher import free_port
 from serving.predictor import DEGRADED_STORE
 
@@ -110,7 +110,7 @@ def production_workdir(postgres_available: None, own_redis: OwnRedis, tmp_path: 
 
 def known_lead(settings: Settings) -> str:
     """A lead whose person has behaviour rows in the online store."""
-    from leadscore.identity import LEAD_PERSON_FILE
+    from crm_data.identity import LEAD_PERSON_FILE
 
     behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet")
     active = set(behaviour.loc[behaviour["snap_events_30d"] > 0, "person_id"].astype(str))

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from commands.route import app as route_app
 from leadscore.config import get_settings
 from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_STEPS
-from routing.cli import app as route_app
 from routing.control import control_mask, is_control, route_with_control
 from routing.optimize import _select, goal_slack, goal_target, optimize_cutoffs
 from routing.policy import (

@@ -289,7 +289,7 @@ def test_champion_loads_in_a_fresh_process_with_reasons(trained: dict) -> None:
 def test_cli_train_rejects_csv_options_without_csv(tmp_path: Path) -> None:
     import typer
 
-    from training.cli import train_command
+    from commands.train import train_command
 
     app = typer.Typer()
     app.command()(train_command)

@@ -8,16 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from leadscore.identifiers import hash_identifier
-from leadscore.identity import resolve_identities
-from leadscore.ingest import ingest_batch
-from leadscore.schemas import EVENTS, IDENTITIES, LEADS, OUTCOMES, RAW_TABLES
-from leadscore.validation import (
+from crm_data.identity import resolve_identities
+from crm_data.ingest import ingest_batch
+from crm_data.validation import (
     ValidationError,
     conform_table,
     load_raw_tables,
     validate_table,
 )
+from leadscore.identifiers import hash_identifier
+from leadscore.schemas import EVENTS, IDENTITIES, LEADS, OUTCOMES, RAW_TABLES
 
 SALT = "test-salt"
 NOW = datetime(2024, 6, 1, tzinfo=UTC)

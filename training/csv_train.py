@@ -47,7 +47,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from leadscore.cli_common import WorkdirOption
+from commands.common import WorkdirOption
 from leadscore.config import Settings, get_settings
 from training.baselines import LogisticBaseline
 from training.calibration import Calibrator, fit_calibrator
@@ -967,7 +967,7 @@ def train_csv_command(
     """Train and evaluate on a flat CRM export; write the report; return the exit code."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from leadscore.cli_common import console, err_console, settings_for
+    from commands.common import console, err_console, settings_for
 
     settings = settings_for(workdir)
     report_path = Path(report)

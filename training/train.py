@@ -172,26 +172,26 @@ def check_training_services(settings: Settings, storage_url: str | None) -> None
     Production profile: the PostgreSQL server answers and the profile's databases exist
     (created when missing, ``profiles.require_services``; training needs no Redis). Every
     profile: the MLflow tracking store and the Optuna ``storage_url`` answer
-    (``leadscore.doctor``'s checks, 2 s timeouts, nothing created). Raises
+    (``leadscore.service_checks``, 2 s timeouts, nothing created). Raises
     :class:`ServiceUnavailableError`.
     """
     import psycopg
 
-    from leadscore import doctor
+    from leadscore import service_checks as checks
     from leadscore.profiles import require_services
 
     try:
-        require_services(settings, ("postgres",), timeout=doctor.TIMEOUT_SECONDS)
+        require_services(settings, ("postgres",), timeout=checks.TIMEOUT_SECONDS)
     except ConnectionError as exc:
         raise ServiceUnavailableError(_one_line(str(exc))) from None
     except psycopg.Error as exc:  # e.g. a missing database this role may not create
         raise ServiceUnavailableError(_one_line(f"PostgreSQL: {exc}")) from None
-    memory = doctor.ServerMemory()
-    results = [doctor.check_mlflow(settings, memory)[0]]
+    memory = checks.ServerMemory()
+    results = [checks.check_mlflow(settings, memory)[0]]
     if storage_url:
-        results.append(doctor.check_sql_store("Optuna storage", storage_url, "studies", "Optuna",
+        results.append(checks.check_sql_store("Optuna storage", storage_url, "studies", "Optuna",
                                               memory)[0])
-    bad = [r for r in results if r.status in {doctor.FAIL, doctor.MISSING}]
+    bad = [r for r in results if r.status in {checks.FAIL, checks.MISSING}]
     if bad:
         raise ServiceUnavailableError(_one_line("; ".join(
             f"{r.component} at {r.url} is not usable: {r.detail}"

@@ -1,7 +1,7 @@
 """The latent model behind ``leadscore generate``: vocabularies, effect sizes, propensities.
 
 Everything that decides *why* a synthetic lead converts lives here, so the mechanism can be read
-(and changed) in one place; ``leadscore.generate`` only draws from it and writes tables.
+(and changed) in one place; ``crm_data.generate`` only draws from it and writes tables.
 
 Conversion logit of a lead under the cheapest follow-up (``ai_bot``), ``logit_terms``::
 

@@ -1,6 +1,6 @@
 """Typer command ``leadscore generate``: write a synthetic CRM history (raw tables + truth).
 
-A plain function; ``leadscore.cli`` registers it with ``app.command("generate")(generate)``.
+A plain function; ``commands.main`` registers it with ``app.command("generate")(generate)``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
-from leadscore.generate import DEFAULT_START, data_end_is_future, generate_crm
+from commands.common import WorkdirOption, console, fail, settings_for
+from crm_data.generate import DEFAULT_START, data_end_is_future, generate_crm
 
 STAGES = ("persons and leads", "behaviour events", "conversion mechanism", "identifier hashing",
           "tables", "writing parquet")

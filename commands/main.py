@@ -6,17 +6,17 @@ from typing import Annotated
 
 import typer
 
-from features.cli import features_app
+from commands.common import WorkdirOption, fail, settings_for
+from commands.doctor import doctor
+from commands.drift import drift
+from commands.features import features_app
+from commands.generate import generate
+from commands.identity import identity_command, ingest_command
+from commands.route import app as route_app
+from commands.serve import serve
+from commands.train import score_command, train_command
 from leadscore import __version__
-from leadscore.cli_common import WorkdirOption, fail, settings_for
-from leadscore.demo import CLI_REPLAY_WEEKS
-from leadscore.doctor import doctor
-from leadscore.generate_cli import generate
-from leadscore.identity_cli import identity_command, ingest_command
-from monitoring.cli import drift
-from routing.cli import app as route_app
-from serving.cli import serve
-from training.cli import score_command, train_command
+from pipelines.demo import CLI_REPLAY_WEEKS
 
 app = typer.Typer(
     name="leadscore",
@@ -67,7 +67,7 @@ def demo(
         "one also rates the leads whose 30-day outcome has closed.")] = CLI_REPLAY_WEEKS,
 ) -> None:
     """The main job: generate a CRM history and run the whole pipeline on it."""
-    from leadscore.demo import run_demo
+    from pipelines.demo import run_demo
 
     settings = settings_for(workdir)
     try:

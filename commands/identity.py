@@ -1,6 +1,6 @@
 """Typer commands ``leadscore identity`` (One ID) and ``leadscore ingest`` (raw exports).
 
-Plain functions; ``leadscore.cli`` registers them with ``app.command(...)``.
+Plain functions; ``commands.main`` registers them with ``app.command(...)``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
-from leadscore.identity import resolve_identities
-from leadscore.ingest import ingest_batch
-from leadscore.validation import ValidationError, load_raw_tables
+from commands.common import WorkdirOption, console, fail, settings_for
+from crm_data.identity import resolve_identities
+from crm_data.ingest import ingest_batch
+from crm_data.validation import ValidationError, load_raw_tables
 
 
 def _summary_table(title: str, rows: list[tuple[str, object]]) -> Table:

@@ -15,7 +15,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
+from commands.common import WorkdirOption, console, fail, settings_for
 from leadscore.config import Settings
 from routing.optimize import OBJECTIVES, optimize_cutoffs
 from routing.policy import PolicyError, RoutingPolicy, load_policy, save_policy

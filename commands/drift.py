@@ -3,9 +3,9 @@
 Exit codes (for a weekly cron job): 0 quiet; 3 drift (drift share >= threshold);
 2 bad input or missing data (bad period, empty period, no reference model).
 
-Wiring (leadscore/cli.py)::
+Wiring (commands/main.py)::
 
-    from monitoring.cli import drift
+    from commands.drift import drift
     app.command()(drift)
 """
 
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
+from commands.common import WorkdirOption, console, fail, settings_for
+from crm_data.prediction_log import PredictionLog, load_outcomes, open_prediction_log
 from leadscore.config import Settings
-from leadscore.prediction_log import PredictionLog, load_outcomes, open_prediction_log
 from monitoring.drift import (
     EXIT_BAD_INPUT,
     EXIT_DRIFT,

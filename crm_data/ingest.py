@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from crm_data.validation import Problem, ValidationError, check_table
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import RAW_TABLES, TableSchema
-from leadscore.validation import Problem, ValidationError, check_table
 
 # raw identifier column in an export → identifier type
 RAW_IDENTIFIER_COLUMNS: dict[str, str] = {

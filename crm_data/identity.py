@@ -32,8 +32,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from leadscore.ingest import exclusive_lock, write_parquet_atomically
-from leadscore.validation import TIMESTAMP_DTYPE, check_id_hashes
+from crm_data.ingest import exclusive_lock, write_parquet_atomically
+from crm_data.validation import TIMESTAMP_DTYPE, check_id_hashes
 
 LEAD_PERSON_FILE = "lead_person.parquet"
 IDENTIFIER_PERSON_FILE = "identifier_person.parquet"

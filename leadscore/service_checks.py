@@ -1,4 +1,4 @@
-"""``leadscore doctor``: check the active profile's backing services and state, say what is wrong.
+"""Checks of the active profile's backing services and state: what is wrong, and the fix.
 
 Each check returns a :class:`CheckResult` (component, URL with the password masked, status, detail,
 hint). Statuses: ``ok``; ``missing`` (something not produced or created yet: the hint names the
@@ -7,30 +7,22 @@ uses a timeout of at most :data:`TIMEOUT_SECONDS`. The checks read state directl
 SQL tables, Redis PING, HTTP health) instead of importing MLflow or Feast, which alone take
 seconds to import.
 
-A plain function :func:`doctor` is the Typer command; ``leadscore.cli`` registers it with
-``app.command("doctor")(doctor)``.
+``leadscore doctor`` (``commands.doctor``) prints them; training uses them to fail early.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-import typer
-from rich.table import Table
-
-from leadscore.cli_common import WorkdirOption, console, fail
-from leadscore.config import ConfigError, Settings, get_settings
+from leadscore.config import ConfigError, Settings
 from leadscore.profiles import (
     MAINTENANCE_DATABASE,
-    ensure_databases,
     mask_password,
     postgres_url,
     production_databases,
@@ -439,63 +431,3 @@ def run_checks(settings: Settings) -> list[CheckResult]:
         return checks(settings)
     except ConfigError as exc:
         return [CheckResult("configuration", "", FAIL, str(exc), "fix the setting it names")]
-
-
-# ---- the command ----------------------------------------------------------------------------
-STATUS_STYLE = {OK: "green", MISSING: "yellow", FAIL: "bold red", SKIPPED: "dim"}
-
-
-def render(results: list[CheckResult], profile: str) -> Table:
-    """A rich table of the results."""
-    table = Table(title=f"leadscore doctor — profile {profile}", show_lines=False)
-    for column in ("component", "URL", "status", "detail", "hint"):
-        table.add_column(column, overflow="fold")
-    for r in results:
-        style = STATUS_STYLE.get(r.status, "")
-        table.add_row(r.component, r.url, f"[{style}]{r.status}[/]", r.detail, r.hint)
-    return table
-
-
-def _settings(workdir: Path | None) -> Settings:
-    """Settings like ``settings_for`` but without creating folders (the doctor only looks)."""
-    try:
-        if workdir is not None:
-            os.environ["LEADSCORE_WORKDIR"] = str(Path(workdir).expanduser().resolve())
-        get_settings.cache_clear()
-        return get_settings()
-    except ConfigError as exc:
-        fail(f"configuration: {exc}", code=1)
-        raise  # unreachable: fail() exits
-
-
-def doctor(
-    workdir: WorkdirOption = None,
-    create_databases: Annotated[
-        bool,
-        typer.Option("--create-databases",
-                     help="Production: create the missing PostgreSQL databases first."),
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-) -> None:
-    """Check the active profile's services and state; exit 1 when anything is missing or wrong."""
-    settings = _settings(workdir)
-    if create_databases and settings.profile == "production":
-        try:
-            created = ensure_databases(settings, connect_timeout=TIMEOUT_SECONDS)
-        except (ConnectionError, ConfigError) as exc:
-            fail(str(exc), code=1)
-        if created and not as_json:
-            console.print(f"created database(s): {', '.join(created)}")
-    results = run_checks(settings)
-    if as_json:
-        typer.echo(json.dumps([asdict(r) for r in results], indent=2))
-    else:
-        console.print(render(results, settings.profile))
-    bad = [r for r in results if not r.ok]
-    if bad:
-        if not as_json:
-            console.print(f"[bold red]{len(bad)} problem(s):[/] "
-                          + "; ".join(f"{r.component}: {r.detail}" for r in bad))
-        raise typer.Exit(1)
-    if not as_json:
-        console.print("[green]all checks passed[/]")

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
+from commands.common import WorkdirOption, console, fail, settings_for
 
 features_app = typer.Typer(
     name="features",

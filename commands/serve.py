@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from leadscore.cli_common import WorkdirOption, console, fail, settings_for
+from commands.common import WorkdirOption, console, fail, settings_for
 
 
 def service_environment(workdir: Path, api_key: str, bento_home: str) -> dict[str, str]:

@@ -43,7 +43,7 @@ Stage = Callable[[DemoContext], dict[str, Any]]
 
 def stage_generate(ctx: DemoContext) -> dict[str, Any]:
     """Generate a synthetic CRM history into the data folder."""
-    from leadscore.generate import generate_crm
+    from crm_data.generate import generate_crm
 
     summary = generate_crm(ctx.settings.data_dir, n_leads=ctx.n_leads, seed=ctx.seed,
                            drift=ctx.drift, salt=ctx.settings.hash_salt)
@@ -54,8 +54,8 @@ def stage_identity(ctx: DemoContext) -> dict[str, Any]:
     """Validate the raw tables, resolve leads into persons (One ID), score against the truth."""
     import pandas as pd
 
-    from leadscore.identity import resolve_identities
-    from leadscore.validation import load_raw_tables
+    from crm_data.identity import resolve_identities
+    from crm_data.validation import load_raw_tables
 
     tables = load_raw_tables(ctx.settings.raw_dir)
     truth = pd.read_parquet(ctx.settings.truth_dir / "leads_truth.parquet",
@@ -119,7 +119,7 @@ def stage_train(ctx: DemoContext) -> dict[str, Any]:
 
 def stage_route(ctx: DemoContext) -> dict[str, Any]:
     """Optimise tier cut-offs under capacity, then simulate against the rule policies."""
-    from routing.cli import run_optimize, run_simulate
+    from commands.route import run_optimize, run_simulate
 
     policy_path, optimize_report = run_optimize(ctx.settings)
     report = run_simulate(ctx.settings, ctx.settings.reports_dir / "routing_simulation.json")
@@ -137,7 +137,7 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
     after recording the events the live service would have received before (the backlog)."""
     import httpx
 
-    from serving.demo_traffic import load_backlog, replay_plan
+    from pipelines.demo_traffic import load_backlog, replay_plan
     from serving.launcher import ServedService
     from serving.model_store import bentoml_home, import_champion
 
@@ -192,7 +192,7 @@ def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def stage_drift(ctx: DemoContext) -> dict[str, Any]:
     """Weekly Evidently drift and business report of the last replayed week."""
-    from monitoring.cli import iso_week, run_weekly_report
+    from commands.drift import iso_week, run_weekly_report
 
     last_week = timedelta(days=7 * (ctx.replay_weeks - 1))
     start = replay_start(ctx.settings, ctx.replay_weeks) + last_week

@@ -2,7 +2,7 @@
 
 ``generate_crm`` writes the raw tables of ``leadscore.schemas`` to ``out_dir/raw/`` and the
 ground truth to ``out_dir/truth/leads_truth.parquet``. The mechanism (effect sizes, vocabularies,
-propensities) is in ``leadscore.generate_mechanism``; this module draws from it, vectorised with
+propensities) is in ``crm_data.generate_mechanism``; this module draws from it, vectorised with
 one ``numpy.random.Generator`` so that the same seed gives byte-identical files.
 
 Raw identifiers (phones, WeChat ids, e-mails, cookies) are formatted in varied ways, hashed with
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from leadscore import generate_mechanism as m
+from crm_data import generate_mechanism as m
 from leadscore.config import get_settings
 from leadscore.identifiers import hash_identifier
 from leadscore.schemas import (

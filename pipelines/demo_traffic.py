@@ -36,7 +36,7 @@ def _raw_identifiers(settings: Settings, seed: int, n_leads: int, lead_ids: set[
     The generator's raw values are matched to the stored hashes of each lead, so a value the
     CRM would send is exactly the one whose hash One ID knows.
     """
-    from leadscore.generate import simulate_crm
+    from crm_data.generate import simulate_crm
     from leadscore.identifiers import hash_identifier
 
     crm = simulate_crm(n_leads, seed, drift=drift, salt=settings.hash_salt)

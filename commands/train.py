@@ -2,7 +2,7 @@
 
 Wire into the main CLI with::
 
-    from training.cli import score_command, train_command
+    from commands.train import score_command, train_command
     app.command("train")(train_command)
     app.command("score")(score_command)
 """
@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from leadscore.cli_common import WorkdirOption, console, err_console, fail, settings_for
+from commands.common import WorkdirOption, console, err_console, fail, settings_for
 
 SERVICE_DOWN_EXIT = 2  # like every command's failure (cli_common.fail)
 

@@ -1,0 +1,1 @@
+"""Thin Typer commands over the pipeline and library functions: the top floor."""
