@@ -1,147 +1,27 @@
 """``leadscore route``: optimise tier cut-offs and simulate routing policies.
 
-``run_optimize`` and ``run_simulate`` are plain functions over a work folder (the demo calls
-them); the Typer commands below are thin wrappers with clean errors.
+Thin Typer commands over :mod:`pipelines.routing_jobs`, with clean errors.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from commands.common import WorkdirOption, console, fail, settings_for
-from leadscore.config import Settings
-from routing.optimize import OBJECTIVES, optimize_cutoffs
-from routing.policy import PolicyError, RoutingPolicy, load_policy, save_policy
-from routing.simulate import (
-    SCORED_COLUMNS,
-    after_tuning,
-    join_truth,
-    simulate,
-    split_by_day,
-    write_chart,
-)
-
-SCORED_FILE = "holdout_scored.parquet"
-DEFAULT_TUNING_SHARE = 0.5  # earliest half of the held-out days tunes, the later half judges
-OPTIMIZED_POLICY_FILE = "routing_policy.yaml"
-OPTIMIZE_REPORT_FILE = "routing_optimize.json"
+from pipelines.routing_jobs import DEFAULT_TUNING_SHARE, SCORED_FILE, run_optimize, run_simulate
+from routing.optimize import OBJECTIVES
+from routing.policy import PolicyError
 
 app = typer.Typer(
     name="route",
     help="Route leads to follow-up channels by tier: optimise cut-offs, simulate policies.",
     no_args_is_help=True,
 )
-
-
-# ---- plain functions -------------------------------------------------------------------------
-def _read_parquet(path: Path, what: str, hint: str) -> pd.DataFrame:
-    if not path.exists():
-        raise FileNotFoundError(f"{what} {path} not found: {hint}")
-    try:
-        return pd.read_parquet(path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{what} {path} is not a readable Parquet file: {exc}") from None
-
-
-def read_scored(settings: Settings, path: Path | None = None) -> pd.DataFrame:
-    """Held-out scored leads (default ``reports/holdout_scored.parquet``)."""
-    path = path or settings.reports_dir / SCORED_FILE
-    frame = _read_parquet(path, "scored leads", "run `leadscore train` first")
-    missing = [c for c in SCORED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"scored leads {path}: missing column(s) {missing}")
-    return frame
-
-
-def resolve_policy(settings: Settings, path: Path | None, prefer_optimized: bool) -> RoutingPolicy:
-    """The explicit file, else (when asked) the optimised one in reports/, else
-    ``settings.routing_policy``, else the packaged default."""
-    if path is None and prefer_optimized:
-        optimized = settings.reports_dir / OPTIMIZED_POLICY_FILE
-        path = optimized if optimized.exists() else None
-    if path is None:
-        path = settings.routing_policy
-    return load_policy(path)
-
-
-def run_optimize(
-    settings: Settings,
-    scored_path: Path | None = None,
-    policy_path: Path | None = None,
-    out_path: Path | None = None,
-    tuning_share: float = DEFAULT_TUNING_SHARE,
-    **options: Any,
-) -> tuple[Path, dict[str, Any]]:
-    """Optimise cut-offs on the tuning slice of held-out scored leads (their earliest
-    ``tuning_share`` of days; `route simulate` judges the policy on the later ones); write the
-    policy YAML and a JSON report.
-
-    Returns the policy path and the report (written next to it as ``routing_optimize.json``
-    when the default output is used, else ``<out>.report.json``).
-    """
-    scored = read_scored(settings, scored_path)
-    policy = resolve_policy(settings, policy_path, prefer_optimized=False)
-    tuning, later = split_by_day(scored, tuning_share, policy.capacity_day_timezone)
-    new_policy, report = optimize_cutoffs(tuning, policy, **options)
-    report["tuning_share"] = tuning_share
-    report["test_leads_left"] = int(len(later))
-    out_path = out_path or settings.reports_dir / OPTIMIZED_POLICY_FILE
-    header = (
-        f"Written by `leadscore route optimize` from policy {policy.version} "
-        f"({report['objective']} on {report['holdout']['leads']} held-out leads, tuning slice "
-        f"until {new_policy.optimization['tuned_until']}).\n"
-        "Field reference: leadscore/defaults/routing_policy.yaml"
-    )
-    save_policy(new_policy, out_path, header=header)
-    report_path = (
-        settings.reports_dir / OPTIMIZE_REPORT_FILE
-        if out_path == settings.reports_dir / OPTIMIZED_POLICY_FILE
-        else out_path.with_suffix(".report.json")
-    )
-    report["policy_path"] = str(out_path)
-    report_path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    report["report_path"] = str(report_path)
-    return out_path, report
-
-
-def run_simulate(
-    settings: Settings,
-    report_path: Path,
-    scored_path: Path | None = None,
-    policy_path: Path | None = None,
-    truth_path: Path | None = None,
-    rule_threshold: float = 60.0,
-    include_tuning_leads: bool = False,
-) -> dict[str, Any]:
-    """Simulate the policies on held-out leads with their true propensities; write the JSON
-    report and a PNG chart next to it (same name, ``.png``).
-
-    Leads up to the policy's ``optimization.tuned_until`` (those its cut-offs were tuned on)
-    are left out unless ``include_tuning_leads`` (an in-sample figure)."""
-    scored = read_scored(settings, scored_path)
-    truth_path = truth_path or settings.truth_dir / "leads_truth.parquet"
-    truth = _read_parquet(truth_path, "truth table", "run `leadscore generate` first")
-    policy = resolve_policy(settings, policy_path, prefer_optimized=True)
-    excluded = 0
-    if not include_tuning_leads:
-        scored, excluded = after_tuning(scored, policy)
-    report = simulate(join_truth(scored, truth), policy, rule_threshold=rule_threshold)
-    report["objective"] = policy.optimization.get("objective")
-    report["tuning_leads_excluded"] = excluded
-    report["tuned_until"] = policy.optimization.get("tuned_until")
-    report_path = Path(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    chart_path = write_chart(report, report_path.with_suffix(".png"))
-    report["chart"] = str(chart_path)
-    report_path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    return report
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -237,7 +117,9 @@ def simulate_command(
     truth: Annotated[
         Path | None, typer.Option("--truth", help="Default: data/truth/leads_truth.parquet.")
     ] = None,
-    rule_threshold: Annotated[float, typer.Option(help="2-D rule score threshold.")] = 60.0,
+    rule_threshold: Annotated[float | None, typer.Option(
+        help="2-D rule score threshold (default: rule.sales_threshold of the scoring tables).")
+    ] = None,
     require_goal: Annotated[
         bool, typer.Option(help="Exit with code 1 when the goal is not met.")
     ] = False,

@@ -20,7 +20,6 @@ The log holds no outcomes: :func:`load_outcomes` reads the CRM's outcomes table
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
@@ -290,21 +289,6 @@ def postgres_dsn(base_url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
 
 
-def ensure_postgres_database(base_url: str, database: str) -> None:
-    """Create ``database`` on the server of ``base_url`` when it does not exist."""
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(postgres_dsn(base_url, "postgres"), autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
-        ).fetchone()
-        if not exists:
-            # another process may create it at the same moment
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-
-
 class PostgresPredictionLog:
     """The prediction log in PostgreSQL (production profile); same behaviour as SQLite's."""
 
@@ -403,7 +387,9 @@ def open_prediction_log(settings: Settings) -> PredictionLog:
     """The log of the settings' profile: SQLite file (embedded) or PostgreSQL (production)."""
     if settings.profile == "production":
         database = settings.database_prefix  # POSTGRES_DATABASE for the default prefix
-        ensure_postgres_database(settings.postgres_url, database)
+        from leadscore.profiles import ensure_databases
+
+        ensure_databases(settings, [database])
         return PostgresPredictionLog(postgres_dsn(settings.postgres_url, database))
     return SqlitePredictionLog(settings.prediction_log_path)
 

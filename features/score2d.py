@@ -55,6 +55,11 @@ class ScoringTables:
         return self.tables[name]
 
     @property
+    def rule_threshold(self) -> float:
+        """The 2-D rule score at or above which a lead goes to sales (``rule.sales_threshold``)."""
+        return float(self.tables["rule"]["sales_threshold"])
+
+    @property
     def digest(self) -> str:
         """Short hash of the tables: changes whenever a weight or point changes."""
         raw = json.dumps(self.tables, sort_keys=True, default=str).encode()
@@ -177,5 +182,5 @@ def interest_score(
 
 def rule_grade(tables: ScoringTables, rule_score: Sequence[float]) -> list[str]:
     """``"sales"`` when the rule score reaches the threshold, else ``"nurture"``."""
-    threshold = float(tables.table("rule")["sales_threshold"])
+    threshold = tables.rule_threshold
     return ["sales" if s >= threshold else "nurture" for s in rule_score]

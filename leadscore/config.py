@@ -4,44 +4,134 @@ Values come, in rising order of precedence, from the defaults below, an optional
 file (``LEADSCORE_CONFIG`` or ``leadscore.yaml`` in the project root) and environment variables
 named ``LEADSCORE_<FIELD>`` (e.g. ``LEADSCORE_WORKDIR``, ``LEADSCORE_HASH_SALT``).
 Every derived path hangs off ``workdir`` so that ``--workdir DIR`` moves all state under DIR.
+
+``Settings`` is a pydantic-settings model. ``load_settings()`` / ``get_settings()`` read the
+YAML file and the environment; ``Settings(**values)`` validates exactly the values given over
+the defaults (no file, no environment: what tests and the committed ``feature_store.yaml``
+need). Either way a bad value raises ``ConfigError`` naming the field.
+
+The production profile's PostgreSQL database names and URLs are composed here too
+(:func:`production_service_url`), because ``Settings.tracking_uri`` and
+``Settings.optuna_storage`` derive from them; ``leadscore.profiles`` builds every other service
+URL on top of this module and is never imported by it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "LEADSCORE_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"  # names the YAML file; not a field itself
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "leadscore.yaml"
 DEFAULT_SALT = "leadscore-dev-salt-change-me"
 # PostgreSQL identifiers: max 63 bytes, so leave room for the "_mlflow"-style suffixes
 DATABASE_PREFIX_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
+# production database of each service: <database_prefix><suffix>
+DATABASE_SUFFIXES: dict[str, str] = {
+    "mlflow": "_mlflow",
+    "optuna": "_optuna",
+    "feast": "_feast",
+    "prediction_log": "",
+}
+SQLALCHEMY_DRIVER = "psycopg"  # psycopg 3
+# values never echoed back in an error message
+SECRET_FIELDS = frozenset({"hash_salt", "api_key"})
+URL_FIELDS = frozenset({"postgres_url", "redis_url", "mlflow_tracking_uri", "artifact_root"})
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed; the message names the field."""
 
 
-@dataclass(frozen=True)
-class Settings:
+@dataclass
+class _Load:
+    """What one ``load_settings`` call reads, and where each value came from (for errors)."""
+
+    env: Mapping[str, str]
+    yaml_file: Path
+    yaml_keys: set[str] = field(default_factory=set)
+
+
+# set only while load_settings() builds a Settings: otherwise only the given values count
+_LOADING: ContextVar[_Load | None] = ContextVar("leadscore_settings_load", default=None)
+
+
+class _EnvSource(EnvSettingsSource):
+    """``LEADSCORE_<FIELD>`` variables of an explicit mapping; unknown ``LEADSCORE_*`` names
+    are passed on as extra keys so that validation refuses them by name."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._environ = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty,
+                              self.env_parse_none_str)
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        prefix = self.env_prefix.lower()
+        known = set(self.settings_cls.model_fields) | {CONFIG_ENV[len(ENV_PREFIX):].lower()}
+        for key, value in self.env_vars.items():
+            name = key[len(prefix):]
+            if key.startswith(prefix) and name and name not in known:
+                data[name] = value
+        return data
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source; the file must hold a mapping of field: value."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            loaded = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file_path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file_path} must hold a mapping of field: value")
+        return loaded
+
+
+class Settings(BaseSettings):
     """All settings of the product. Paths are absolute once resolved."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        coerce_numbers_to_str=True,  # ``hash_salt: 12345`` in YAML is the string "12345"
+    )
 
     workdir: Path = PROJECT_ROOT
     profile: str = "embedded"
-    hash_salt: str = DEFAULT_SALT
+    hash_salt: str = Field(DEFAULT_SALT, repr=False)
     conversion_window_days: int = 30
     seed: int = 42
     intent_half_life_days: float = 14.0
     scoring_config: Path | None = None
     routing_policy: Path | None = None
-    api_key: str | None = None
+    api_key: str | None = Field(None, repr=False)
     mlflow_tracking_uri: str | None = None
     model_name: str = "lead-conversion"
     feature_service: str = "lead_conversion_v1"
@@ -55,6 +145,92 @@ class Settings:
     database_prefix: str = "leadscore"
     # MLflow artifact root (e.g. s3://bucket/mlflow); default: <workdir>/mlruns/artifacts
     artifact_root: str | None = None
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, _LOADING.get())) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest first: given values, ``LEADSCORE_*`` variables, the YAML file (the last two
+        only inside ``load_settings``)."""
+        load = _LOADING.get()
+        if load is None:
+            return (init_settings,)
+        yaml_source = _YamlSource(settings_cls, yaml_file=load.yaml_file)
+        load.yaml_keys = set(yaml_source.yaml_data)
+        return (init_settings, _EnvSource(settings_cls, load.env), yaml_source)
+
+    # ---- validation ----------------------------------------------------------------
+    @field_validator("scoring_config", "routing_policy", "api_key", "mlflow_tracking_uri",
+                     "artifact_root", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """An empty value of an optional setting means "not set"."""
+        return None if isinstance(value, str) and value == "" else value
+
+    @field_validator("workdir", "scoring_config", "routing_policy")
+    @classmethod
+    def _absolute_path(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in {"embedded", "production"}:
+            raise ValueError(f"{value!r} is not one of 'embedded', 'production'")
+        return value
+
+    @field_validator("conversion_window_days")
+    @classmethod
+    def _positive_window(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive day count")
+        return value
+
+    @field_validator("intent_half_life_days")
+    @classmethod
+    def _positive_half_life(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("hash_salt")
+    @classmethod
+    def _salt_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("database_prefix")
+    @classmethod
+    def _database_prefix(cls, value: str) -> str:
+        if not DATABASE_PREFIX_PATTERN.fullmatch(value) or value in SYSTEM_DATABASES:
+            raise ValueError(
+                f"{value!r} must be 1-40 lowercase letters, digits or underscores, starting "
+                "with a letter or underscore, and not a PostgreSQL system database name"
+            )
+        return value
+
+    # ---- copies --------------------------------------------------------------------
+    def with_(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` applied (``ConfigError`` names a bad field)."""
+        return type(self)(**{**self.model_dump(), **changes})
+
+    def with_workdir(self, workdir: Path | str | None) -> Settings:
+        """A copy of these settings rooted at ``workdir`` (unchanged when None)."""
+        if workdir is None:
+            return self
+        return self.with_(workdir=Path(workdir))
 
     # ---- derived paths -------------------------------------------------------------
     @property
@@ -109,7 +285,7 @@ class Settings:
         return (
             os.environ.get("MLFLOW_TRACKING_URI")
             or self.mlflow_tracking_uri
-            or (self._production_url("mlflow") if self.profile == "production" else None)
+            or (production_service_url(self, "mlflow") if self.profile == "production" else None)
             or f"sqlite:///{self.mlruns_dir / 'mlflow.db'}"
         )
 
@@ -120,14 +296,8 @@ class Settings:
     @property
     def optuna_storage(self) -> str:
         if self.profile == "production":
-            return self._production_url("optuna")
+            return production_service_url(self, "optuna")
         return f"sqlite:///{self.mlruns_dir / 'optuna.db'}"
-
-    def _production_url(self, service: str) -> str:
-        """Production-profile URL of ``service`` (see ``leadscore.profiles``)."""
-        from leadscore.profiles import production_service_url
-
-        return production_service_url(self, service)
 
     @property
     def prediction_log_path(self) -> Path:
@@ -147,90 +317,109 @@ class Settings:
         ):
             path.mkdir(parents=True, exist_ok=True)
 
-    def with_workdir(self, workdir: Path | str | None) -> Settings:
-        """A copy of these settings rooted at ``workdir`` (unchanged when None)."""
-        if workdir is None:
-            return self
-        return dataclasses.replace(self, workdir=Path(workdir).expanduser().resolve())
+
+def _describe(exc: ValidationError, load: _Load | None) -> str:
+    """One line per problem: the field, where its value came from, and what is wrong."""
+    known = ", ".join(Settings.model_fields)
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        origin = _origin(name, load)
+        where = f" (from {origin})" if origin else ""
+        if error["type"] == "extra_forbidden":
+            problems.append(f"config field '{name}'{where}: unknown field; known: {known}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        if name in SECRET_FIELDS or not isinstance(value, str | int | float):
+            shown = ""
+        elif name in URL_FIELDS and isinstance(value, str):
+            shown = f"{mask_password(value)!r}: "
+        else:
+            shown = f"cannot read {value!r}: " if error["type"].endswith("_parsing") else ""
+        problems.append(f"config field '{name}'{where}: {shown}{message}")
+    return "; ".join(problems)
 
 
-def _coerce(name: str, raw: Any, annotation: str) -> Any:
-    """Convert a raw config/env value to the field's type, naming the field on failure."""
-    if raw is None or (isinstance(raw, str) and raw == "" and "None" in annotation):
+def _origin(name: str, load: _Load | None) -> str | None:
+    """Which source set ``name`` in a ``load_settings`` call (environment beats the file)."""
+    if load is None:
         return None
-    try:
-        if annotation.startswith("Path"):
-            return Path(str(raw)).expanduser().resolve()
-        if annotation == "int":
-            return int(raw)
-        if annotation == "float":
-            return float(raw)
-        if annotation.startswith("str"):
-            return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"config field '{name}': cannot read {raw!r} as {annotation} ({exc})"
-        ) from None
-    return raw
+    variable = ENV_PREFIX + name.upper()
+    if any(key.upper() == variable for key in load.env):
+        return f"environment variable {variable}"
+    if name in load.yaml_keys:
+        return f"config file {load.yaml_file}"
+    return None
 
 
-def _validate(settings: Settings) -> Settings:
-    if settings.profile not in {"embedded", "production"}:
-        raise ConfigError(
-            f"config field 'profile': {settings.profile!r} is not one of 'embedded', 'production'"
-        )
-    if settings.conversion_window_days <= 0:
-        raise ConfigError("config field 'conversion_window_days': must be a positive day count")
-    if settings.intent_half_life_days <= 0:
-        raise ConfigError("config field 'intent_half_life_days': must be positive")
-    if not settings.hash_salt:
-        raise ConfigError("config field 'hash_salt': must not be empty")
-    if (not DATABASE_PREFIX_PATTERN.fullmatch(settings.database_prefix)
-            or settings.database_prefix in {"postgres", "template0", "template1"}):
-        raise ConfigError(
-            f"config field 'database_prefix': {settings.database_prefix!r} must be 1-40 lowercase "
-            "letters, digits or underscores, starting with a letter or underscore, and not a "
-            "PostgreSQL system database name"
-        )
-    return settings
-
-
-def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Build settings from defaults, the optional YAML file and ``LEADSCORE_*`` variables."""
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the optional YAML file and ``LEADSCORE_*`` variables
+    (``env``: this mapping instead of ``os.environ``)."""
     env = dict(os.environ if env is None else env)
-    known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
-
-    config_path = env.get(ENV_PREFIX + "CONFIG")
-    path = Path(config_path) if config_path else PROJECT_ROOT / "leadscore.yaml"
-    if config_path and not path.exists():
-        raise ConfigError(f"LEADSCORE_CONFIG points to {path}, which does not exist")
-    if path.exists():
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of field: value")
-        unknown = sorted(set(loaded) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"config file {path}: unknown field(s) {unknown}; known: {sorted(known)}"
-            )
-        values.update(loaded)
-
-    for name in known:
-        key = ENV_PREFIX + name.upper()
-        if key in env:
-            values[name] = env[key]
-
-    coerced = {
-        name: _coerce(name, raw, str(known[name].type)) for name, raw in values.items()
-    }
-    return _validate(Settings(**coerced))
+    config_path = env.get(CONFIG_ENV)
+    yaml_file = Path(config_path).expanduser() if config_path else DEFAULT_CONFIG_FILE
+    if config_path and not yaml_file.is_file():
+        raise ConfigError(f"{CONFIG_ENV} points to {yaml_file}, which does not exist")
+    token = _LOADING.set(_Load(env=env, yaml_file=yaml_file))
+    try:
+        return Settings()
+    finally:
+        _LOADING.reset(token)
 
 
 @cache
 def get_settings() -> Settings:
     """The process-wide settings (cached; call ``get_settings.cache_clear()`` after env edits)."""
     return load_settings()
+
+
+# ---- production PostgreSQL databases (the profile's other services: leadscore.profiles) -----
+def mask_password(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (URLs and Feast ``password=`` params)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        userinfo, at, host_part = rest.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            url = f"{scheme}://{user}:***@{host_part}"
+    if "password=" in url:
+        pieces = url.split(",")
+        url = ",".join(
+            "password=***" if piece.startswith("password=") else piece for piece in pieces
+        )
+    return url
+
+
+def _postgres_parts(settings: Settings) -> SplitResult:
+    parts = urlsplit(settings.postgres_url)
+    if parts.scheme.split("+", 1)[0] not in {"postgresql", "postgres"} or not parts.hostname:
+        raise ConfigError(
+            f"config field 'postgres_url': {mask_password(settings.postgres_url)!r} is not a "
+            "postgresql://user[:password]@host[:port] URL"
+        )
+    return parts
+
+
+def postgres_url(settings: Settings, database: str, driver: str | None = SQLALCHEMY_DRIVER) -> str:
+    """``settings.postgres_url`` pointed at ``database``; ``driver`` adds ``+driver`` to the
+    scheme for SQLAlchemy (MLflow, Optuna, Feast); ``driver=None`` gives a libpq/psycopg DSN."""
+    parts = _postgres_parts(settings)
+    scheme = "postgresql" + (f"+{driver}" if driver else "")
+    return urlunsplit((scheme, parts.netloc, "/" + database, parts.query, ""))
+
+
+def production_databases(settings: Settings) -> dict[str, str]:
+    """Service → PostgreSQL database name for ``settings.database_prefix`` (the default prefix
+    ``leadscore`` gives ``leadscore.profiles.PRODUCTION_DATABASES``)."""
+    prefix = settings.database_prefix
+    return {service: prefix + suffix for service, suffix in DATABASE_SUFFIXES.items()}
+
+
+def production_service_url(settings: Settings, service: str) -> str:
+    """The production URL of ``service`` (one of :data:`DATABASE_SUFFIXES`' keys)."""
+    databases = production_databases(settings)
+    if service not in databases:
+        raise ConfigError(f"unknown service {service!r}; known: {sorted(databases)}")
+    driver = None if service == "prediction_log" else SQLALCHEMY_DRIVER
+    return postgres_url(settings, databases[service], driver=driver)

@@ -14,7 +14,9 @@ component, and Redis (``settings.redis_url``) as the Feast online store:
 | prediction log | ``leadscore`` |
 
 The names shown are for the default ``settings.database_prefix`` (``leadscore``); another
-prefix ``p`` gives ``p_mlflow``, ``p_optuna``, ``p_feast`` and ``p``.
+prefix ``p`` gives ``p_mlflow``, ``p_optuna``, ``p_feast`` and ``p``. Those names and their
+URLs are composed in ``leadscore.config`` (``Settings.tracking_uri`` and ``optuna_storage`` use
+them; this module depends on ``leadscore.config``, never the reverse) and offered here as well.
 
 Redis Cluster is a connection-string change: ``LEADSCORE_REDIS_URL=redis+cluster://h1:6379,
 h2:6379,h3:6379`` (``rediss+cluster://`` for TLS) selects Feast's ``redis_type: redis_cluster``
@@ -27,9 +29,15 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
-from leadscore.config import ConfigError
+from leadscore.config import (  # the PostgreSQL URL helpers live beside Settings, which uses them
+    ConfigError,
+    mask_password,
+    postgres_url,
+    production_databases,
+    production_service_url,
+)
 
 if TYPE_CHECKING:
     from leadscore.config import Settings
@@ -44,13 +52,6 @@ PRODUCTION_DATABASES: dict[str, str] = {
     "feast": FEAST_DATABASE,
     "prediction_log": PREDICTION_LOG_DATABASE,
 }
-DATABASE_SUFFIXES: dict[str, str] = {
-    "mlflow": "_mlflow",
-    "optuna": "_optuna",
-    "feast": "_feast",
-    "prediction_log": "",
-}
-SQLALCHEMY_DRIVER = "psycopg"  # psycopg 3
 MAINTENANCE_DATABASE = "postgres"
 CLUSTER_SCHEMES = {"redis+cluster", "rediss+cluster"}
 REDIS_SCHEMES = {"redis", "rediss"} | CLUSTER_SCHEMES
@@ -77,42 +78,6 @@ class ServiceUrls:
             key: (mask_password(value) if isinstance(value, str) else value)
             for key, value in asdict(self).items()
         }
-
-
-def _postgres_parts(settings: Settings) -> Any:
-    parts = urlsplit(settings.postgres_url)
-    if parts.scheme.split("+", 1)[0] not in {"postgresql", "postgres"} or not parts.hostname:
-        raise ConfigError(
-            f"config field 'postgres_url': {mask_password(settings.postgres_url)!r} is not a "
-            "postgresql://user[:password]@host[:port] URL"
-        )
-    return parts
-
-
-def postgres_url(settings: Settings, database: str, driver: str | None = SQLALCHEMY_DRIVER) -> str:
-    """``settings.postgres_url`` pointed at ``database``; ``driver`` adds ``+driver`` to the
-    scheme for SQLAlchemy (MLflow, Optuna, Feast); ``driver=None`` gives a libpq/psycopg DSN."""
-    parts = _postgres_parts(settings)
-    scheme = "postgresql" + (f"+{driver}" if driver else "")
-    return urlunsplit((scheme, parts.netloc, "/" + database, parts.query, ""))
-
-
-def production_databases(settings: Settings) -> dict[str, str]:
-    """Service → PostgreSQL database name for ``settings.database_prefix`` (the default prefix
-    ``leadscore`` gives :data:`PRODUCTION_DATABASES`)."""
-    prefix = settings.database_prefix
-    return {service: prefix + suffix for service, suffix in DATABASE_SUFFIXES.items()}
-
-
-def production_service_url(settings: Settings, service: str) -> str:
-    """The production URL of ``service`` (one of :data:`PRODUCTION_DATABASES`' keys)."""
-    databases = production_databases(settings)
-    if service not in databases:
-        raise ConfigError(
-            f"unknown service {service!r}; known: {sorted(databases)}"
-        )
-    driver = None if service == "prediction_log" else SQLALCHEMY_DRIVER
-    return postgres_url(settings, databases[service], driver=driver)
 
 
 def feast_registry_path(settings: Settings) -> str:
@@ -193,22 +158,6 @@ def service_urls(settings: Settings) -> ServiceUrls:
         prediction_log=str(settings.prediction_log_path),
         postgres_databases=(),
     )
-
-
-def mask_password(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (URLs and Feast ``password=`` params)."""
-    scheme, sep, rest = url.partition("://")
-    if sep:
-        userinfo, at, host_part = rest.rpartition("@")
-        if at and ":" in userinfo:
-            user = userinfo.partition(":")[0]
-            url = f"{scheme}://{user}:***@{host_part}"
-    if "password=" in url:
-        pieces = url.split(",")
-        url = ",".join(
-            "password=***" if piece.startswith("password=") else piece for piece in pieces
-        )
-    return url
 
 
 def ensure_databases(

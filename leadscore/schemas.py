@@ -21,6 +21,11 @@ FUNNEL_CLASS: dict[str, str] = {
 }
 FOLLOWUP_CHANNELS: tuple[str, ...] = ("top_sales", "sales", "tmk", "ai_bot")
 TIERS: tuple[str, ...] = ("A", "B", "C", "D")
+# The registry alias of the model in service (MLflow model-version alias).
+CHAMPION_ALIAS = "champion"
+# Probabilities are kept inside [PROBABILITY_CLIP, 1 - PROBABILITY_CLIP] wherever a log loss or
+# a logit is taken of them (calibration, evaluation, the registry's champion gate).
+PROBABILITY_CLIP = 1e-6
 EVENT_TYPES: tuple[str, ...] = (
     "web_visit", "pricing_page", "course_page", "recruitment_page", "email_open",
     "email_click", "whitepaper_download", "live_class", "offline_event", "trial_class",

@@ -30,11 +30,11 @@ from leadscore.profiles import (
     redis_online_store,
     service_urls,
 )
+from leadscore.schemas import CHAMPION_ALIAS
 
 TIMEOUT_SECONDS = 2
 OK, MISSING, FAIL, SKIPPED = "ok", "missing", "fail", "skipped"
 FEAST_PROJECT = "leadscore"
-CHAMPION_ALIAS = "champion"
 CREATE_HINT = "run `leadscore doctor --create-databases` (or profiles.ensure_databases)"
 FEAST_HINT = "apply the Feast definitions (`leadscore demo` does it; features.store.ensure_applied)"
 TRAIN_HINT = "train and register a model (`leadscore demo` or the train command)"

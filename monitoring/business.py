@@ -17,46 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from leadscore.config import PROJECT_ROOT, Settings
+from leadscore.config import Settings
+from leadscore.schemas import TIERS
 
 QUALIFIED_TIERS = ("A", "B")
-TIERS = ("A", "B", "C", "D")
-
-
-def policy_paths(settings: Settings) -> list[Path]:
-    """Where the routing policy may be, in order of precedence."""
-    paths = [settings.routing_policy] if settings.routing_policy else []
-    return [*paths, settings.reports_dir / "routing_policy.yaml",
-            PROJECT_ROOT / "leadscore" / "defaults" / "routing_policy.yaml"]
 
 
 def load_channel_costs(settings: Settings) -> tuple[dict[str, float] | None, str]:
-    """Cost per lead of each follow-up channel from the first routing policy found.
+    """Cost per lead of each follow-up channel from the active routing policy.
 
-    Returns ``(costs, source)``; ``costs`` is None (and ``source`` says why) when no policy file
-    exists or it holds no ``channels: {name: {cost_per_lead: …}}``.
+    Returns ``(costs, source)``; ``costs`` is None (and ``source`` says why) when the policy
+    cannot be read. The policy is the one serving uses
+    (:func:`routing.policy.resolve_active_policy`).
     """
-    for path in policy_paths(settings):
-        if not path.exists():
-            continue
-        try:
-            policy = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            return None, f"{path} is not valid YAML ({exc.__class__.__name__}): costs unknown"
-        channels = policy.get("channels") if isinstance(policy, dict) else None
-        if not isinstance(channels, dict):
-            return None, f"{path} has no 'channels' mapping: costs unknown"
-        costs = {}
-        for name, spec in channels.items():
-            cost = spec.get("cost_per_lead") if isinstance(spec, dict) else None
-            if isinstance(cost, int | float) and math.isfinite(cost) and cost >= 0:
-                costs[str(name)] = float(cost)
-        if costs:
-            return costs, str(path)
-        return None, f"{path} gives no channels.*.cost_per_lead: costs unknown"
-    return None, "no routing policy file: costs unknown"
+    from routing.policy import PolicyError, resolve_active_policy
+
+    try:
+        active = resolve_active_policy(settings)
+    except PolicyError as exc:
+        return None, f"{exc}: costs unknown"
+    costs = {name: float(spec.cost_per_lead) for name, spec in active.policy.channels.items()}
+    return costs, str(active.path)
 
 
 def _rate(numerator: float, denominator: float) -> float | None:

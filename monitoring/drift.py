@@ -46,6 +46,7 @@ import pandas as pd
 
 from crm_data.prediction_log import feature_column
 from leadscore.config import Settings
+from leadscore.schemas import TIERS
 
 EXIT_QUIET = 0
 EXIT_BAD_INPUT = 2
@@ -58,7 +59,6 @@ DRIFT_SAMPLE_ROWS = 20_000
 SAMPLE_SEED = 0
 MISSING_CATEGORY = "<missing>"
 PREDICTION_COLUMNS = ("probability", "tier")
-TIERS = ("A", "B", "C", "D")
 ECE_BINS = 10
 MIN_COHORT_ROWS = 30
 

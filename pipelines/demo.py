@@ -119,7 +119,7 @@ def stage_train(ctx: DemoContext) -> dict[str, Any]:
 
 def stage_route(ctx: DemoContext) -> dict[str, Any]:
     """Optimise tier cut-offs under capacity, then simulate against the rule policies."""
-    from commands.route import run_optimize, run_simulate
+    from pipelines.routing_jobs import run_optimize, run_simulate
 
     policy_path, optimize_report = run_optimize(ctx.settings)
     report = run_simulate(ctx.settings, ctx.settings.reports_dir / "routing_simulation.json")
@@ -192,7 +192,7 @@ def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def stage_drift(ctx: DemoContext) -> dict[str, Any]:
     """Weekly Evidently drift and business report of the last replayed week."""
-    from commands.drift import iso_week, run_weekly_report
+    from pipelines.weekly_report import iso_week, run_weekly_report
 
     last_week = timedelta(days=7 * (ctx.replay_weeks - 1))
     start = replay_start(ctx.settings, ctx.replay_weeks) + last_week

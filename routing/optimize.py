@@ -47,16 +47,14 @@ import pandas as pd
 
 from leadscore.schemas import TIERS
 from routing.policy import RoutingPolicy, bump_version
+from routing.rules import funnel_channels, rule_2d_channels
 from routing.simulate import (
-    DEFAULT_RULE_THRESHOLD,
     GOAL_CPA_REDUCTION,
     SCORED_COLUMNS,
     DayIndex,
     apply_daily_capacity,
     channel_positions,
     day_index,
-    funnel_channels,
-    rule_2d_channels,
     validate_leads,
 )
 
@@ -248,7 +246,7 @@ def optimize_cutoffs(
     policy: RoutingPolicy,
     *,
     objective: str = "goal_margin",
-    rule_threshold: float = DEFAULT_RULE_THRESHOLD,
+    rule_threshold: float | None = None,
     conversion_margin: float = 0.02,
     cpa_reduction: float = 0.2,
     goal_reduction: float = GOAL_CPA_REDUCTION,

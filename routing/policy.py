@@ -9,6 +9,7 @@ channel at serving time, the same rule the simulation and the optimiser apply.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from leadscore.config import Settings
 from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_CLASS, FUNNEL_STEPS, TIERS
 
 CUTOFF_TIERS: tuple[str, ...] = TIERS[:3]  # D is everything below C's cut-off
@@ -387,6 +389,63 @@ def load_policy(path: Path | str | None = None) -> RoutingPolicy:
         return policy_from_dict(raw, source=str(path))
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from None
+
+
+OPTIMISED_POLICY_FILE = "routing_policy.yaml"  # under the work folder's reports/
+BASE_DIGEST_KEY = "base_policy_sha256"  # in ``optimization``: the file the cut-offs came from
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """The routing policy in force, where it came from, and why the others were passed over."""
+
+    policy: RoutingPolicy
+    path: Path
+    source: str  # "explicit", "optimised", "configured" or "packaged default"
+    note: str | None = None
+
+
+def file_digest(path: Path | str) -> str:
+    """SHA-256 of a policy file's bytes: ties an optimised policy to the file it came from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def base_policy_path(settings: Settings) -> Path:
+    """The policy the user configures (``routing_policy`` setting), else the packaged default:
+    the costs and capacities that ``route optimize`` starts from."""
+    return Path(settings.routing_policy) if settings.routing_policy else default_policy_path()
+
+
+def optimised_policy_path(settings: Settings) -> Path:
+    """Where ``route optimize`` writes the policy with optimised cut-offs."""
+    return settings.reports_dir / OPTIMISED_POLICY_FILE
+
+
+def resolve_active_policy(settings: Settings, explicit: Path | str | None = None) -> ActivePolicy:
+    """The one answer to "which routing policy is in force" for serving, simulation and reports.
+
+    Order: an ``explicit`` file; else the optimised policy in ``reports/`` when it was derived
+    from today's base policy (its recorded ``optimization.base_policy_sha256`` equals the base
+    file's digest); else the base policy (:func:`base_policy_path`). An optimised file derived
+    from another base (the user changed costs or capacities, or points the setting elsewhere)
+    is stale: it is passed over and ``note`` says so. Raises :class:`PolicyError`.
+    """
+    if explicit is not None:
+        return ActivePolicy(load_policy(explicit), Path(explicit), "explicit")
+    base = base_policy_path(settings)
+    base_source = "configured" if settings.routing_policy else "packaged default"
+    optimised = optimised_policy_path(settings)
+    note = None
+    if optimised.exists():
+        candidate = load_policy(optimised)
+        recorded = candidate.optimization.get(BASE_DIGEST_KEY)
+        if recorded is None and not settings.routing_policy:
+            return ActivePolicy(candidate, optimised, "optimised")
+        if base.exists() and recorded == file_digest(base):
+            return ActivePolicy(candidate, optimised, "optimised")
+        note = (f"optimised policy {optimised} passed over: it was derived from another base "
+                f"policy than {base}; run `leadscore route optimize` again")
+    return ActivePolicy(load_policy(base), base, base_source, note)
 
 
 def save_policy(policy: RoutingPolicy, path: Path | str, header: str = "") -> Path:

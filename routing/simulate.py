@@ -31,14 +31,14 @@ import pandas as pd
 
 from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_STEPS
 from routing.control import control_mask
-from routing.policy import K12_FUNNEL_CHANNEL, RoutingPolicy
+from routing.policy import RoutingPolicy
+from routing.rules import funnel_channels, rule_2d_channels, rule_threshold_or_default
 
 SCORED_COLUMNS: tuple[str, ...] = (
     "lead_id", "person_id", "created_at", "probability", "funnel_step", "rule_score",
 )
 PROPENSITY_COLUMNS: dict[str, str] = {c: f"propensity_{c}" for c in FOLLOWUP_CHANNELS}
 RULE_POLICIES: tuple[str, ...] = ("rule_2d", "rule_funnel")
-DEFAULT_RULE_THRESHOLD = 60.0
 GOAL_CPA_REDUCTION = 0.15
 
 
@@ -239,24 +239,13 @@ def apply_daily_capacity(
 
 
 # ---- the policies compared -----------------------------------------------------------------
-def rule_2d_channels(rule_score: Any, threshold: float = DEFAULT_RULE_THRESHOLD) -> np.ndarray:
-    """The practitioners' rule: a 2-D score reaching ``threshold`` goes to sales, else the bot."""
-    score = np.asarray(rule_score, dtype=float)
-    return np.where(score >= threshold, "sales", "ai_bot").astype(object)
-
-
-def funnel_channels(funnel_step: Any) -> np.ndarray:
-    """The K12 routing by funnel step: booked_trial → top_sales … submitted → ai_bot."""
-    return np.array([K12_FUNNEL_CHANNEL[s] for s in np.asarray(funnel_step)], dtype=object)
-
-
 def policy_channels(
-    leads: pd.DataFrame, policy: RoutingPolicy, rule_threshold: float = DEFAULT_RULE_THRESHOLD
+    leads: pd.DataFrame, policy: RoutingPolicy, rule_threshold: float | None = None
 ) -> dict[str, np.ndarray]:
     """Assigned channel per lead (before capacity) for every compared policy."""
     _, model = policy.assign(leads["probability"].to_numpy())
     control = control_mask(leads["person_id"], policy.control_share, policy.control_salt)
-    rule_2d = rule_2d_channels(leads["rule_score"], rule_threshold)
+    rule_2d = rule_2d_channels(leads["rule_score"], rule_threshold_or_default(rule_threshold))
     return {
         "everyone_to_sales": np.full(len(leads), "sales", dtype=object),
         "rule_2d": rule_2d,
@@ -386,7 +375,7 @@ def _drivers(results: dict[str, dict[str, Any]], best: str) -> str:
 def simulate(
     scored_with_truth: pd.DataFrame,
     policy: RoutingPolicy,
-    rule_threshold: float = DEFAULT_RULE_THRESHOLD,
+    rule_threshold: float | None = None,
     goal_cpa_reduction: float = GOAL_CPA_REDUCTION,
 ) -> dict[str, Any]:
     """Compare everyone_to_sales, rule_2d, rule_funnel and the model policy on the truth.
@@ -408,7 +397,7 @@ def simulate(
     return {
         "policy_version": policy.version,
         "cutoffs": {"mode": policy.cutoff_mode, **policy.cutoffs},
-        "rule_threshold": rule_threshold,
+        "rule_threshold": rule_threshold_or_default(rule_threshold),
         "leads": int(len(leads)),
         "days": days.n_days,
         "period": {"first_day": str(days.labels[0]), "last_day": str(days.labels[-1])},

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from leadscore.config import Settings
+from leadscore.schemas import CHAMPION_ALIAS
 
 logger = logging.getLogger("leadscore.model_store")
 
 BENTO_MODEL_NAME = "lead-conversion"
-CHAMPION_ALIAS = "champion"
 
 
 class ModelUnavailableError(RuntimeError):

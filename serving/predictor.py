@@ -32,9 +32,8 @@ from crm_data.prediction_log import PredictionLog, PredictionRecord, open_predic
 from features.online import submission_request, submission_requests
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
-from routing.control import control_draw
-from routing.policy import RoutingPolicy, load_policy
-from routing.simulate import rule_2d_channels
+from routing.control import route_leads
+from routing.policy import RoutingPolicy, resolve_active_policy
 from serving.log_writer import BackgroundLogWriter
 from serving.model_store import LoadedModel, ModelUnavailableError, load_champion
 from serving.online_reader import OnlineFeatureReader, OnlineStoreError
@@ -62,7 +61,6 @@ TAG_FIELDS: tuple[str, ...] = (
 CITY_TIER: dict[str, int] = {name: tier for name, tier in CITIES}
 DEGRADED_STORE = "online_store_unavailable"
 DEGRADED_PERSON = "person_unknown"
-RULE_THRESHOLD = 60.0
 MAX_NEW_LINKS = 1_000_000
 
 __all__ = ["ModelUnavailableError", "Predictor", "Resolved"]
@@ -127,6 +125,12 @@ def identifier_hashes(
     return hashes, rejected
 
 
+def _rule_threshold(settings: Settings) -> float:
+    from features.score2d import load_scoring_tables
+
+    return load_scoring_tables(settings.scoring_config).rule_threshold
+
+
 class Predictor:
     """Scores submissions; thread-safe; model and identity maps are swapped atomically."""
 
@@ -137,6 +141,8 @@ class Predictor:
         self.reader = reader
         self.identity = identity
         self.policy = policy
+        # the 2-D rule's sales threshold for control leads: the user's scoring tables
+        self.rule_threshold = _rule_threshold(settings)
         self.log = log
         self.updater = updater
         # ``serving.events.BackgroundLeadRecorder`` over ``updater``: scored submissions are
@@ -162,14 +168,13 @@ class Predictor:
         store = get_store(settings)
         _ensure_push_source(store, settings)
         reader = OnlineFeatureReader(store, settings)
-        optimized = settings.reports_dir / "routing_policy.yaml"
-        policy_path = settings.routing_policy or (optimized if optimized.exists() else None)
         log: PredictionLog | BackgroundLogWriter = open_prediction_log(settings)
         if background_log:
             log = BackgroundLogWriter(log)
         updater = BehaviourUpdater(store, reader, load_scoring_tables(settings.scoring_config),
                                    settings.intent_half_life_days)
-        predictor = cls(settings, reader, IdentityMaps.load(settings), load_policy(policy_path),
+        predictor = cls(settings, reader, IdentityMaps.load(settings),
+                        resolve_active_policy(settings).policy,
                         log, updater, BackgroundLeadRecorder(updater))
         if load_model:
             predictor.reload()
@@ -314,21 +319,10 @@ class Predictor:
 
     def route(self, person_ids: Sequence[str], probability: np.ndarray,
               rule_score: np.ndarray) -> tuple[list[str], list[str], list[bool]]:
-        """Tier, channel and control flag per lead, as ``routing.control.route_with_control``."""
-        policy = self.policy
-        tiers, channels = policy.assign(probability)
-        control = [control_draw(str(p), policy.control_salt) < policy.control_share
-                   for p in person_ids]
-        rule = rule_2d_channels(rule_score, RULE_THRESHOLD)
-        out_tiers, out_channels = [], []
-        for i, is_control in enumerate(control):
-            if is_control:
-                out_channels.append(str(rule[i]))
-                out_tiers.append(policy.tier_of_channel(str(rule[i])))
-            else:
-                out_channels.append(str(channels[i]))
-                out_tiers.append(str(tiers[i]))
-        return out_tiers, out_channels, control
+        """Tier, channel and control flag per lead (:func:`routing.control.route_leads`)."""
+        tiers, channels, control = route_leads(person_ids, probability, rule_score, self.policy,
+                                               self.rule_threshold)
+        return tiers.tolist(), channels.tolist(), control.tolist()
 
     def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""

@@ -17,7 +17,7 @@ from service_fixtures import (
     service_workdir,  # noqa: F401 - session fixture
 )
 
-from commands.drift import iso_week, run_weekly_report
+from pipelines.weekly_report import iso_week, run_weekly_report
 from leadscore.config import Settings
 from monitoring.drift import EXIT_DRIFT, EXIT_QUIET
 from pipelines.demo import replay_start

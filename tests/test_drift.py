@@ -19,9 +19,9 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from commands.drift import custom_period, drift, iso_week, last_week, resolve_period
-from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog
+from commands.drift import drift
 from crm_data import generate_mechanism as gm
+from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog
 from leadscore.config import Settings, get_settings
 from leadscore.schemas import CHANNELS, DEVICES, EVENT_TYPES, FUNNEL_STEPS, GRADES
 from monitoring.business import lead_velocity_rate, load_channel_costs, two_proportion_p_value
@@ -31,6 +31,7 @@ from monitoring.drift import (
     load_reference,
     write_reference,
 )
+from pipelines.weekly_report import custom_period, iso_week, last_week, resolve_period
 
 # This file's own additive outcome model (independent of the generator's tuned effects).
 BASE_LOGIT = -5.5
@@ -344,12 +345,11 @@ def test_business_helpers(tmp_path: Path) -> None:
     assert two_proportion_p_value(80, 100, 20, 100) < 1e-6
     settings = Settings().with_workdir(tmp_path)
     costs, source = load_channel_costs(settings)
-    if costs is None:  # no default policy shipped yet: said, not crashed
-        assert "costs unknown" in source
+    assert costs is not None and source.endswith("routing_policy.yaml")  # the packaged default
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "routing_policy.yaml").write_text("channels: [1, 2]\n")
     costs, source = load_channel_costs(settings)
-    assert costs is None and "no 'channels' mapping" in source
+    assert costs is None and "channels" in source and "costs unknown" in source
 
 
 def test_reports_are_logged_to_mlflow_when_a_store_exists(workdir: Path, cli_runs: dict,

@@ -61,11 +61,8 @@ def test_committed_yaml_is_the_store_config() -> None:
 
 
 def test_production_profile_is_a_config_change() -> None:
-    import dataclasses
-
-    prod = dataclasses.replace(Settings(), profile="production",
-                               redis_url="redis://cache:6380/2",
-                               postgres_url="postgresql://u:p@db:5432/feast")
+    prod = Settings().with_(profile="production", redis_url="redis://cache:6380/2",
+                            postgres_url="postgresql://u:p@db:5432/feast")
     config = repo_config_dict(prod)
     assert config["online_store"]["type"] == "redis"
     assert config["online_store"]["redis_type"] == "redis"

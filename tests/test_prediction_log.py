@@ -19,7 +19,6 @@ from crm_data.prediction_log import (
     PredictionLogError,
     PredictionRecord,
     SqlitePredictionLog,
-    ensure_postgres_database,
     feature_column,
     join_outcomes,
     load_outcomes,
@@ -188,7 +187,10 @@ def postgres_database() -> str:
     import psycopg
 
     name = f"leadscore_test_{uuid.uuid4().hex[:10]}"
-    ensure_postgres_database(POSTGRES_URL, name)
+    from leadscore.config import Settings
+    from leadscore.profiles import ensure_databases
+
+    ensure_databases(Settings().with_(postgres_url=POSTGRES_URL), [name])
     yield name
     with psycopg.connect(postgres_dsn(POSTGRES_URL, "postgres"), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

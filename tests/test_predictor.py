@@ -142,9 +142,7 @@ def test_unreachable_online_store_degrades(
 def test_no_model_is_refused_not_guessed(
     service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
 ) -> None:
-    import dataclasses
-
-    settings = dataclasses.replace(service_workdir.settings, model_name="no-such-model")
+    settings = service_workdir.settings.with_(model_name="no-such-model")
     empty = Predictor.from_settings(settings, background_log=False)
     try:
         assert not empty.ready()

@@ -17,8 +17,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 
-CLIP_LOW = 1e-6
-CLIP_HIGH = 1 - 1e-6
+from leadscore.schemas import PROBABILITY_CLIP
+
+CLIP_LOW = PROBABILITY_CLIP
+CLIP_HIGH = 1 - PROBABILITY_CLIP
 METHODS = ("isotonic", "sigmoid")
 MIN_ROWS_PER_CLASS = 2
 

@@ -49,6 +49,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from commands.common import WorkdirOption
 from leadscore.config import Settings, get_settings
+from leadscore.schemas import PROBABILITY_CLIP
 from training.baselines import LogisticBaseline
 from training.calibration import Calibrator, fit_calibrator
 from training.csv_features import FrequencyEncoder, fold_contributions, source_positions
@@ -74,7 +75,6 @@ TIME_FRACTIONS = (0.6, 0.2, 0.2)
 BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 MIN_ROWS_PER_CLASS = 20
 MAX_LISTED_VALUES = 10
-PROBABILITY_CLIP = 1e-6
 DEFAULT_LGBM_ROUNDS = 100  # LightGBM's own default number of boosting rounds
 REPORT_EVERY = 5
 CSV_MAX_ROUNDS = 3000  # small learning rates on small tables need more than tune.py's 1000

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-TIERS = ("A", "B", "C", "D")
-PROBABILITY_FLOOR = 1e-6
+from leadscore.schemas import PROBABILITY_CLIP, TIERS
 
 
 def _as_arrays(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +165,7 @@ def classification_metrics(
     y_arr, p_arr = _as_arrays(y, p)
     used_cutoffs = dict(cutoffs) if cutoffs is not None else default_cutoffs(p_arr)
     both_classes = 0 < y_arr.sum() < y_arr.size
-    clipped = np.clip(p_arr, PROBABILITY_FLOOR, 1 - PROBABILITY_FLOOR)
+    clipped = np.clip(p_arr, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
     return {
         "n": int(y_arr.size),
         "positives": int(y_arr.sum()),

@@ -28,12 +28,12 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import log_loss, roc_auc_score
 
 from leadscore.config import Settings
+from leadscore.schemas import CHAMPION_ALIAS, PROBABILITY_CLIP
 
-CHAMPION = "champion"
+CHAMPION = CHAMPION_ALIAS
 CHALLENGER = "challenger"
 LOG_LOSS_TIE = 1e-4
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-PROBABILITY_CLIP = 1e-6
 
 
 def setup_tracking(settings: Settings, experiment_name: str | None = None) -> str:

@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from leadscore.config import Settings
+from leadscore.schemas import TIERS
 from training.evaluate import assign_tiers
 from training.explain import reasons_as_text
 from training.registry import CHAMPION, alias_version, champion_uri, setup_tracking
@@ -181,7 +182,7 @@ def score_leads(
         leads=len(tags), model_version=str(champion.version),
         since=None if start is None else start.isoformat(),
         until=None if stop is None else stop.isoformat(),
-        tiers={tier: int(counts.get(tier, 0)) for tier in ("A", "B", "C", "D")},
+        tiers={tier: int(counts.get(tier, 0)) for tier in TIERS},
         mean_probability=float(tags["conversion_probability"].mean()),
         path=str(path), materialized=True,
     )

@@ -1,0 +1,501 @@
+"""The library path beside each hand-written fast twin, on the same data, in one run.
+
+For every place where the project carries its own version of library code, this times the
+library's own path and the twin side by side and prints one table (what, library figure, twin
+figure, ratio, the target the twin was built for, whether the library path meets it):
+
+* materialization into SQLite: Feast's stock ``SqliteOnlineStore`` with ``store.materialize`` /
+  ``store.write_to_online_store`` vs ``FastSqliteOnlineStore`` with ``materialize_fast`` /
+  ``write_frame_fast`` (``features/online_store.py``, ``features/materialize.py``); target:
+  ≥ 10× Feast's stock rate on the same data;
+* the same into Redis (Feast's ``RedisOnlineStore``, database ``--redis``, flushed before and
+  after; ``--skip-redis`` leaves it out);
+* the serving feature read: ``FeatureStore.get_online_features`` with the feature service vs
+  ``serving.online_reader.OnlineFeatureReader`` (one submission, and a batch), and inside the
+  reader Feast's stock ``SqliteOnlineStore.online_read`` vs ``online_read_columns``;
+* calibration: the fitted scikit-learn calibrator's ``predict`` (``IsotonicRegression`` /
+  Platt ``LogisticRegression``) vs ``serving.scoring.fast_calibration``;
+* scores and SHAP contributions: LightGBM ``predict`` + ``predict(pred_contrib=True)`` vs
+  ``serving.treeshap.TreeTables``;
+* routing of ``POST /predict`` and ``/predict_batch`` through the service's ASGI app in process:
+  BentoML's own routing and input parsing vs the request guard's fast route
+  (``serving.http_guards``).
+
+The serving rows need a built work folder (``--workdir DIR``; ``--build`` first runs the main
+job on ``--leads`` leads there). A serving twin matters only inside the request, so each row
+also gives the in-process request figure with the library path in place of the twin
+(``predict_json`` floor − twin + library), which is what the target is compared with; "in noise"
+says whether the library path would move today's p50 by at most ``--noise`` of it.
+
+    .venv/bin/python benchmarks/bench_library_paths.py --workdir /tmp/wd --build \\
+        --out reports/bench_library_paths.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+SINGLE_P50_MS = 3.0  # issue "Serving": single /predict p50 ≤ 3 ms, p99 ≤ 10 ms at 200/s
+SINGLE_P99_MS = 10.0
+BATCH_MS = 150.0  # /predict_batch of 1,000 leads ≤ 150 ms
+READ_P99_MS = 2.0  # issue "Feature store": one lead + its person online in ≤ 2 ms at p99
+MATERIALIZE_SPEEDUP = 10.0  # issue "Feature store": ≥ 10× Feast's stock rate, same data
+REDIS_DEFAULT = "127.0.0.1:6379,db=11"  # flushed before and after the Redis rows
+API_KEY = "bench-library-paths-key"
+
+
+@dataclass
+class Row:
+    """One line of the table: a library path and its twin on the same input."""
+
+    what: str
+    unit: str
+    library: float
+    twin: float
+    ratio: float  # how many times the twin is faster (library time ÷ twin time)
+    target: str
+    library_estimate: float | None  # the target's figure with the library path in place
+    library_meets: bool | None
+    in_noise: bool | None = None  # library path within ``--noise`` of today's p50
+    note: str = ""
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def latencies(call: Callable[[int], object], calls: int, warmup: int = 20) -> np.ndarray:
+    """Milliseconds of ``calls`` calls (after ``warmup``), garbage collector on."""
+    for i in range(warmup):
+        call(i)
+    gc.collect()
+    out = np.empty(calls)
+    for i in range(calls):
+        started = time.perf_counter()
+        call(i)
+        out[i] = (time.perf_counter() - started) * 1000.0
+    return out
+
+
+def p(values: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(values, q)), 4)
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+# ---- materialization ---------------------------------------------------------------------------
+def materialization_rows(rows: int, features: int, redis: str | None) -> list[Row]:
+    """Stock Feast writes vs ``materialize_fast`` / ``write_frame_fast`` on one frame, into
+    SQLite (stock vs fast store) or, with ``redis``, into Feast's Redis store."""
+    from bench_materialize import (
+        FAST_STORE,
+        REDIS_STORE,
+        STOCK_STORE,
+        _window,
+        build_demo_repo,
+        flush_redis,
+        make_frame,
+    )
+
+    from features.materialize import materialize_fast, write_frame_fast
+
+    frames = (make_frame("lead_id", "lead", rows, features, seed=1),
+              make_frame("person_id", "person", 1, 1, seed=2))
+    lead_frame = frames[0]
+    start, end = _window()
+    out: list[Row] = []
+    backends = ([("Redis", REDIS_STORE, REDIS_STORE, {"connection_string": redis})] if redis
+                else [("SQLite", STOCK_STORE, FAST_STORE, None)])
+    for label, stock_type, fast_type, options in backends:
+        figures: dict[str, float] = {}
+        for name, store_type, action in (
+            ("stock materialize", stock_type,
+             lambda r: r.store.materialize(start, end, feature_views=["lead_stats"])),
+            ("materialize_fast", fast_type,
+             lambda r: materialize_fast(r.store, start, end, feature_views=["lead_stats"])),
+            ("stock write_to_online_store", stock_type,
+             lambda r: r.store.write_to_online_store("lead_stats", lead_frame)),
+            ("write_frame_fast", fast_type,
+             lambda r: write_frame_fast(r.store, "lead_stats", lead_frame)),
+        ):
+            if options:
+                flush_redis(options["connection_string"])
+            with tempfile.TemporaryDirectory(prefix="bench-twins-") as tmp:
+                repo = build_demo_repo(Path(tmp), rows, features, online_store_type=store_type,
+                                       frames=frames, online_options=options)
+                seconds = timed(lambda repo=repo, action=action: action(repo))
+            figures[name] = rows / seconds
+            progress(f"{label} {name}: {rows:,} rows in {seconds:.2f} s = "
+                     f"{figures[name]:,.0f} rows/s")
+        if options:
+            flush_redis(options["connection_string"])
+        for library, twin in (("stock materialize", "materialize_fast"),
+                              ("stock write_to_online_store", "write_frame_fast")):
+            ratio = figures[twin] / figures[library]
+            sqlite = label == "SQLite"
+            out.append(Row(
+                what=f"{label}: {library} vs {twin} ({rows:,} rows × {features} floats)",
+                unit="rows/s", library=round(figures[library]), twin=round(figures[twin]),
+                ratio=round(ratio, 2),
+                target=(f"≥ {MATERIALIZE_SPEEDUP:g}× Feast's stock rate" if sqlite
+                        else "none stated (capacity estimate only)"),
+                library_estimate=None, library_meets=False if sqlite else None,
+                note="" if sqlite else "same stock online_write_batch on both sides",
+            ))
+    return out
+
+
+# ---- serving parts ----------------------------------------------------------------------------
+def submission_body(lead_id: str) -> dict[str, Any]:
+    """A form submission as the CRM sends it (the API documentation's example)."""
+    return {
+        "lead_id": lead_id,
+        "submitted_at": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(),
+        "channel": "sem", "campaign": "winter-math-2026", "landing_page": "/trial/math",
+        "funnel_step": "verified", "form": {"grade": "G5", "subject": "math", "city": "Hangzhou"},
+        "identifiers": {"phone": "+86 138 0013 8000", "wechat_id": "wx_abc123", "email": None,
+                        "cookie_id": "c-9f8e7d"},
+    }
+
+
+def use_workdir(workdir: Path) -> Any:
+    os.environ["LEADSCORE_WORKDIR"] = str(workdir)
+    os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml_home"))
+    os.environ["LEADSCORE_API_KEY"] = API_KEY
+    from leadscore.config import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
+                 noise: float) -> list[Row]:
+    """Per-request cost of each serving twin beside its library path."""
+    import pandas as pd
+    from feast import RepoConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    from features.online import submission_request
+    from features.store import get_store, repo_config_dict
+    from serving.predictor import Predictor
+    from serving.schemas import Submission
+    from serving.scoring import fast_calibration
+    from training.calibration import fit_calibrator
+
+    settings = use_workdir(workdir)
+    predictor = Predictor.from_settings(settings)
+    if not predictor.ready():
+        raise SystemExit(f"no model in {workdir}: {predictor.load_error} (use --build)")
+    model = predictor.model
+    scorer = model.scorer
+    rows: list[Row] = []
+
+    # in-process request floors with every twin in place (what the library figures replace)
+    progress(f"in-process floor: predict_json of one submission × {calls}, "
+             f"of {batch} × {batch_repeats}")
+    singles = [Submission.model_validate(submission_body(f"L-twins-{i}"))
+               for i in range(calls + 20)]
+    floor = latencies(lambda i: predictor.predict_json([singles[i]]), calls)
+    batches = [[Submission.model_validate(submission_body(f"L-twins-b{k}-{i}"))
+                for i in range(batch)] for k in range(batch_repeats + 1)]
+    batch_floor = latencies(lambda k: predictor.predict_json(batches[k], batch=True),
+                            batch_repeats, warmup=1)
+    floor_p50, floor_p99, batch_p50 = p(floor, 50), p(floor, 99), p(batch_floor, 50)
+    progress(f"floor p50 {floor_p50} ms, p99 {floor_p99} ms; batch p50 {batch_p50} ms")
+
+    def serving_row(what: str, lib: np.ndarray, twin: np.ndarray, single: bool,
+                    note: str = "") -> Row:
+        extra = p(lib, 50) - p(twin, 50)
+        if single:
+            estimate = round(floor_p50 + extra, 3)
+            meets = estimate <= SINGLE_P50_MS and floor_p99 + p(lib, 99) - p(twin, 99) \
+                <= SINGLE_P99_MS
+            target = f"/predict p50 ≤ {SINGLE_P50_MS:g} ms, p99 ≤ {SINGLE_P99_MS:g} ms"
+            base = floor_p50
+        else:
+            estimate = round(batch_p50 + extra, 3)
+            meets = estimate <= BATCH_MS
+            target = f"/predict_batch of {batch:,} ≤ {BATCH_MS:g} ms"
+            base = batch_p50
+        return Row(what=what, unit="ms p50", library=p(lib, 50), twin=p(twin, 50),
+                   ratio=round(p(lib, 50) / max(p(twin, 50), 1e-9), 1), target=target,
+                   library_estimate=estimate, library_meets=bool(meets),
+                   in_noise=bool(extra <= noise * base), note=note)
+
+    # 1. the feature read: get_online_features vs the resolved reader
+    store = get_store(settings)
+    behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet",
+                                columns=["person_id"])
+    persons = behaviour["person_id"].drop_duplicates().sort_values().tolist()
+    rng = np.random.default_rng(7)
+    picks = [persons[i] for i in rng.integers(0, len(persons), max(calls, batch) + 20)]
+    form = {"channel": "sem", "campaign": "winter-math-2026", "landing_page": "/trial/math",
+            "funnel_step": "verified", "grade": "G5", "subject": "math", "city_tier": 1,
+            "device": "ios", "phone_valid": True, "email_domain_type": "free"}
+    at = datetime.now(UTC) - timedelta(days=1)
+    service = store.get_feature_service(settings.feature_service)
+    reader = predictor.reader
+    request_row = submission_request(form, at)
+
+    def library_read(persons_: list[str]) -> dict[str, list[Any]]:
+        entity_rows = [{**request_row, "person_id": pid} for pid in persons_]
+        return store.get_online_features(features=service, entity_rows=entity_rows).to_dict()
+
+    def twin_read(persons_: list[str]) -> tuple[dict[str, list[Any]], list[bool]]:
+        request = {name: [value] * len(persons_) for name, value in request_row.items()}
+        return reader.features(request, persons_)
+
+    progress(f"feature read of one submission × {calls}: get_online_features vs reader")
+    lib = latencies(lambda i: library_read([picks[i]]), calls)
+    twin = latencies(lambda i: twin_read([picks[i]]), calls)
+    rows.append(serving_row("serving features, 1 submission: get_online_features vs "
+                            "OnlineFeatureReader", lib, twin, single=True))
+    repeats = max(3, batch_repeats)
+    progress(f"feature read of {batch} submissions × {repeats}")
+    lib = latencies(lambda i: library_read(picks[i:i + batch]), repeats, warmup=1)
+    twin = latencies(lambda i: twin_read(picks[i:i + batch]), repeats, warmup=1)
+    rows.append(serving_row(f"serving features, {batch:,} submissions: get_online_features "
+                            "vs OnlineFeatureReader", lib, twin, single=False))
+
+    # 2. inside the reader: Feast's stock SQLite read vs the fast store's columnar read
+    online = store.config.online_store
+    if getattr(online, "type", "").endswith("FastSqliteOnlineStore"):
+        stock_reader = copy.copy(reader)
+        stock_config = RepoConfig(**{**repo_config_dict(settings),
+                                     "online_store": {"type": "sqlite", "path": online.path}})
+        stock_config.repo_path = settings.feature_repo_dir
+        stock_reader.config = stock_config
+        stock_reader.online_store = SqliteOnlineStore()
+        progress(f"online store read of one person × {calls}: SqliteOnlineStore vs fast store")
+        lib = latencies(lambda i: stock_reader.read_snapshots([picks[i]]), calls)
+        twin = latencies(lambda i: reader.read_snapshots([picks[i]]), calls)
+        read_row = serving_row("online read of 1 person: SqliteOnlineStore.online_read vs "
+                               "FastSqliteOnlineStore.online_read_columns", lib, twin,
+                               single=True)
+        read_row.target += f"; read p99 ≤ {READ_P99_MS:g} ms"
+        read_row.library_meets = bool(read_row.library_meets and p(lib, 99) <= READ_P99_MS)
+        read_row.note = f"p99 {p(lib, 99)} vs {p(twin, 99)} ms"
+        rows.append(read_row)
+        lib = latencies(lambda i: stock_reader.read_snapshots(picks[i:i + batch]), repeats,
+                        warmup=1)
+        twin = latencies(lambda i: reader.read_snapshots(picks[i:i + batch]), repeats, warmup=1)
+        rows.append(serving_row(f"online read of {batch:,} persons: "
+                                "SqliteOnlineStore.online_read vs online_read_columns",
+                                lib, twin, single=False))
+        stock_reader.online_store._conn = None  # type: ignore[attr-defined]
+
+    # 3. calibration: the fitted scikit-learn model's predict vs the precomputed map
+    columns = list(scorer.columns)
+    frame = pd.read_parquet(settings.data_dir / "training_set.parquet").head(batch)
+    features = {c: frame[c].tolist() for c in columns}
+    x_batch = scorer.matrix(features)
+    x_single = [x_batch[i:i + 1] for i in range(len(x_batch))]
+    raw_batch, _ = scorer.booster_output(x_batch)
+    rng = np.random.default_rng(3)
+    p_fit = rng.uniform(0.001, 0.999, 5000)
+    y_fit = (rng.uniform(size=5000) < p_fit ** 1.3).astype(float)
+    calibrators = [("champion's " + model.python_model.calibrator.method,
+                    model.python_model.calibrator)]
+    for method in ("isotonic", "sigmoid"):
+        calibrators.append((method, fit_calibrator(p_fit, y_fit, method=method)))
+    one = [raw_batch[i:i + 1] for i in range(len(raw_batch))]
+    for label, calibrator in calibrators:
+        fast = fast_calibration(calibrator)
+        if fast is None:
+            continue
+        progress(f"calibration ({label}) of one score × {calls} and of {batch}")
+        lib = latencies(lambda i, c=calibrator: c.predict(one[i % len(one)]), calls)
+        twin = latencies(lambda i, f=fast: f(one[i % len(one)]), calls)
+        rows.append(serving_row(f"calibration ({label}), 1 score: scikit-learn predict vs "
+                                "fast_calibration", lib, twin, single=True))
+        lib = latencies(lambda i, c=calibrator: c.predict(raw_batch), calls)
+        twin = latencies(lambda i, f=fast: f(raw_batch), calls)
+        rows.append(serving_row(f"calibration ({label}), {batch:,} scores", lib, twin,
+                                single=False))
+
+    # 4. scores + SHAP contributions: LightGBM vs the tree tables
+    booster, tables = scorer.booster, scorer.tables
+    if tables is not None:
+        def lightgbm(x: np.ndarray) -> None:
+            threads = 1 if len(x) < 64 else 0  # as FastScorer.booster_output without tables
+            booster.predict(x, num_threads=threads)
+            booster.predict(x, pred_contrib=True, num_threads=threads)
+
+        trees = booster.num_trees()
+        progress(f"scores + SHAP ({trees} trees) of one row × {calls} and of {batch}")
+        lib = latencies(lambda i: lightgbm(x_single[i % len(x_single)]), calls)
+        twin = latencies(lambda i: tables.predict(x_single[i % len(x_single)]), calls)
+        rows.append(serving_row(f"scores + SHAP, 1 row ({trees} trees): LightGBM pred_contrib "
+                                "vs TreeTables", lib, twin, single=True))
+        lib = latencies(lambda i: lightgbm(x_batch), repeats, warmup=2)
+        twin = latencies(lambda i: tables.predict(x_batch), repeats, warmup=2)
+        rows.append(serving_row(f"scores + SHAP, {len(x_batch):,} rows", lib, twin,
+                                single=False))
+    predictor.close()
+
+    # 5. routing: BentoML's routing and parsing vs the request guard's fast route
+    rows.extend(routing_rows(calls, batch, repeats, noise))
+    return rows
+
+
+def routing_rows(calls: int, batch: int, repeats: int, noise: float) -> list[Row]:
+    """``POST /predict`` and ``/predict_batch`` through the service's ASGI app, in process."""
+    from starlette.testclient import TestClient
+
+    from serving import service as service_module
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    single = [submission_body(f"L-route-{i}") for i in range(calls + 20)]
+    batches = [{"submissions": [submission_body(f"L-route-b{k}-{i}") for i in range(batch)]}
+               for k in range(repeats + 2)]
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    progress(f"routing: POST /predict × {calls} and /predict_batch × {repeats} in process, "
+             "BentoML routing vs fast route")
+    with TestClient(service_module.LeadScoring.to_asgi()) as client:
+        fast_routes = dict(service_module.FAST_ROUTES)
+        if not fast_routes:
+            raise SystemExit("the service registered no fast routes")
+
+        def post(path: str, payload: dict) -> None:
+            answer = client.post(path, json=payload, headers=headers)
+            if answer.status_code != 200:
+                raise SystemExit(f"{path} answered {answer.status_code}: {answer.text[:200]}")
+
+        for mode in ("library", "twin"):
+            service_module.FAST_ROUTES.clear()
+            if mode == "twin":
+                service_module.FAST_ROUTES.update(fast_routes)
+            one = latencies(lambda i: post("/predict", single[i]), calls)
+            many = latencies(lambda k: post("/predict_batch", batches[k]), repeats, warmup=1)
+            out[mode] = (one, many)
+        service_module.FAST_ROUTES.update(fast_routes)
+    (lib_one, lib_many), (twin_one, twin_many) = out["library"], out["twin"]
+    rows = []
+    for what, lib, twin, limit_ok, target, base in (
+        ("POST /predict in process: BentoML routing vs fast route", lib_one, twin_one,
+         p(lib_one, 50) <= SINGLE_P50_MS and p(lib_one, 99) <= SINGLE_P99_MS,
+         f"/predict p50 ≤ {SINGLE_P50_MS:g} ms, p99 ≤ {SINGLE_P99_MS:g} ms", p(twin_one, 50)),
+        (f"POST /predict_batch of {batch:,} in process: BentoML routing vs fast route",
+         lib_many, twin_many, p(lib_many, 50) <= BATCH_MS,
+         f"/predict_batch of {batch:,} ≤ {BATCH_MS:g} ms", p(twin_many, 50)),
+    ):
+        extra = p(lib, 50) - p(twin, 50)
+        rows.append(Row(what=what, unit="ms p50", library=p(lib, 50), twin=p(twin, 50),
+                        ratio=round(p(lib, 50) / max(p(twin, 50), 1e-9), 1), target=target,
+                        library_estimate=p(lib, 50), library_meets=bool(limit_ok),
+                        in_noise=bool(extra <= noise * base),
+                        note=f"p99 {p(lib, 99)} vs {p(twin, 99)} ms"))
+    return rows
+
+
+# ---- output --------------------------------------------------------------------------------------
+def print_table(rows: list[Row]) -> None:
+    """A Markdown table of the rows."""
+    def yes(value: bool | None) -> str:
+        return "–" if value is None else ("yes" if value else "**no**")
+
+    print("| what | library | twin | ratio | target | library path: target figure | "
+          "meets target | in noise | note |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        estimate = "–" if r.library_estimate is None else f"{r.library_estimate:g} ms"
+        print(f"| {r.what} | {r.library:g} {r.unit} | {r.twin:g} {r.unit} | {r.ratio:g}× | "
+              f"{r.target} | {estimate} | {yes(r.library_meets)} | {yes(r.in_noise)} | "
+              f"{r.note} |")
+
+
+def build_workdir(workdir: Path, leads: int) -> None:
+    """The main job on ``leads`` leads in ``workdir`` (a small, real work folder)."""
+    from leadscore.config import Settings
+    from pipelines.demo import run_demo
+
+    os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml_home"))
+    progress(f"building a work folder of {leads:,} leads in {workdir} (main job, 2 trials)")
+    run_demo(Settings().with_workdir(workdir), n_leads=leads, seed=11, trials=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", type=Path, help="a built work folder (serving rows)")
+    parser.add_argument("--build", action="store_true",
+                        help="run the main job in --workdir first (when it has no model)")
+    parser.add_argument("--leads", type=int, default=3000, help="leads for --build")
+    parser.add_argument("--rows", type=int, default=10_000,
+                        help="entity rows materialized into SQLite")
+    parser.add_argument("--redis-rows", type=int, default=3_000,
+                        help="entity rows materialized into Redis")
+    parser.add_argument("--features", type=int, default=40, help="float features per row")
+    parser.add_argument("--redis", default=REDIS_DEFAULT,
+                        help="Feast connection string of a Redis database this run may flush")
+    parser.add_argument("--skip-redis", action="store_true")
+    parser.add_argument("--skip-materialize", action="store_true")
+    parser.add_argument("--calls", type=int, default=400, help="single calls per serving row")
+    parser.add_argument("--batch", type=int, default=1000, help="batch size")
+    parser.add_argument("--batch-repeats", type=int, default=5, help="batches per serving row")
+    parser.add_argument("--noise", type=float, default=0.05,
+                        help="share of today's p50 counted as noise (in-noise column)")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+
+    load_start = os.getloadavg()
+    started = datetime.now(UTC)
+    rows: list[Row] = []
+    if not args.skip_materialize:
+        progress(f"materialization: {args.rows:,} rows into SQLite")
+        rows += materialization_rows(args.rows, args.features, None)
+        if not args.skip_redis:
+            progress(f"materialization: {args.redis_rows:,} rows into Redis ({args.redis})")
+            rows += materialization_rows(args.redis_rows, args.features, args.redis)
+    if args.workdir is not None:
+        workdir = args.workdir.resolve()
+        if args.build and not (workdir / "summary.json").exists():
+            build_workdir(workdir, args.leads)
+        rows += serving_rows(workdir, args.calls, args.batch, args.batch_repeats, args.noise)
+    else:
+        progress("no --workdir: serving rows skipped")
+    load_end = os.getloadavg()
+    print_table(rows)
+    print(f"\n{started:%Y-%m-%d %H:%M} UTC, load average {load_start[0]:.2f} → {load_end[0]:.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "started": started.isoformat(), "load_average": [load_start[0], load_end[0]],
+            "arguments": {k: str(v) for k, v in vars(args).items()},
+            "rows": [asdict(r) for r in rows],
+        }, indent=2))
+        progress(f"written {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
