@@ -34,7 +34,7 @@ from pipelines.weekly_report import iso_week, run_weekly_report  # noqa: E402
 from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog  # noqa: E402
 from features.request import MODEL_FEATURES  # noqa: E402
 from leadscore.config import Settings  # noqa: E402
-from monitoring.drift import write_reference  # noqa: E402
+from training.drift_reference import write_reference  # noqa: E402
 
 WEEK = "2026-W47"
 APPEND_BATCH = 1000

@@ -34,6 +34,7 @@ says whether the library path would move today's p50 by at most ``--noise`` of i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -98,6 +99,24 @@ def latencies(call: Callable[[int], object], calls: int, warmup: int = 20) -> np
     return out
 
 
+def paired(library: Callable[[int], object], twin: Callable[[int], object], calls: int,
+           warmup: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Milliseconds of the library path and the twin, call by call in turn (so that a drifting
+    neighbour load or a growing history weighs on both alike)."""
+    for i in range(warmup):
+        library(i)
+        twin(i)
+    gc.collect()
+    lib, fast = np.empty(calls), np.empty(calls)
+    for i in range(calls):
+        for call, out in ((library, lib), (twin, fast)) if i % 2 == 0 else \
+                ((twin, fast), (library, lib)):
+            started = time.perf_counter()
+            call(i)
+            out[i] = (time.perf_counter() - started) * 1000.0
+    return lib, fast
+
+
 def p(values: np.ndarray, q: float) -> float:
     return round(float(np.percentile(values, q)), 4)
 
@@ -145,7 +164,8 @@ def materialization_rows(rows: int, features: int, redis: str | None) -> list[Ro
         ):
             if options:
                 flush_redis(options["connection_string"])
-            with tempfile.TemporaryDirectory(prefix="bench-twins-") as tmp:
+            with (tempfile.TemporaryDirectory(prefix="bench-twins-") as tmp,
+                  contextlib.redirect_stdout(sys.stderr)):  # Feast's progress lines
                 repo = build_demo_repo(Path(tmp), rows, features, online_store_type=store_type,
                                        frames=frames, online_options=options)
                 seconds = timed(lambda repo=repo, action=action: action(repo))
@@ -171,15 +191,18 @@ def materialization_rows(rows: int, features: int, redis: str | None) -> list[Ro
 
 
 # ---- serving parts ----------------------------------------------------------------------------
-def submission_body(lead_id: str) -> dict[str, Any]:
-    """A form submission as the CRM sends it (the API documentation's example)."""
+def submission_body(lead_id: str, known: bool = True) -> dict[str, Any]:
+    """A form submission as the CRM sends it (the API documentation's example); ``known=False``
+    gives a brand-new cookie only (as ``bench_serving.py``)."""
+    identifiers: dict[str, Any] = (
+        {"phone": "+86 138 0013 8000", "wechat_id": "wx_abc123", "email": None,
+         "cookie_id": "c-9f8e7d"} if known else {"cookie_id": f"bench-{lead_id.lower()}"})
     return {
         "lead_id": lead_id,
         "submitted_at": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(),
         "channel": "sem", "campaign": "winter-math-2026", "landing_page": "/trial/math",
         "funnel_step": "verified", "form": {"grade": "G5", "subject": "math", "city": "Hangzhou"},
-        "identifiers": {"phone": "+86 138 0013 8000", "wechat_id": "wx_abc123", "email": None,
-                        "cookie_id": "c-9f8e7d"},
+        "identifiers": identifiers,
     }
 
 
@@ -221,7 +244,7 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
     singles = [Submission.model_validate(submission_body(f"L-twins-{i}"))
                for i in range(calls + 20)]
     floor = latencies(lambda i: predictor.predict_json([singles[i]]), calls)
-    batches = [[Submission.model_validate(submission_body(f"L-twins-b{k}-{i}"))
+    batches = [[Submission.model_validate(submission_body(f"L-twins-b{k}-{i}", i % 2 == 0))
                 for i in range(batch)] for k in range(batch_repeats + 1)]
     batch_floor = latencies(lambda k: predictor.predict_json(batches[k], batch=True),
                             batch_repeats, warmup=1)
@@ -271,14 +294,14 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
         return reader.features(request, persons_)
 
     progress(f"feature read of one submission × {calls}: get_online_features vs reader")
-    lib = latencies(lambda i: library_read([picks[i]]), calls)
-    twin = latencies(lambda i: twin_read([picks[i]]), calls)
+    lib, twin = paired(lambda i: library_read([picks[i]]), lambda i: twin_read([picks[i]]),
+                       calls)
     rows.append(serving_row("serving features, 1 submission: get_online_features vs "
                             "OnlineFeatureReader", lib, twin, single=True))
     repeats = max(3, batch_repeats)
     progress(f"feature read of {batch} submissions × {repeats}")
-    lib = latencies(lambda i: library_read(picks[i:i + batch]), repeats, warmup=1)
-    twin = latencies(lambda i: twin_read(picks[i:i + batch]), repeats, warmup=1)
+    lib, twin = paired(lambda i: library_read(picks[i:i + batch]),
+                       lambda i: twin_read(picks[i:i + batch]), repeats, warmup=1)
     rows.append(serving_row(f"serving features, {batch:,} submissions: get_online_features "
                             "vs OnlineFeatureReader", lib, twin, single=False))
 
@@ -292,8 +315,8 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
         stock_reader.config = stock_config
         stock_reader.online_store = SqliteOnlineStore()
         progress(f"online store read of one person × {calls}: SqliteOnlineStore vs fast store")
-        lib = latencies(lambda i: stock_reader.read_snapshots([picks[i]]), calls)
-        twin = latencies(lambda i: reader.read_snapshots([picks[i]]), calls)
+        lib, twin = paired(lambda i: stock_reader.read_snapshots([picks[i]]),
+                           lambda i: reader.read_snapshots([picks[i]]), calls)
         read_row = serving_row("online read of 1 person: SqliteOnlineStore.online_read vs "
                                "FastSqliteOnlineStore.online_read_columns", lib, twin,
                                single=True)
@@ -301,9 +324,9 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
         read_row.library_meets = bool(read_row.library_meets and p(lib, 99) <= READ_P99_MS)
         read_row.note = f"p99 {p(lib, 99)} vs {p(twin, 99)} ms"
         rows.append(read_row)
-        lib = latencies(lambda i: stock_reader.read_snapshots(picks[i:i + batch]), repeats,
-                        warmup=1)
-        twin = latencies(lambda i: reader.read_snapshots(picks[i:i + batch]), repeats, warmup=1)
+        lib, twin = paired(lambda i: stock_reader.read_snapshots(picks[i:i + batch]),
+                           lambda i: reader.read_snapshots(picks[i:i + batch]), repeats,
+                           warmup=1)
         rows.append(serving_row(f"online read of {batch:,} persons: "
                                 "SqliteOnlineStore.online_read vs online_read_columns",
                                 lib, twin, single=False))
@@ -329,12 +352,12 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
         if fast is None:
             continue
         progress(f"calibration ({label}) of one score × {calls} and of {batch}")
-        lib = latencies(lambda i, c=calibrator: c.predict(one[i % len(one)]), calls)
-        twin = latencies(lambda i, f=fast: f(one[i % len(one)]), calls)
+        lib, twin = paired(lambda i, c=calibrator: c.predict(one[i % len(one)]),
+                           lambda i, f=fast: f(one[i % len(one)]), calls)
         rows.append(serving_row(f"calibration ({label}), 1 score: scikit-learn predict vs "
                                 "fast_calibration", lib, twin, single=True))
-        lib = latencies(lambda i, c=calibrator: c.predict(raw_batch), calls)
-        twin = latencies(lambda i, f=fast: f(raw_batch), calls)
+        lib, twin = paired(lambda i, c=calibrator: c.predict(raw_batch),
+                           lambda i, f=fast: f(raw_batch), calls)
         rows.append(serving_row(f"calibration ({label}), {batch:,} scores", lib, twin,
                                 single=False))
 
@@ -348,12 +371,12 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
 
         trees = booster.num_trees()
         progress(f"scores + SHAP ({trees} trees) of one row × {calls} and of {batch}")
-        lib = latencies(lambda i: lightgbm(x_single[i % len(x_single)]), calls)
-        twin = latencies(lambda i: tables.predict(x_single[i % len(x_single)]), calls)
+        lib, twin = paired(lambda i: lightgbm(x_single[i % len(x_single)]),
+                           lambda i: tables.predict(x_single[i % len(x_single)]), calls)
         rows.append(serving_row(f"scores + SHAP, 1 row ({trees} trees): LightGBM pred_contrib "
                                 "vs TreeTables", lib, twin, single=True))
-        lib = latencies(lambda i: lightgbm(x_batch), repeats, warmup=2)
-        twin = latencies(lambda i: tables.predict(x_batch), repeats, warmup=2)
+        lib, twin = paired(lambda i: lightgbm(x_batch), lambda i: tables.predict(x_batch),
+                           repeats, warmup=2)
         rows.append(serving_row(f"scores + SHAP, {len(x_batch):,} rows", lib, twin,
                                 single=False))
     predictor.close()
@@ -370,10 +393,10 @@ def routing_rows(calls: int, batch: int, repeats: int, noise: float) -> list[Row
     from serving import service as service_module
 
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    single = [submission_body(f"L-route-{i}") for i in range(calls + 20)]
-    batches = [{"submissions": [submission_body(f"L-route-b{k}-{i}") for i in range(batch)]}
-               for k in range(repeats + 2)]
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    single = {fast: [submission_body(f"L-route-{int(fast)}-{i}") for i in range(calls + 20)]
+              for fast in (False, True)}
+    batches = [{"submissions": [submission_body(f"L-route-b{k}-{i}", i % 2 == 0)
+                                for i in range(batch)]} for k in range(2 * repeats + 2)]
     progress(f"routing: POST /predict × {calls} and /predict_batch × {repeats} in process, "
              "BentoML routing vs fast route")
     with TestClient(service_module.LeadScoring.to_asgi()) as client:
@@ -386,15 +409,23 @@ def routing_rows(calls: int, batch: int, repeats: int, noise: float) -> list[Row
             if answer.status_code != 200:
                 raise SystemExit(f"{path} answered {answer.status_code}: {answer.text[:200]}")
 
-        for mode in ("library", "twin"):
+        def routed(fast: bool, path: str, payloads: list[dict]) -> Callable[[int], None]:
+            def call(i: int) -> None:
+                service_module.FAST_ROUTES.clear()
+                if fast:
+                    service_module.FAST_ROUTES.update(fast_routes)
+                post(path, payloads[2 * i + fast] if path.endswith("batch") else payloads[i])
+            return call
+
+        try:
+            lib_one, twin_one = paired(routed(False, "/predict", single[False]),
+                                       routed(True, "/predict", single[True]), calls)
+            lib_many, twin_many = paired(routed(False, "/predict_batch", batches),
+                                         routed(True, "/predict_batch", batches), repeats,
+                                         warmup=1)
+        finally:
             service_module.FAST_ROUTES.clear()
-            if mode == "twin":
-                service_module.FAST_ROUTES.update(fast_routes)
-            one = latencies(lambda i: post("/predict", single[i]), calls)
-            many = latencies(lambda k: post("/predict_batch", batches[k]), repeats, warmup=1)
-            out[mode] = (one, many)
-        service_module.FAST_ROUTES.update(fast_routes)
-    (lib_one, lib_many), (twin_one, twin_many) = out["library"], out["twin"]
+            service_module.FAST_ROUTES.update(fast_routes)
     rows = []
     for what, lib, twin, limit_ok, target, base in (
         ("POST /predict in process: BentoML routing vs fast route", lib_one, twin_one,

@@ -32,7 +32,7 @@ other jobs: the server CPU per batch is the steadier figure)::
 (back to back: each batch overlaps the previous one's background writes; server CPU includes
 the writes' drain afterwards, ~half of it; spaced: 1 s apart, drained. "lookup codes": the last
 column is the same-day run before → two runs after: tree decisions by per-feature value codes
-and per (tree, feature) lookup tables, ``serving.treeshap.TreeTables._build_lookups``; in
+and per (tree, feature) lookup tables, ``serving.fast_treeshap.TreeTables._build_lookups``; in
 process the request path of a batch went ~100 → ~84 ms.)
 
     .venv/bin/python benchmarks/bench_serving.py --workdir DIR --rate 200 --duration 20 \
@@ -50,7 +50,7 @@ Before, a batch was ~1 ms per lead: the on-demand view re-evaluated the person h
 row (JSON parse + ``snapshot_at`` per row; a person with many leads in one batch cost most), the
 tree tables compared floats per node, the online read built a ``ValueProto`` per cell, and each
 record drew its request id from the system's random source. See
-``features.history.at_request_time``, ``serving.treeshap.TreeTables.codes``,
+``features.history.at_request_time``, ``serving.fast_treeshap.TreeTables.codes``,
 ``FastSqliteOnlineStore.online_read_columns``.
 
 Timings on a shared 2-core machine depend on what else runs: each served step also reports the

@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import behaviour, rfm, tags
-from features.score2d import load_scoring_tables
-from features.store import ensure_applied, get_store
+from features.params import FeatureParams
+from features.parquet_io import read_parquet, write_parquet
+from features.store import apply_definitions, ensure_applied, get_store
 from leadscore.config import Settings
 
 ONLINE_VIEWS: tuple[str, ...] = ("person_behaviour", "person_rfm")
@@ -64,35 +65,20 @@ class BuildSummary:
         return asdict(self)
 
 
-def _read_parquet(path: Path, what: str, columns: list[str] | None = None,
-                  arrow: bool = False) -> pd.DataFrame | pa.Table:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{what} not found at {path}: generate or ingest the CRM data and run One ID first"
-        )
-    if columns is not None:
-        present = set(pq.read_schema(path).names)
-        missing = [c for c in columns if c not in present]
-        if missing:
-            raise ValueError(f"{what} ({path}): missing column(s) {missing}")
-    table = pq.read_table(path, columns=columns)
-    return table if arrow else table.to_pandas()
-
-
 def read_inputs(settings: Settings) -> dict[str, Any]:
     """The raw tables and One ID maps the build needs (events as an Arrow table, the rest as
     DataFrames; clear errors for missing files)."""
     frames = {
-        name: _read_parquet(settings.raw_dir / f"{name}.parquet", f"raw table '{name}'", cols,
+        name: read_parquet(settings.raw_dir / f"{name}.parquet", f"raw table '{name}'", cols,
                             arrow=name == "events")
         for name, cols in INPUT_COLUMNS.items()
     }
-    frames["lead_person"] = _read_parquet(
+    frames["lead_person"] = read_parquet(
         settings.identity_dir / "lead_person.parquet",
         "One ID table 'lead_person'",
         ["lead_id", "person_id"],
     )
-    frames["identifier_person"] = _read_parquet(
+    frames["identifier_person"] = read_parquet(
         settings.identity_dir / "identifier_person.parquet",
         "One ID table 'identifier_person'",
         ["id_hash", "person_id"],
@@ -100,20 +86,14 @@ def read_inputs(settings: Settings) -> dict[str, Any]:
     return frames
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
 def compute_tables(
-    frames: dict[str, pd.DataFrame], settings: Settings, timings: dict[str, float] | None = None
+    frames: dict[str, pd.DataFrame], settings: Settings, timings: dict[str, float] | None = None,
+    params: FeatureParams | None = None,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The three offline tables from in-memory inputs, and the counts of dropped rows."""
+    """The three offline tables from in-memory inputs, and the counts of dropped rows
+    (``params``: the feature version's parameters, built from ``settings`` when not given)."""
     timings = {} if timings is None else timings
-    tables_cfg = load_scoring_tables(settings.scoring_config)
+    params = params or FeatureParams.from_settings(settings)
     t0 = time.perf_counter()
     index, leads_unresolved = tags.lead_index(frames["leads"], frames["lead_person"])
     history = tags.person_lead_history(index)
@@ -121,7 +101,7 @@ def compute_tables(
     timings["lead_facts"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     person_behaviour, events_dropped = behaviour.person_behaviour(
-        index, frames["events"], history, tables_cfg, settings.intent_half_life_days
+        index, frames["events"], history, params.tables, params.half_life_days
     )
     timings["person_behaviour"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
@@ -161,7 +141,7 @@ def ensure_predictive_tags_table(settings: Settings) -> Path:
                 "model_version": pd.Series(dtype="string"),
             }
         )
-        _write(empty, path)
+        write_parquet(empty, path)
     return path
 
 
@@ -169,24 +149,22 @@ def build_features(settings: Settings, apply: bool = True) -> BuildSummary:
     """Compute and write the offline feature tables; register the Feast definitions."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    params = FeatureParams.from_settings(settings)
     t0 = time.perf_counter()
     frames = read_inputs(settings)
     timings["read"] = round(time.perf_counter() - t0, 2)
-    tables, counts = compute_tables(frames, settings, timings)
+    tables, counts = compute_tables(frames, settings, timings, params)
     t0 = time.perf_counter()
     paths = {}
     for name, frame in tables.items():
         path = settings.features_dir / TABLE_FILES[name]
-        _write(frame, path)
+        write_parquet(frame, path)
         paths[name] = str(path)
     ensure_predictive_tags_table(settings)
     timings["write"] = round(time.perf_counter() - t0, 2)
     if apply:
         t0 = time.perf_counter()
-        store = get_store(settings)
-        from features.store import apply_definitions
-
-        apply_definitions(store, settings)
+        apply_definitions(get_store(settings), settings, params)
         timings["feast_apply"] = round(time.perf_counter() - t0, 2)
     return BuildSummary(
         leads=len(frames["leads"]),

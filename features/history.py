@@ -33,7 +33,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features import request as rq
+from features import snapshot as sn
 
 HISTORY_FIELD = "snap_history"
 DAY_US = 86_400_000_000
@@ -120,19 +120,19 @@ def prune(history: dict[str, Any], now_us: int, half_life_days: float) -> None:
 
 def _window_keys() -> tuple[list[tuple[int, str]], dict[str, list[tuple[int, str]]]]:
     """(window µs, count name) pairs for every event, and for each event type."""
-    every = [(days * DAY_US, f"events_{days}d") for days in rq.WINDOWS_DAYS]
+    every = [(days * DAY_US, f"events_{days}d") for days in sn.WINDOWS_DAYS]
     by_type: dict[str, list[tuple[int, str]]] = {}
-    for days, names in rq.TYPE_WINDOWS.items():
+    for days, names in sn.TYPE_WINDOWS.items():
         for name in names:
             by_type.setdefault(name, []).append((days * DAY_US, f"{name}_{days}d"))
-    site = (rq.SITE_WINDOW_DAYS * DAY_US, f"site_visits_{rq.SITE_WINDOW_DAYS}d")
-    for name in rq.SITE_EVENT_TYPES:
+    site = (sn.SITE_WINDOW_DAYS * DAY_US, f"site_visits_{sn.SITE_WINDOW_DAYS}d")
+    for name in sn.SITE_EVENT_TYPES:
         by_type.setdefault(name, []).append(site)
     return every, by_type
 
 
 _EVERY_WINDOW, _TYPE_WINDOWS = _window_keys()
-_URL_WINDOWS = [(days * DAY_US, f"urls_{days}d") for days in rq.URL_WINDOWS_DAYS]
+_URL_WINDOWS = [(days * DAY_US, f"urls_{days}d") for days in sn.URL_WINDOWS_DAYS]
 
 
 def snapshot_at(history: dict[str, Any], at_us: int, half_life_days: float) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def snapshot_at(history: dict[str, Any], at_us: int, half_life_days: float) -> d
     Plain Python over the (short) lists: a few µs per event, no array set-up per request.
     """
     n0 = int(history["n0"])
-    counts = dict.fromkeys(rq.COUNT_FEATURES, 0)
+    counts = dict.fromkeys(sn.COUNT_FEATURES, 0)
     urls: dict[str, set[str]] = {name: set() for _, name in _URL_WINDOWS}
     prev21 = seen = 0
     intent = 0.0
@@ -172,8 +172,8 @@ def snapshot_at(history: dict[str, Any], at_us: int, half_life_days: float) -> d
     for name, values in urls.items():
         counts[name] = len(values)
     out: dict[str, Any] = {"snap_ts_s": at_us / 1e6, "snap_has_history": int(n0 + seen > 0)}
-    for name in rq.COUNT_FEATURES:
-        out[rq.SNAP_PREFIX + name] = counts[name]
+    for name in sn.COUNT_FEATURES:
+        out[sn.SNAP_PREFIX + name] = counts[name]
     out["snap_last_touch_ts_s"] = last / 1e6
     out["snap_first_touch_ts_s"] = (first or 0) / 1e6
     r7, r21 = counts["events_7d"] / 7.0, prev21 / 21.0

@@ -19,8 +19,8 @@ from typing import Any
 from feast import FeatureStore
 
 from features import request
+from features.params import DECLARED_FEATURE_SERVICE
 from features.training_set import model_feature_columns
-from leadscore.config import get_settings
 
 NO_PERSON = "__no_person__"
 
@@ -67,11 +67,13 @@ def submission_requests(forms: Sequence[dict[str, Any]], times: Sequence[datetim
 
 
 def online_features(
-    store: FeatureStore, submission: dict[str, Any], person_id: str | None, at: datetime
+    store: FeatureStore, submission: dict[str, Any], person_id: str | None, at: datetime,
+    feature_service: str = DECLARED_FEATURE_SERVICE,
 ) -> dict[str, Any]:
-    """Exactly the model features (name → value) for one submission at time ``at``."""
+    """Exactly the model features (name → value) for one submission at time ``at``, through
+    ``feature_service`` (``settings.feature_service``; default: the declared one)."""
     row = submission_request(submission, at)
     row["person_id"] = person_id if isinstance(person_id, str) and person_id else NO_PERSON
-    service = store.get_feature_service(get_settings().feature_service)
+    service = store.get_feature_service(feature_service)
     response = store.get_online_features(features=service, entity_rows=[row]).to_dict()
-    return {name: response[name][0] for name in model_feature_columns(store)}
+    return {name: response[name][0] for name in model_feature_columns(store, feature_service)}

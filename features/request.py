@@ -36,7 +36,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features import score2d
+from features.history import at_request_time
+from features.params import FeatureParams, feature_params
+from features.snapshot import (  # the snapshot schema, re-exported for the feature contract
+    BEHAVIOUR_SNAPSHOT_FIELDS,
+    COUNT_FEATURES,
+    RFM_SNAPSHOT_FIELDS,
+    SITE_EVENT_TYPES,
+    SITE_WINDOW_DAYS,
+    SNAP_PREFIX,
+    TYPE_WINDOWS,
+    URL_WINDOWS_DAYS,
+    WINDOWS_DAYS,
+)
 from leadscore import schemas
+
+__all__ = [
+    "BEHAVIOUR_SNAPSHOT_FIELDS", "COUNT_FEATURES", "FORM_FIELDS", "FORM_PREFIX", "MODEL_FEATURES",
+    "RFM_SNAPSHOT_FIELDS", "SITE_EVENT_TYPES", "SITE_WINDOW_DAYS", "SNAP_PREFIX",
+    "SUBMISSION_FIELDS", "TYPE_WINDOWS", "URL_WINDOWS_DAYS", "WINDOWS_DAYS", "FeatureParams",
+    "feature_params", "transform_request",
+]
 
 UNKNOWN = "unknown"
 NO_ORDERS = "no_orders"
@@ -120,53 +141,6 @@ def url_page_type(url: object, event_type: object = None) -> str:
         return "home"
     return "other"
 
-
-# ---- the person snapshot (stored by the offline build, read online) -----------------------
-WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30, 90)
-TYPE_WINDOWS: dict[int, tuple[str, ...]] = {
-    7: ("web_visit", "pricing_page", "course_page", "email_click", "live_class", "trial_class"),
-    30: schemas.EVENT_TYPES,
-    90: (
-        "pricing_page",
-        "email_open",
-        "whitepaper_download",
-        "live_class",
-        "offline_event",
-        "trial_class",
-    ),
-}
-URL_WINDOWS_DAYS: tuple[int, ...] = (7, 30, 90)
-SITE_EVENT_TYPES: tuple[str, ...] = ("web_visit", "pricing_page", "course_page", "recruitment_page")
-SITE_WINDOW_DAYS = 180
-
-COUNT_FEATURES: tuple[str, ...] = (
-    ("events_total",)
-    + tuple(f"events_{w}d" for w in WINDOWS_DAYS)
-    + tuple(f"{t}_{w}d" for w, types in sorted(TYPE_WINDOWS.items()) for t in types)
-    + tuple(f"urls_{w}d" for w in URL_WINDOWS_DAYS)
-    + (f"site_visits_{SITE_WINDOW_DAYS}d",)
-)
-SNAP_PREFIX = "snap_"
-BEHAVIOUR_SNAPSHOT_FIELDS: dict[str, str] = {
-    "snap_ts_s": "float",
-    "snap_has_history": "int",
-    **{SNAP_PREFIX + c: "int" for c in COUNT_FEATURES},
-    "snap_last_touch_ts_s": "float",
-    "snap_first_touch_ts_s": "float",
-    "snap_engagement_trend": "float",
-    "snap_intent": "float",
-    "snap_leads_before": "int",
-    "snap_leads_upto": "int",
-    "snap_channels_before": "int",
-    "snap_channels_upto": "int",
-    # recent events and leads, for evaluating the snapshot at a later time (features.history)
-    "snap_history": "string",
-}
-RFM_SNAPSHOT_FIELDS: dict[str, str] = {
-    "snap_order_count": "int",
-    "snap_order_amount": "float",
-    "snap_last_order_ts_s": "float",
-}
 
 # ---- the model's features: name → kind ("string" = categorical) ---------------------------
 MODEL_FEATURES: dict[str, str] = {
@@ -405,23 +379,17 @@ def rfm_segment_codes(
 
 
 def transform_request(
-    inputs: dict[str, Sequence[Any]],
-    half_life_days: float | None = None,
-    tables: Any = None,
+    inputs: dict[str, Sequence[Any]], params: FeatureParams
 ) -> dict[str, list[Any]]:
-    """All ``MODEL_FEATURES`` for a batch of requests (form fields + person snapshots)."""
-    from features import score2d
-
-    if half_life_days is None or tables is None:
-        from leadscore.config import get_settings
-
-        settings = get_settings()
-        half_life_days = half_life_days or settings.intent_half_life_days
-        tables = tables or score2d.load_scoring_tables(settings.scoring_config)
+    """All ``MODEL_FEATURES`` for a batch of requests (form fields + person snapshots), with the
+    half-life and scoring tables of ``params`` (the feature version's, see ``features.params``)."""
+    if not isinstance(params, FeatureParams):
+        raise TypeError(
+            f"transform_request: 'params' must be a FeatureParams, got {type(params).__name__}")
+    half_life_days = params.half_life_days
+    tables = params.tables
     n = max((len(v) for v in inputs.values() if v is not None), default=0)
     if inputs.get("snap_history") is not None:  # windows at the request time, not the snapshot's
-        from features.history import at_request_time
-
         inputs = at_request_time(inputs, n, half_life_days)
     out: dict[str, list[Any]] = {}
     facts = normalise_submission({k: inputs.get(FORM_PREFIX + k) for k in FORM_FIELDS}, n)

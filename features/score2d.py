@@ -88,16 +88,14 @@ def _check_numeric(name: str, table: dict[str, Any]) -> None:
             )
 
 
-@lru_cache(maxsize=8)
-def _load_cached(override: str | None, mtime: float | None) -> ScoringTables:
+def _merged(extra: dict[str, Any], origin: str) -> ScoringTables:
+    """The default tables with the tables of ``extra`` laid over them, key by key (checked)."""
     tables = _read_yaml(DEFAULT_SCORING_PATH)
-    if override:
-        extra = _read_yaml(Path(override))
+    if extra:
         unknown = sorted(set(extra) - set(REQUIRED_TABLES))
         if unknown:
             raise ScoringConfigError(
-                f"scoring config {override}: unknown table(s) {unknown}; known: "
-                f"{list(REQUIRED_TABLES)}"
+                f"{origin}: unknown table(s) {unknown}; known: {list(REQUIRED_TABLES)}"
             )
         tables = copy.deepcopy(tables)
         for name, values in extra.items():
@@ -111,6 +109,13 @@ def _load_cached(override: str | None, mtime: float | None) -> ScoringTables:
     return ScoringTables(tables)
 
 
+@lru_cache(maxsize=8)
+def _load_cached(override: str | None, mtime: float | None) -> ScoringTables:
+    if not override:
+        return _merged({}, "default scoring tables")
+    return _merged(_read_yaml(Path(override)), f"scoring config {override}")
+
+
 def load_scoring_tables(scoring_config: Path | str | None = None) -> ScoringTables:
     """The default tables, with the tables of ``scoring_config`` (if given) laid over them."""
     if scoring_config is None:
@@ -120,11 +125,24 @@ def load_scoring_tables(scoring_config: Path | str | None = None) -> ScoringTabl
     return _load_cached(str(path), mtime)
 
 
-def current_scoring_tables() -> ScoringTables:
-    """The tables named by the process settings (``settings.scoring_config``)."""
-    from leadscore.config import get_settings
+def read_overlay(scoring_config: Path | str | None) -> dict[str, Any]:
+    """The tables of a scoring override file as written there ({} for none), checked."""
+    if scoring_config is None:
+        return {}
+    load_scoring_tables(scoring_config)  # clear errors naming the table and key
+    return _read_yaml(Path(scoring_config))
 
-    return load_scoring_tables(get_settings().scoring_config)
+
+@lru_cache(maxsize=32)
+def tables_with_overlay(overlay_json: str) -> ScoringTables:
+    """The default tables with the JSON mapping ``overlay_json`` laid over them."""
+    try:
+        extra = json.loads(overlay_json)
+    except ValueError as exc:
+        raise ScoringConfigError(f"scoring overrides are not valid JSON: {exc}") from None
+    if not isinstance(extra, dict):
+        raise ScoringConfigError("scoring overrides must be a mapping of table: values")
+    return _merged(extra, "scoring overrides")
 
 
 def _points(values: Sequence[Any], table: dict[str, Any]) -> np.ndarray:

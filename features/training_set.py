@@ -27,28 +27,29 @@ import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from features import request, tags
+from features.params import DECLARED_FEATURE_SERVICE
+from features.parquet_io import read_parquet
 from features.store import ensure_applied, get_store
-from leadscore.config import Settings, get_settings
+from leadscore.config import Settings
 
 ID_COLUMNS: tuple[str, ...] = ("lead_id", "person_id", "created_at", "label")
 
 
-def _feature_service_name(store: FeatureStore) -> str:
-    return get_settings().feature_service
-
-
-def model_feature_columns(store_or_settings: FeatureStore | Settings) -> list[str]:
-    """The model's feature names, in order (from the registered feature service for a store)."""
+def model_feature_columns(store_or_settings: FeatureStore | Settings,
+                          feature_service: str = DECLARED_FEATURE_SERVICE) -> list[str]:
+    """The model's feature names, in order (from the registered ``feature_service`` for a
+    store; the contract's ``MODEL_FEATURES`` for settings)."""
     if isinstance(store_or_settings, FeatureStore):
-        service = store_or_settings.get_feature_service(_feature_service_name(store_or_settings))
+        service = store_or_settings.get_feature_service(feature_service)
         return [f.name for proj in service.feature_view_projections for f in proj.features]
     return list(request.MODEL_FEATURES)
 
 
-def categorical_feature_columns(store_or_settings: FeatureStore | Settings) -> list[str]:
+def categorical_feature_columns(store_or_settings: FeatureStore | Settings,
+                                feature_service: str = DECLARED_FEATURE_SERVICE) -> list[str]:
     """The categorical (string) model features, in model order."""
     if isinstance(store_or_settings, FeatureStore):
-        service = store_or_settings.get_feature_service(_feature_service_name(store_or_settings))
+        service = store_or_settings.get_feature_service(feature_service)
         from feast.types import String
 
         return [
@@ -60,25 +61,30 @@ def categorical_feature_columns(store_or_settings: FeatureStore | Settings) -> l
     return [name for name, kind in request.MODEL_FEATURES.items() if kind == "string"]
 
 
-def feature_service_version(store: FeatureStore) -> str:
-    """``<service>@<12 hex>``: hash of the feature references, types and scoring tables."""
-    from features.score2d import current_scoring_tables
-
-    name = _feature_service_name(store)
-    service = store.get_feature_service(name)
+def feature_service_version(store: FeatureStore,
+                            feature_service: str = DECLARED_FEATURE_SERVICE) -> str:
+    """``<service>@<12 hex>``: hash of the feature references and types and of the parameters
+    recorded on the registered service (scoring tables' digest, half-life)."""
+    service = store.get_feature_service(feature_service)
     refs = sorted(
         f"{proj.name_to_use()}:{f.name}:{f.dtype}"
         for proj in service.feature_view_projections
         for f in proj.features
     )
+    tags = service.tags
+    missing = [key for key in ("scoring_digest", "half_life_days") if key not in tags]
+    if missing:
+        raise ValueError(
+            f"feature service '{feature_service}' carries no parameter tag(s) {missing}: "
+            "apply the definitions again (`leadscore features build`)")
     payload = json.dumps(
         {
             "refs": refs,
-            "scoring": current_scoring_tables().digest,
-            "half_life": get_settings().intent_half_life_days,
+            "scoring": tags["scoring_digest"],
+            "half_life": float(tags["half_life_days"]),
         }
     )
-    return f"{name}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+    return f"{feature_service}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
 def _max_time(path: Path, column: str) -> pd.Timestamp | None:
@@ -150,12 +156,13 @@ def entity_frame(leads: pd.DataFrame, lead_person: pd.DataFrame) -> pd.DataFrame
     return frame
 
 
-def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
+def historical_features(store: FeatureStore, entities: pd.DataFrame,
+                        feature_service: str = DECLARED_FEATURE_SERVICE) -> pd.DataFrame:
     """Model features for an entity frame (see ``entity_frame``) through Feast, in model order."""
-    service = store.get_feature_service(_feature_service_name(store))
+    service = store.get_feature_service(feature_service)
     job = store.get_historical_features(entity_df=entities, features=service)
     result = job.to_df()
-    columns = model_feature_columns(store)
+    columns = model_feature_columns(store, feature_service)
     keep = ["lead_id", "person_id", "event_timestamp", *columns]
     return result[keep]
 
@@ -170,15 +177,13 @@ def build_training_set(
     the data's end).
     """
     started = time.perf_counter()
-    from features.build import _read_parquet
-
-    leads = _read_parquet(settings.raw_dir / "leads.parquet", "raw table 'leads'")
-    outcomes = _read_parquet(
+    leads = read_parquet(settings.raw_dir / "leads.parquet", "raw table 'leads'")
+    outcomes = read_parquet(
         settings.raw_dir / "outcomes.parquet",
         "raw table 'outcomes'",
         ["lead_id", "converted", "converted_at"],
     )
-    lead_person = _read_parquet(
+    lead_person = read_parquet(
         settings.identity_dir / "lead_person.parquet",
         "One ID table 'lead_person'",
         ["lead_id", "person_id"],
@@ -191,12 +196,12 @@ def build_training_set(
     store = get_store(settings)
     ensure_applied(store, settings)
     entities = entity_frame(leads.loc[closed].reset_index(drop=True), lead_person)
-    features = historical_features(store, entities)
+    features = historical_features(store, entities, settings.feature_service)
     features = features.rename(columns={"event_timestamp": "created_at"})
     label_map = labels.set_index("lead_id")["label"]
     features.insert(3, "label", features["lead_id"].map(label_map).astype("int64"))
     features = features.sort_values(["created_at", "lead_id"], kind="stable").reset_index(drop=True)
-    version = feature_service_version(store)
+    version = feature_service_version(store, settings.feature_service)
     summary: dict[str, Any] = {
         "rows": len(features),
         "excluded_open_window": int((~closed).sum()),

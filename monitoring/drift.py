@@ -1,17 +1,8 @@
 """Weekly data and prediction drift of the logged predictions against the champion's reference.
 
-Reference contract (written by training when a champion is promoted, read by :func:`load_reference`)
--------------------------------------------------------------------------------------------------
-* ``settings.reports_dir / "reference.parquet"``: a sample of the training/validation rows
-  scored by the champion — the model's feature columns (same names as the ``features`` dict the
-  service logs) plus ``probability`` (float in [0, 1]) and ``tier`` (A/B/C/D). No identifiers.
-* ``settings.reports_dir / "reference.json"``::
-
-      {"model_name": "lead-conversion", "model_version": "3",
-       "feature_columns": ["channel", "intent_score", ...],
-       "categorical_columns": ["channel", ...]}
-
-  :func:`write_reference` writes both files and checks them; training may call it.
+The reference (the contract is in :mod:`training.drift_reference`) is written by training only
+when a model is promoted to champion, and carries that model's version; :func:`load_reference`
+checks it against the registry's champion before any report is measured against it.
 
 What a report holds (``drift.json`` beside Evidently's ``drift.html``)
 --------------------------------------------------------------------
@@ -47,6 +38,12 @@ import pandas as pd
 from crm_data.prediction_log import feature_column
 from leadscore.config import Settings
 from leadscore.schemas import TIERS
+from training.drift_reference import (
+    PREDICTION_COLUMNS,
+    ReferenceFileError,
+    ReferenceInfo,
+    read_reference,
+)
 
 EXIT_QUIET = 0
 EXIT_BAD_INPUT = 2
@@ -58,7 +55,6 @@ SMALL_SAMPLE_P_VALUE = 0.01
 DRIFT_SAMPLE_ROWS = 20_000
 SAMPLE_SEED = 0
 MISSING_CATEGORY = "<missing>"
-PREDICTION_COLUMNS = ("probability", "tier")
 ECE_BINS = 10
 MIN_COHORT_ROWS = 30
 
@@ -67,89 +63,38 @@ class DriftInputError(ValueError):
     """Missing or malformed input of a drift report; the message says what and where."""
 
 
-@dataclass(frozen=True)
-class ReferenceInfo:
-    """What ``reference.json`` says about the champion and its feature columns."""
-
-    model_name: str
-    model_version: str
-    feature_columns: list[str]
-    categorical_columns: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "feature_columns": list(self.feature_columns),
-            "categorical_columns": list(self.categorical_columns),
-        }
-
-
-def reference_paths(settings: Settings) -> tuple[Path, Path]:
-    """``(reference.parquet, reference.json)`` under the reports folder."""
-    return settings.reports_dir / "reference.parquet", settings.reports_dir / "reference.json"
-
-
-def _check_reference(frame: pd.DataFrame, info: ReferenceInfo, source: str) -> None:
-    if not info.feature_columns:
-        raise DriftInputError(f"{source}: 'feature_columns' is empty")
-    clashing = sorted(set(info.feature_columns) & set(PREDICTION_COLUMNS))
-    if clashing:
-        raise DriftInputError(f"{source}: feature column(s) {clashing} clash with predictions")
-    unknown = sorted(set(info.categorical_columns) - set(info.feature_columns))
-    if unknown:
-        raise DriftInputError(
-            f"{source}: categorical column(s) {unknown} are not in 'feature_columns'"
-        )
-    missing = [c for c in [*info.feature_columns, *PREDICTION_COLUMNS] if c not in frame.columns]
-    if missing:
-        raise DriftInputError(f"{source}: reference.parquet lacks column(s) {missing}")
-    if frame.empty:
-        raise DriftInputError(f"{source}: reference.parquet has no rows")
-
-
-def write_reference(
-    settings: Settings,
-    frame: pd.DataFrame,
-    model_name: str,
-    model_version: str,
-    feature_columns: list[str],
-    categorical_columns: list[str],
-) -> tuple[Path, Path]:
-    """Write the champion's reference sample and its description (the contract above)."""
-    info = ReferenceInfo(model_name, str(model_version), list(feature_columns),
-                         list(categorical_columns))
-    _check_reference(frame, info, "write_reference")
-    parquet_path, json_path = reference_paths(settings)
-    parquet_path.parent.mkdir(parents=True, exist_ok=True)
-    frame[[*info.feature_columns, *PREDICTION_COLUMNS]].to_parquet(parquet_path, index=False)
-    json_path.write_text(json.dumps(info.to_dict(), indent=2))
-    return parquet_path, json_path
-
-
 def load_reference(settings: Settings) -> tuple[pd.DataFrame, ReferenceInfo]:
-    """The champion's reference sample and its description; clear error when absent."""
-    parquet_path, json_path = reference_paths(settings)
-    if not parquet_path.exists() or not json_path.exists():
-        raise DriftInputError(
-            f"no reference: train a model first (expected {parquet_path} and {json_path})"
-        )
+    """The champion's reference sample and its description; clear error when absent or stale.
+
+    The reference carries the model version it belongs to; when the registry has a champion
+    and it is another version (a reference left behind by an earlier champion, or written by
+    hand), the report refuses it instead of measuring drift against the wrong baseline.
+    """
     try:
-        raw = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DriftInputError(f"{json_path} is not valid JSON: {exc}") from None
-    missing = [k for k in ("model_name", "model_version", "feature_columns") if k not in raw]
-    if missing:
-        raise DriftInputError(f"{json_path} lacks key(s) {missing}")
-    info = ReferenceInfo(
-        model_name=str(raw["model_name"]),
-        model_version=str(raw["model_version"]),
-        feature_columns=[str(c) for c in raw["feature_columns"]],
-        categorical_columns=[str(c) for c in raw.get("categorical_columns", [])],
-    )
-    frame = pd.read_parquet(parquet_path)
-    _check_reference(frame, info, str(json_path))
+        frame, info = read_reference(settings)
+    except ReferenceFileError as exc:
+        raise DriftInputError(str(exc)) from None
+    champion = champion_version(settings)
+    if champion is not None and champion != info.model_version:
+        raise DriftInputError(
+            f"the drift reference belongs to {info.model_name} version {info.model_version}, "
+            f"but the champion is version {champion}: retrain and promote, or restore the "
+            "champion's reference (training writes it on promotion)"
+        )
     return frame, info
+
+
+def champion_version(settings: Settings) -> str | None:
+    """The registry's champion version, or None when there is no store or no champion."""
+    if not mlflow_store_exists(settings):
+        return None
+    import mlflow
+
+    from training.registry import CHAMPION, alias_version, setup_tracking
+
+    setup_tracking(settings)
+    version = alias_version(mlflow.MlflowClient(), settings.model_name, CHAMPION)
+    return None if version is None else str(version.version)
 
 
 @dataclass(frozen=True)

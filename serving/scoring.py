@@ -14,7 +14,7 @@ map is precomputed (``fast_calibration``: the Platt sigmoid from its fitted coef
 linear interpolation over the isotonic thresholds, instead of scikit-learn's validated
 ``predict``), and the reasons' ranking runs on the whole contribution matrix at once, so the
 sentence builder only sees the few features it reports (and words each feature/value/sign once).
-Scores and SHAP contributions come from ``serving.treeshap.TreeTables`` (per-tree tables built
+Scores and SHAP contributions come from ``serving.fast_treeshap.TreeTables`` (per-tree tables built
 when the model loads; ~0.1 ms for one lead, ~30 ms for 1,000, against ~0.7 ms and ~300 ms for
 LightGBM's ``pred_contrib``) when the booster's trees are small enough, else from LightGBM.
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.special import expit, logit
 
-from serving.treeshap import TreeTables
+from serving.fast_treeshap import TreeTables
 from training.calibration import CLIP_HIGH, CLIP_LOW
 from training.explain import top_reasons
 from training.model import FeatureInputError

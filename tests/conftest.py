@@ -1,39 +1,63 @@
-"""Shared fixtures: an isolated work folder per test session, service reachability."""
+"""Shared fixtures and the tier rules of the suite.
+
+Every test lives in one tier folder and gets that folder's marker (``unit``, ``data``,
+``model``, ``integration``), so ``-m`` can pick tiers. A test that asks for PostgreSQL or Redis
+(the ``postgres_available`` / ``redis_available`` fixtures) is marked ``services``, and every
+``services`` test must sit in ``tests/integration/``: collection stops with the test named
+otherwise.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+from tests.services import POSTGRES, REDIS, require_service
 
-def service_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when a TCP connection to host:port succeeds."""
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "data", "model", "integration")
+SERVICE_FIXTURES = frozenset({"postgres_available", "redis_available"})
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier folder ``path`` sits in (``None`` outside ``tests/<tier>/``)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        parts = path.resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip with a clear reason when a service is down; fail instead when CI is set."""
-    if service_reachable(host, port):
-        return
-    message = f"{name} is not reachable at {host}:{port}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set, so this is a failure, not a skip)")
-    pytest.skip(message)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (and ``services`` when it asks for a service); refuse a
+    test outside the tier folders or a ``services`` test outside ``tests/integration/``."""
+    misplaced: list[str] = []
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is None:
+            misplaced.append(f"{item.nodeid}: not in a tier folder ({', '.join(TIERS)})")
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+        if tier != "integration" and item.get_closest_marker("services") is not None:
+            misplaced.append(f"{item.nodeid}: needs PostgreSQL/Redis, so it belongs in "
+                             "tests/integration/")
+    if misplaced:
+        raise pytest.UsageError("tests outside their tier:\n  " + "\n  ".join(misplaced))
 
 
 @pytest.fixture
 def postgres_available() -> None:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
+    """Skip (fail under CI) unless the local PostgreSQL answers."""
+    require_service(*POSTGRES)
 
 
 @pytest.fixture
 def redis_available() -> None:
-    require_service("Redis", "127.0.0.1", 6379)
+    """Skip (fail under CI) unless the local Redis answers."""
+    require_service(*REDIS)

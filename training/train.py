@@ -9,7 +9,8 @@ The pipeline on the point-in-time training set (one row per lead, built by Feast
 4. evaluate the model and both baselines on the test slice with the same metrics;
 5. log the packaged model (signature, input example, feature-service version, data window),
    register it, alias it ``challenger`` and apply the champion gate (``training.registry``);
-6. write the report, the hold-out scores for routing and the drift reference.
+6. write the report, the hold-out scores for routing and, for a new champion only, the drift
+   reference.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mlflow.tracking import MlflowClient
 from leadscore.config import Settings
 from training.baselines import fit_baselines
 from training.calibration import fit_calibrator
+from training.drift_reference import write_reference
 from training.evaluate import assign_tiers, classification_metrics, compare_models
 from training.explain import REASON_TEMPLATES
 from training.model import LeadConversionModel, categorical_levels, prepare_features
@@ -294,9 +296,8 @@ def _write_holdout(settings: Settings, test: pd.DataFrame, split_time_column: st
     return path
 
 
-def _write_reference(settings: Settings, inputs: TrainingInputs, split: TimeSplit,
-                     model: LeadConversionModel, version: str,
-                     cutoffs: Mapping[str, float], seed: int) -> tuple[Path, Path]:
+def _reference_frame(inputs: TrainingInputs, split: TimeSplit, model: LeadConversionModel,
+                     cutoffs: Mapping[str, float], seed: int) -> pd.DataFrame:
     """Drift reference: a sample (≤ 20k) of validation+test rows with probability and tier."""
     recent = pd.concat([split.valid, split.test], ignore_index=True)
     if len(recent) > REFERENCE_MAX_ROWS:
@@ -305,15 +306,7 @@ def _write_reference(settings: Settings, inputs: TrainingInputs, split: TimeSpli
     probability = model.predict_proba(recent)
     reference["probability"] = probability
     reference["tier"] = assign_tiers(probability, cutoffs)
-    parquet_path = settings.reports_dir / "reference.parquet"
-    reference.to_parquet(parquet_path, index=False)
-    json_path = _write_json(settings.reports_dir / "reference.json", {
-        "model_name": settings.model_name,
-        "model_version": version,
-        "feature_columns": inputs.feature_columns,
-        "categorical_columns": inputs.categorical_columns,
-    })
-    return parquet_path, json_path
+    return reference
 
 
 # ---- the pipeline -------------------------------------------------------------------------
@@ -509,8 +502,11 @@ def train_model(
 
         say("writing the report, hold-out scores and drift reference")
         holdout_path = _write_holdout(settings, split.test, split.time_col, p_test, cutoffs)
-        reference_paths = _write_reference(settings, inputs, split, model, version,
-                                           cutoffs, settings.seed)
+        reference = _reference_frame(inputs, split, model, cutoffs, settings.seed)
+        reference_paths: tuple[Path, ...] = ()
+        if promoted:  # the one writer of the drift reference, and only for a new champion
+            reference_paths = write_reference(settings, reference, settings.model_name, version,
+                                              inputs.feature_columns, inputs.categorical_columns)
         report = {
             "model_name": settings.model_name,
             "model_version": version,
@@ -531,15 +527,18 @@ def train_model(
             "test_metrics_uncalibrated": uncalibrated,
             "metrics_side_by_side": _metrics_table(comparison),
             "outputs": {"holdout_scored": str(holdout_path),
-                        "reference": str(reference_paths[0]),
-                        "reference_meta": str(reference_paths[1])},
+                        **({"reference": str(reference_paths[0]),
+                            "reference_meta": str(reference_paths[1])}
+                           if reference_paths else {})},
             "seconds": round(time.perf_counter() - started, 2),
         }
         _write_json(report_file, report)
         mlflow.log_artifact(str(report_file), artifact_path="reports")
         mlflow.log_artifact(str(holdout_path), artifact_path="reports")
-        for path in reference_paths:
-            mlflow.log_artifact(str(path), artifact_path="reference")
+        with tempfile.TemporaryDirectory() as tmp:  # every run keeps its own, champion or not
+            run_reference = Path(tmp) / "reference.parquet"
+            reference.to_parquet(run_reference, index=False)
+            mlflow.log_artifact(str(run_reference), artifact_path="reference")
 
     return {
         "model_name": settings.model_name,

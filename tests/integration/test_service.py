@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from service_fixtures import (
+
+from tests.integration.service_fixtures import (
     API_KEY,
     KNOWN_PHONE,
     KNOWN_PHONE_DIGITS,
     ServedService,
     ServiceWorkdir,
     run_served,
-    service_workdir,  # noqa: F401 - session fixture
     submission,
 )
 
@@ -29,7 +29,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServedService]:
     yield from run_served(service_workdir, tmp_path_factory, "service_logs")
 
@@ -65,7 +65,7 @@ def test_api_needs_the_right_key(client: httpx.Client, path: str) -> None:
     assert basic.status_code == 401
 
 
-def test_predict_known_person(client: httpx.Client, service_workdir: ServiceWorkdir  # noqa: F811
+def test_predict_known_person(client: httpx.Client, service_workdir: ServiceWorkdir
                               ) -> None:
     lead = _lead()
     response = client.post("/predict", json=submission(lead), headers=AUTH)
@@ -196,7 +196,7 @@ def _log_rows(settings_workdir, lead_ids: set[str]) -> list[str]:  # noqa: ANN00
 
 
 def test_every_concurrent_prediction_is_logged_once(
-    client: httpx.Client, service_workdir: ServiceWorkdir  # noqa: F811
+    client: httpx.Client, service_workdir: ServiceWorkdir
 ) -> None:
     leads = [_lead() for _ in range(60)]
     with ThreadPoolExecutor(8) as pool:
@@ -212,7 +212,7 @@ def test_every_concurrent_prediction_is_logged_once(
 
 
 def test_raw_identifiers_never_reach_logs(
-    client: httpx.Client, served: ServedService, service_workdir: ServiceWorkdir  # noqa: F811
+    client: httpx.Client, served: ServedService, service_workdir: ServiceWorkdir
 ) -> None:
     # a validation error that carries the phone, and a failing identifier, then look everywhere
     client.post("/predict", json=submission(_lead(), identifiers={"qq": KNOWN_PHONE}),
@@ -233,7 +233,7 @@ def test_raw_identifiers_never_reach_logs(
 
 
 def test_in_process_app_without_model_or_key(
-    service_workdir: ServiceWorkdir, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    service_workdir: ServiceWorkdir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from starlette.testclient import TestClient
 

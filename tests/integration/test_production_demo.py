@@ -6,7 +6,6 @@ database other than 0 (flushed before and after). Needs the local PostgreSQL and
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ from leadscore.profiles import (
     postgres_url,
     production_databases,
     redis_client,
-    require_services,
     service_urls,
 )
+from tests.integration.service_fixtures import production_settings, unique_prefix
 
 pytestmark = pytest.mark.services
 
@@ -29,36 +28,6 @@ REDIS_TEST_URL = "redis://127.0.0.1:6379/13"
 N_LEADS = 3000
 # the replayed traffic is answered from Redis: only leads without any online row may degrade
 MAX_DEGRADED_SHARE = 0.2
-
-
-def production_env(prefix: str, redis_url: str, workdir: Path) -> dict[str, str]:
-    """``LEADSCORE_*`` variables selecting the production profile on isolated stores."""
-    return {
-        "LEADSCORE_PROFILE": "production",
-        "LEADSCORE_DATABASE_PREFIX": prefix,
-        "LEADSCORE_REDIS_URL": redis_url,
-        "LEADSCORE_WORKDIR": str(workdir),
-    }
-
-
-def unique_prefix(name: str) -> str:
-    """A database prefix no other test run uses."""
-    return f"t_{name}_{uuid.uuid4().hex[:8]}"
-
-
-def production_settings(monkeypatch: pytest.MonkeyPatch, workdir: Path, prefix: str,
-                        redis_url: str) -> Settings:
-    """Settings (and this process's environment, inherited by the served service) for the
-    production profile on ``prefix`` databases and ``redis_url``."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("LEADSCORE_MLFLOW_TRACKING_URI", raising=False)
-    for key, value in production_env(prefix, redis_url, workdir).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("BENTOML_HOME", str(workdir / "bentoml_home"))
-    get_settings.cache_clear()
-    settings = load_settings()
-    require_services(settings, services=("postgres",))  # creates the databases, as the CLI does
-    return settings
 
 
 def test_database_prefix_names_every_database(tmp_path: Path) -> None:

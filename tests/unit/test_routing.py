@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from commands.route import app as route_app
 from leadscore.config import get_settings
-from leadscore.schemas import FOLLOWUP_CHANNELS, FUNNEL_STEPS
+from leadscore.schemas import FOLLOWUP_CHANNELS
 from routing.control import control_mask, is_control, route_with_control
 from routing.optimize import _select, goal_slack, goal_target, optimize_cutoffs
 from routing.policy import (
@@ -38,50 +38,9 @@ from routing.simulate import (
     split_by_day,
     validate_leads,
 )
+from tests.synthetic import synthetic_leads
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-UPLIFT = {"ai_bot": 1.0, "tmk": 1.6, "sales": 2.2, "top_sales": 2.6}
-K12_BY_STEP = ("ai_bot", "tmk", "sales", "top_sales")
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def synthetic_leads(
-    n: int = 3000, days: int = 30, seed: int = 0, score_noise: float = 0.3
-) -> pd.DataFrame:
-    """Held-out leads with truth: top_sales > sales > tmk > ai_bot propensities, a funnel step
-    and a 2-D rule score that follow intent, and a noisy calibrated-ish probability of conversion
-    under the historical (K12 funnel) follow-up. ``score_noise=None`` gives a useless score."""
-    rng = np.random.default_rng(seed)
-    intent = rng.normal(size=n)
-    step = np.searchsorted([-0.25, 0.8, 1.65], 0.9 * intent + rng.normal(0, 0.8, n))
-    base = -4.0 + 1.1 * intent + np.array([0.0, 0.35, 0.75, 1.5])[step] + rng.normal(0, 0.5, n)
-    exponent = 0.4 + 1.2 * _sigmoid(base + 2.5)  # high-intent leads gain more from people
-    propensity = {c: _sigmoid(base + exponent * np.log(u)) for c, u in UPLIFT.items()}
-    historical = np.choose(step, [propensity[c] for c in K12_BY_STEP])
-    if score_noise is None:
-        probability = rng.permutation(historical)
-    else:
-        logit = np.log(historical / (1 - historical)) + rng.normal(0, score_noise, n)
-        probability = _sigmoid(logit)
-    rule_score = np.clip(35 + 14 * intent + 10 * step + rng.normal(0, 14, n), 0, 150).round()
-    start = pd.Timestamp("2026-06-01", tz="UTC")
-    created = start + pd.to_timedelta(np.sort(rng.uniform(0, days * 86_400, n)), unit="s")
-    return pd.DataFrame(
-        {
-            "lead_id": [f"L{i:06d}" for i in range(n)],
-            "person_id": [f"person:{i // 2:06d}" for i in range(n)],
-            "created_at": created,
-            "probability": probability,
-            "funnel_step": np.array(FUNNEL_STEPS)[step],
-            "rule_score": rule_score,
-            **{PROPENSITY_COLUMNS[c]: v for c, v in propensity.items()},
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def leads() -> pd.DataFrame:
     return synthetic_leads()

@@ -1,20 +1,17 @@
-"""The prediction log: SQLite (embedded) and PostgreSQL (production) behave the same."""
+"""The prediction log on SQLite (embedded); ``check_roundtrip`` and ``hammer`` are shared with
+the PostgreSQL twin in ``tests/integration/test_prediction_log_postgres.py``."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import require_service
 
 from crm_data.prediction_log import (
-    PostgresPredictionLog,
     PredictionLog,
     PredictionLogError,
     PredictionRecord,
@@ -28,7 +25,6 @@ from crm_data.prediction_log import (
 from leadscore.config import Settings
 
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
-POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432"
 
 
 def record(i: int, submitted_at: datetime = T0, **changes: object) -> PredictionRecord:
@@ -178,52 +174,3 @@ def test_postgres_dsn_replaces_the_database() -> None:
     assert postgres_dsn("postgresql://u@h:5432/other", "x") == "postgresql://u@h:5432/x"
     with pytest.raises(PredictionLogError, match="postgres_url"):
         postgres_dsn("mysql://h", "x")
-
-
-@pytest.fixture
-def postgres_database() -> str:
-    """A throw-away database on the local PostgreSQL; dropped afterwards."""
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    import psycopg
-
-    name = f"leadscore_test_{uuid.uuid4().hex[:10]}"
-    from leadscore.config import Settings
-    from leadscore.profiles import ensure_databases
-
-    ensure_databases(Settings().with_(postgres_url=POSTGRES_URL), [name])
-    yield name
-    with psycopg.connect(postgres_dsn(POSTGRES_URL, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.mark.services
-def test_postgres_log_behaves_like_sqlite(postgres_database: str) -> None:
-    dsn = postgres_dsn(POSTGRES_URL, postgres_database)
-    with PostgresPredictionLog(dsn) as log:
-        check_roundtrip(log)
-    with PostgresPredictionLog(dsn) as log:  # table exists: reopened, rows kept
-        assert log.count() == 6
-        with pytest.raises(PredictionLogError, match="probability"):
-            log.append([record(1, probability=-0.1)])
-        assert log.count() == 6
-
-
-@pytest.mark.services
-def test_postgres_concurrent_appends_lose_nothing(postgres_database: str) -> None:
-    dsn = postgres_dsn(POSTGRES_URL, postgres_database)
-    with PostgresPredictionLog(dsn) as log:
-        sent = hammer(log, threads=6, batches=15)
-        assert log.count() == sent
-    with PostgresPredictionLog(dsn) as log:
-        assert log.read()["request_id"].is_unique
-
-
-def test_services_marker_fails_under_ci_when_postgres_is_down(monkeypatch) -> None:
-    """The skip/fail rule of the services tests (checked on a port nothing listens on)."""
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI is set"):
-        require_service("nothing", "127.0.0.1", 1)
-    monkeypatch.delenv("CI")
-    with pytest.raises(pytest.skip.Exception):
-        require_service("nothing", "127.0.0.1", 1)
-    assert os.environ.get("CI") is None

@@ -186,7 +186,7 @@ def _reference_codes(tables, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
 def test_tree_tables_batch_rows_equal_single_rows(params: dict) -> None:
     from test_treeshap import _booster
 
-    from serving.treeshap import TreeTables
+    from serving.fast_treeshap import TreeTables
 
     booster, x = _booster(10, **params)
     tables = TreeTables.build(booster)

@@ -15,12 +15,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
-from service_fixtures import (
+
+from tests.integration.service_fixtures import (
     API_KEY,
     ServedService,
     ServiceWorkdir,
     run_served,
-    service_workdir,  # noqa: F401 - session fixture
 )
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -30,7 +30,7 @@ STATUSES: Counter = Counter()
 
 
 @pytest.fixture(scope="module")
-def fuzz_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+def fuzz_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ServedService]:
     yield from run_served(service_workdir, tmp_path_factory, "fuzz_logs")
 

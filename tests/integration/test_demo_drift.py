@@ -12,15 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from service_fixtures import (
-    ServiceWorkdir,
-    service_workdir,  # noqa: F401 - session fixture
-)
 
-from pipelines.weekly_report import iso_week, run_weekly_report
 from leadscore.config import Settings
 from monitoring.drift import EXIT_DRIFT, EXIT_QUIET
 from pipelines.demo import replay_start
+from pipelines.weekly_report import iso_week, run_weekly_report
+from tests.integration.service_fixtures import ServiceWorkdir
 
 DRIFT_LEADS = 8000
 SHIFTED = {"channel", "app_open_30d", "pricing_page_30d"}  # what ``--drift`` changes
@@ -61,7 +58,7 @@ def drifted_workdir(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return settings
 
 
-def test_quiet_history_is_not_flagged(service_workdir: ServiceWorkdir) -> None:  # noqa: F811
+def test_quiet_history_is_not_flagged(service_workdir: ServiceWorkdir) -> None:
     settings = service_workdir.settings
     for label in replayed_weeks(settings):
         code, drifted = weekly(settings, label)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service_fixtures import (
-    ServiceWorkdir,
-    service_workdir,  # noqa: F401 - session fixture
-    submission,
-)
-
 from features import history
 from serving.events import BackgroundLeadRecorder, BehaviourUpdater
 from serving.predictor import Predictor
 from serving.schemas import Event, Submission
+from tests.integration.service_fixtures import (
+    ServiceWorkdir,
+    submission,
+)
 
 
 def _cookie(tag: str) -> dict[str, str | None]:
@@ -26,7 +24,7 @@ def _cookie(tag: str) -> dict[str, str | None]:
 
 
 def test_predict_queues_the_lead_and_the_flush_stores_it(
-    service_workdir: ServiceWorkdir,  # noqa: F811
+    service_workdir: ServiceWorkdir,
 ) -> None:
     predictor = Predictor.from_settings(service_workdir.settings, background_log=False)
     assert predictor.ready(), predictor.load_error
@@ -53,7 +51,7 @@ def test_predict_queues_the_lead_and_the_flush_stores_it(
 
 
 def test_events_after_a_prediction_are_applied_after_its_lead(
-    service_workdir: ServiceWorkdir,  # noqa: F811
+    service_workdir: ServiceWorkdir,
 ) -> None:
     predictor = Predictor.from_settings(service_workdir.settings, background_log=False,
                                         load_model=False)
@@ -79,7 +77,7 @@ def test_events_after_a_prediction_are_applied_after_its_lead(
     assert stored["li"] == ["L-recorder-3"]  # the event write kept the queued lead
 
 
-def test_close_drains_every_queued_lead(service_workdir: ServiceWorkdir) -> None:  # noqa: F811
+def test_close_drains_every_queued_lead(service_workdir: ServiceWorkdir) -> None:
     updater = BehaviourUpdater.from_settings(service_workdir.settings)
     recorder = BackgroundLeadRecorder(updater, max_queued_batches=4, linger_seconds=0.05)
     now = datetime.now(UTC)

@@ -1,7 +1,9 @@
-"""Code tests of training: time split, promotion gate, report schema, model packaging, CLI.
+"""Training end to end: registry, promotion, report schema, model packaging, CLI.
 
-The end-to-end part trains on a small synthetic stand-in of the training set (time-ordered
-leads, numeric and categorical features, a rule score) with real LightGBM, Optuna and MLflow.
+Training runs on a small synthetic stand-in of the training set (time-ordered leads, numeric
+and categorical features, a rule score) with real LightGBM, Optuna and MLflow. The pure pieces
+(time split, gate decision, feature preparation, reasons) are in
+``tests/unit/test_split_gate_reasons.py``.
 """
 
 from __future__ import annotations
@@ -20,145 +22,16 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from leadscore.config import Settings
+from tests.synthetic import synthetic_training_set
 from training.calibration import fit_calibrator
-from training.explain import reason_text, top_reasons
 from training.model import (
-    FeatureInputError,
     LeadConversionModel,
     categorical_levels,
     prepare_features,
 )
-from training.registry import CHALLENGER, CHAMPION, alias_version, decide_promotion, setup_tracking
+from training.registry import CHALLENGER, CHAMPION, alias_version, setup_tracking
 from training.split import time_split
 from training.train import load_training_inputs, publish_model, train_model
-
-STEP_EFFECT = {"submitted": 0.0, "verified": 0.6, "followed_account": 1.1, "booked_trial": 2.0}
-CHANNEL_EFFECT = {"sem": 0.0, "feed_ads": -0.4, "seo": 0.3, "wechat_private": 0.6}
-
-
-def synthetic_training_set(n: int = 3000, seed: int = 0) -> pd.DataFrame:
-    """A stand-in for ``data/training_set.parquet``: time-ordered leads with a label."""
-    rng = np.random.default_rng(seed)
-    start = pd.Timestamp("2026-01-01", tz="UTC")
-    # whole minutes: many leads share a timestamp, so the split must handle ties
-    minutes = np.sort(rng.integers(0, 150 * 24 * 60, n))
-    channel = rng.choice(list(CHANNEL_EFFECT), n)
-    step = rng.choice(list(STEP_EFFECT), n, p=[0.4, 0.3, 0.2, 0.1])
-    days = np.where(rng.random(n) < 0.2, 9999.0, rng.exponential(20, n))
-    intent = rng.gamma(2.0, 2.0, n)
-    prior = rng.poisson(0.5, n)
-    fit = rng.normal(20, 10, n)
-    interest = rng.normal(20, 15, n)
-    step_effect = pd.Series(step).map(STEP_EFFECT).to_numpy()
-    logit = (-2.8 + step_effect + pd.Series(channel).map(CHANNEL_EFFECT).to_numpy()
-             + 0.25 * intent - 0.03 * np.minimum(days, 90) + 0.3 * prior)
-    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
-    return pd.DataFrame({
-        "lead_id": [f"lead-{i:06d}" for i in range(n)],
-        "person_id": [f"person-{i // 2:06d}" for i in range(n)],
-        "created_at": start + pd.to_timedelta(minutes, unit="m"),
-        "label": label,
-        "channel": channel,
-        "funnel_step": step,
-        "days_since_last_touch": days,
-        "intent_score": intent,
-        "prior_leads": prior,
-        "fit_score": fit,
-        "interest_score": interest,
-        "rule_score": fit + interest + 10 * step_effect,
-    })
-
-
-# ---- time split -----------------------------------------------------------------------------
-def test_time_split_orders_slices_strictly_and_keeps_ties_together() -> None:
-    frame = synthetic_training_set(2000).sample(frac=1.0, random_state=3)  # shuffled input
-    frame = pd.concat([frame, frame.iloc[:300].assign(lead_id=lambda d: d.lead_id + "-dup")])
-    split = time_split(frame, "created_at")
-    assert split.train["created_at"].max() < split.valid["created_at"].min()
-    assert split.valid["created_at"].max() < split.test["created_at"].min()
-    assert len(split.train) + len(split.valid) + len(split.test) == len(frame)
-    assert 0.6 < len(split.train) / len(frame) < 0.8
-    assert 0.1 < len(split.test) / len(frame) < 0.2
-
-
-def test_time_split_with_heavy_ties_never_splits_a_timestamp() -> None:
-    times = pd.to_datetime(["2026-01-01"] * 50 + ["2026-01-02"] * 30 + ["2026-01-03"] * 20,
-                           utc=True)
-    frame = pd.DataFrame({"created_at": times, "x": range(100)})
-    split = time_split(frame, "created_at", fractions=(0.6, 0.2, 0.2))
-    assert split.train["created_at"].nunique() == 1
-    assert split.train["created_at"].max() < split.valid["created_at"].min()
-    assert split.valid["created_at"].max() < split.test["created_at"].min()
-    assert (len(split.train), len(split.valid), len(split.test)) == (50, 30, 20)
-
-
-def test_time_split_rejects_bad_input_with_clear_messages() -> None:
-    frame = pd.DataFrame({"created_at": pd.to_datetime(["2026-01-01"] * 10, utc=True)})
-    with pytest.raises(ValueError, match="slice empty"):
-        time_split(frame, "created_at")
-    with pytest.raises(ValueError, match="'when' is missing"):
-        time_split(frame, "when")
-    with pytest.raises(ValueError, match="sum to 1"):
-        time_split(frame, "created_at", fractions=(0.5, 0.2, 0.2))
-
-
-# ---- promotion gate (pure) ------------------------------------------------------------------
-def test_gate_promotes_first_model_and_better_models_only() -> None:
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 2000)
-    good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, y.size), 0.01, 0.99)
-    bad = np.full(y.size, 0.5)
-    assert decide_promotion(y, good, None).promote
-    assert decide_promotion(y, good, bad, champion_version="1").promote
-    worse = decide_promotion(y, bad, good, champion_version="1")
-    assert not worse.promote and "does not beat" in worse.reason
-    tie = decide_promotion(y, good, good.copy(), champion_version="1")
-    assert not tie.promote and "tie" in tie.reason
-    broken = decide_promotion(y, good, None, champion_version="3",
-                              champion_error="KeyError: 'old_feature'")
-    assert broken.promote and "cannot score" in broken.reason
-
-
-# ---- model packaging --------------------------------------------------------------------------
-def test_prepare_features_reproduces_training_categories_and_names_bad_columns() -> None:
-    frame = synthetic_training_set(300)
-    levels = categorical_levels(frame, ["channel", "funnel_step"])
-    features = ["channel", "funnel_step", "intent_score"]
-    served = frame.head(3).assign(channel=["seo", "never-seen", None])
-    prepared = prepare_features(served, features, levels)
-    assert list(prepared["channel"].cat.categories) == levels["channel"]
-    assert prepared["channel"].isna().tolist() == [False, True, True]
-    with pytest.raises(FeatureInputError, match="intent_score"):
-        prepare_features(served.drop(columns=["intent_score"]), features, levels)
-    with pytest.raises(FeatureInputError, match="'intent_score' must be numeric"):
-        prepare_features(served.assign(intent_score="high"), features, levels)
-
-
-def test_reasons_use_templates_and_a_generic_fallback() -> None:
-    assert reason_text("funnel_step", "booked_trial", 0.8) == "booked a trial class"
-    assert reason_text("days_since_last_touch", 30.0, -0.4) == "no activity for 30 days"
-    assert reason_text("channel", "sem", 0.1).startswith("came through SEM")
-    assert reason_text("prior_leads", 3, 0.2) == "3 earlier leads"
-    assert "pricing/trial" in reason_text("intent_score", 12.0, 0.5)
-    assert reason_text("mystery_signal", 2.5, 0.1) == "mystery signal = 2.50 (raises the chance)"
-    assert reason_text("submit_weekday_cn", 0, 0.1) == "submitted on a Monday (China time)"
-    reasons = top_reasons([0.5, -0.2, 0.05, -0.6], ["a", "b", "c", "d"],
-                          {"a": 1, "b": 2, "c": 3, "d": 4}, top_k=1)
-    assert [r["feature"] for r in reasons["positive"]] == ["a"]
-    assert [r["feature"] for r in reasons["negative"]] == ["d"]
-
-
-def test_every_model_feature_has_a_readable_reason() -> None:
-    """No served reason falls back to the generic "name = value" text."""
-    from features.request import MODEL_FEATURES
-    from training.explain import REASON_TEMPLATES
-
-    for feature, kind in MODEL_FEATURES.items():
-        known = [k for k in REASON_TEMPLATES.get(feature, {}).get("by_value", {}) if k != "*"]
-        value = known[0] if known else ("x" if kind == "string" else 2.0)
-        for contribution in (0.3, -0.3):
-            text = reason_text(feature, value, contribution)
-            assert "the chance)" not in text, f"{feature}: generic reason {text!r}"
 
 
 # ---- end to end: train, register, gate, report ---------------------------------------------
@@ -308,3 +181,24 @@ def test_bad_training_set_fails_with_the_column_named(tmp_path: Path) -> None:
     frame.drop(columns=["created_at"]).to_parquet(settings.data_dir / "training_set.parquet")
     with pytest.raises(ValueError, match="lacks a time column"):
         load_training_inputs(settings)
+
+
+def test_drift_reference_is_the_champions_and_only_a_champion_writes_it(trained: dict) -> None:
+    """A challenger that loses never becomes the drift baseline; a stale one is refused."""
+    from monitoring.drift import DriftInputError, load_reference
+
+    settings = trained["settings"]
+    champion = trained["summary"]["model_version"]
+    meta_path = settings.reports_dir / "reference.json"
+    assert json.loads(meta_path.read_text())["model_version"] == champion
+    before = meta_path.read_bytes()
+    challenger = train_model(settings, trials=1, max_rounds=30, promote=False)
+    assert not challenger["promoted"] and challenger["model_version"] != champion
+    assert meta_path.read_bytes() == before  # untouched by the challenger
+    _, info = load_reference(settings)
+    assert info.model_version == champion
+    stale = json.loads(before) | {"model_version": challenger["model_version"]}
+    meta_path.write_text(json.dumps(stale))
+    with pytest.raises(DriftInputError, match=f"the champion is version {champion}"):
+        load_reference(settings)
+    meta_path.write_bytes(before)

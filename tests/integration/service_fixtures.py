@@ -1,6 +1,8 @@
-"""Fixtures of the serving tests: a small real work folder and a served ``bentoml serve`` process.
+"""Helpers of the integration tests: a small real work folder, a served ``bentoml serve``
+process and production-profile settings on isolated stores.
 
-``service_workdir`` (session-scoped) runs the product's pipeline (``pipelines.demo.run_demo``:
+``build_service_workdir`` (behind the session fixture ``service_workdir`` of this tier's
+conftest) runs the product's pipeline (``pipelines.demo.run_demo``:
 generate → One ID → features + materialize → train with 2 trials → routing) on 3,000 leads, then
 links one made-up raw phone (``KNOWN_PHONE``) to an existing person who has behaviour in the
 online store, as One ID would after that person left the phone on an earlier form.
@@ -11,6 +13,7 @@ loopback port with its output captured to a file (for the tests that grep the lo
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +23,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from leadscore.config import Settings
+from leadscore.config import Settings, get_settings, load_settings
+from leadscore.profiles import require_services
 from serving import launcher
 
 API_KEY = "test-key-0123456789abcdef"
@@ -57,12 +61,6 @@ def build_service_workdir(root: Path) -> ServiceWorkdir:
     extra = pd.DataFrame({"id_hash": [id_hash], "id_type": ["phone"], "person_id": [person]})
     pd.concat([table, extra], ignore_index=True).to_parquet(path, index=False)
     return ServiceWorkdir(settings, person)
-
-
-@pytest.fixture(scope="session")
-def service_workdir(tmp_path_factory: pytest.TempPathFactory) -> ServiceWorkdir:
-    """One small real work folder for every serving test of the session."""
-    return build_service_workdir(tmp_path_factory.mktemp("service_workdir"))
 
 
 def submission(lead_id: str, **overrides: Any) -> dict[str, Any]:
@@ -104,3 +102,34 @@ def run_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPat
     service.wait_until("/readyz")
     yield service
     service.stop()
+
+
+# ---- the production profile on isolated stores ---------------------------------------------
+def production_env(prefix: str, redis_url: str, workdir: Path) -> dict[str, str]:
+    """``LEADSCORE_*`` variables selecting the production profile on isolated stores."""
+    return {
+        "LEADSCORE_PROFILE": "production",
+        "LEADSCORE_DATABASE_PREFIX": prefix,
+        "LEADSCORE_REDIS_URL": redis_url,
+        "LEADSCORE_WORKDIR": str(workdir),
+    }
+
+
+def unique_prefix(name: str) -> str:
+    """A database prefix no other test run uses."""
+    return f"t_{name}_{uuid.uuid4().hex[:8]}"
+
+
+def production_settings(monkeypatch: pytest.MonkeyPatch, workdir: Path, prefix: str,
+                        redis_url: str) -> Settings:
+    """Settings (and this process's environment, inherited by the served service) for the
+    production profile on ``prefix`` databases and ``redis_url``."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("LEADSCORE_MLFLOW_TRACKING_URI", raising=False)
+    for key, value in production_env(prefix, redis_url, workdir).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("BENTOML_HOME", str(workdir / "bentoml_home"))
+    get_settings.cache_clear()
+    settings = load_settings()
+    require_services(settings, services=("postgres",))  # creates the databases, as the CLI does
+    return settings

@@ -1,10 +1,10 @@
 """``leadscore train --workers 2``: two processes tune one Optuna study (SQLite and PostgreSQL).
 
-Each run trains on small generated leads (``test_train.synthetic_training_set``) through the real
-CLI, then reads the study back from its storage and proves that both processes ran trials of the
-one study, that the study holds exactly ``--trials`` trials, that every trial is a nested MLflow
-run of the training run naming its process, and that the registered model was refit with the
-best trial's parameters.
+Each run trains on small generated leads (``tests.synthetic.synthetic_training_set``) through
+the real CLI, then reads the study back from its storage and proves that both processes ran
+trials of the one study, that the study holds exactly ``--trials`` trials, that every trial is a
+nested MLflow run of the training run naming its process, and that the registered model was
+refit with the best trial's parameters.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import optuna
 import pytest
 import typer
 from mlflow.tracking import MlflowClient
-from test_train import synthetic_training_set
 from typer.testing import CliRunner
 
 from commands.train import train_command
 from leadscore.config import Settings, get_settings
+from tests.synthetic import synthetic_training_set
 from training.registry import setup_tracking
 from training.tune import (
     make_datasets,
@@ -73,8 +73,9 @@ def _small_datasets() -> tuple:
 
 def test_a_failing_worker_fails_the_tuning_naming_it(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    # the worker process must import this module to unpickle the callback
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    # the worker process imports this module (a ``tests`` package module, from the project
+    # folder) to unpickle the callback
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     dtrain, dvalid = _small_datasets()
     with pytest.raises(RuntimeError, match=r"worker 1 \(pid \d+\) exited with code 1: "
                                            r"RuntimeError: boom in the worker"):

@@ -9,6 +9,7 @@ probabilities, so the matured cohort's AUC/ECE are known in advance.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
-import yaml
 from typer.testing import CliRunner
 
 from commands.drift import drift
@@ -29,9 +29,10 @@ from monitoring.drift import (
     DriftInputError,
     drift_report,
     load_reference,
-    write_reference,
 )
 from pipelines.weekly_report import custom_period, iso_week, last_week, resolve_period
+from routing.policy import load_policy, save_policy
+from training.drift_reference import ReferenceFileError, write_reference
 
 # This file's own additive outcome model (independent of the generator's tuned effects).
 BASE_LOGIT = -5.5
@@ -152,8 +153,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     outcomes = pd.concat(all_outcomes, ignore_index=True)
     outcomes["converted_at"] = pd.to_datetime(outcomes["converted_at"], utc=True)
     outcomes.to_parquet(settings.raw_dir / "outcomes.parquet", index=False)
-    policy = {"channels": {name: {"cost_per_lead": cost} for name, cost in COSTS.items()}}
-    (settings.reports_dir / "routing_policy.yaml").write_text(yaml.safe_dump(policy))
+    base = load_policy(None)
+    channels = {name: replace(spec, cost_per_lead=float(COSTS[name]))
+                for name, spec in base.channels.items()}
+    save_policy(replace(base, version="test-costs", channels=channels),
+                settings.reports_dir / "routing_policy.yaml")
     return root
 
 
@@ -312,9 +316,9 @@ def test_reference_contract_errors(tmp_path: Path) -> None:
     with pytest.raises(DriftInputError, match="no reference: train a model first"):
         load_reference(settings)
     frame = generated_leads(50, np.random.default_rng(1))
-    with pytest.raises(DriftInputError, match="lacks column"):
+    with pytest.raises(ReferenceFileError, match="lacks column"):
         write_reference(settings, frame.drop(columns=["tier"]), "m", "1", FEATURES, CATEGORICAL)
-    with pytest.raises(DriftInputError, match="categorical column"):
+    with pytest.raises(ReferenceFileError, match="categorical column"):
         write_reference(settings, frame, "m", "1", NUMERIC, CATEGORICAL)
 
 
@@ -349,7 +353,7 @@ def test_business_helpers(tmp_path: Path) -> None:
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "routing_policy.yaml").write_text("channels: [1, 2]\n")
     costs, source = load_channel_costs(settings)
-    assert costs is None and "channels" in source and "costs unknown" in source
+    assert costs is None and "routing_policy.yaml" in source and "costs unknown" in source
 
 
 def test_reports_are_logged_to_mlflow_when_a_store_exists(workdir: Path, cli_runs: dict,

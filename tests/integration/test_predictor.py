@@ -15,11 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from feast import FeatureStore, RepoConfig
-from service_fixtures import (
-    ServiceWorkdir,
-    service_workdir,  # noqa: F401 - session fixture
-    submission,
-)
 
 from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog
 from features.online import online_features
@@ -31,10 +26,14 @@ from serving.model_store import ModelUnavailableError
 from serving.online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.predictor import DEGRADED_STORE, IdentityMaps, Predictor
 from serving.schemas import Submission
+from tests.integration.service_fixtures import (
+    ServiceWorkdir,
+    submission,
+)
 
 
 @pytest.fixture(scope="module")
-def predictor(service_workdir: ServiceWorkdir) -> Predictor:  # noqa: F811
+def predictor(service_workdir: ServiceWorkdir) -> Predictor:
     built = Predictor.from_settings(service_workdir.settings, background_log=False)
     assert built.ready(), built.load_error
     yield built
@@ -52,7 +51,7 @@ def _persons(settings, n: int = 6) -> list[str]:  # noqa: ANN001
 
 
 def test_reader_matches_feast_get_online_features(
-    predictor: Predictor, service_workdir: ServiceWorkdir  # noqa: F811
+    predictor: Predictor, service_workdir: ServiceWorkdir
 ) -> None:
     store = get_store(service_workdir.settings)
     at = datetime.now(UTC) - timedelta(days=3)
@@ -77,7 +76,7 @@ def test_reader_matches_feast_get_online_features(
 
 
 def test_fast_scorer_matches_predict_with_reasons(
-    predictor: Predictor, service_workdir: ServiceWorkdir  # noqa: F811
+    predictor: Predictor, service_workdir: ServiceWorkdir
 ) -> None:
     model = predictor.model
     assert model is not None and model.scorer.fast
@@ -118,7 +117,7 @@ def unreachable_store(settings: Settings, tmp_path: Path) -> FeatureStore:
 
 
 def test_unreachable_online_store_degrades(
-    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
+    service_workdir: ServiceWorkdir, tmp_path: Path
 ) -> None:
     settings = service_workdir.settings
     store = unreachable_store(settings, tmp_path)
@@ -140,7 +139,7 @@ def test_unreachable_online_store_degrades(
 
 
 def test_no_model_is_refused_not_guessed(
-    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
+    service_workdir: ServiceWorkdir, tmp_path: Path
 ) -> None:
     settings = service_workdir.settings.with_(model_name="no-such-model")
     empty = Predictor.from_settings(settings, background_log=False)
@@ -277,7 +276,7 @@ def _comparable(answer: dict) -> dict:
     return {k: v for k, v in answer.items() if k != "scored_at"}
 
 
-def test_batch_answers_equal_single_answers(service_workdir: ServiceWorkdir) -> None:  # noqa: F811
+def test_batch_answers_equal_single_answers(service_workdir: ServiceWorkdir) -> None:
     settings = service_workdir.settings
     subs = _mixed_batch()
     batch_predictor = _quiet_predictor(settings)
@@ -310,7 +309,7 @@ def test_batch_answers_equal_single_answers(service_workdir: ServiceWorkdir) -> 
 
 
 def test_degraded_batch_equals_degraded_singles(
-    service_workdir: ServiceWorkdir, tmp_path: Path  # noqa: F811
+    service_workdir: ServiceWorkdir, tmp_path: Path
 ) -> None:
     settings = service_workdir.settings
     store = unreachable_store(settings, tmp_path)

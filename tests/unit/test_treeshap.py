@@ -1,4 +1,4 @@
-"""``serving.treeshap.TreeTables`` equals LightGBM's own ``predict`` and ``pred_contrib``.
+"""``serving.fast_treeshap.TreeTables`` equals LightGBM's own ``predict`` and ``pred_contrib``.
 
 Real boosters trained here on small data with numeric and categorical features, missing values
 (NaN), zeros and values outside the training range, for each of LightGBM's missing-value modes.
@@ -10,7 +10,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from serving.treeshap import MAX_TREE_NODES, TreeTables
+from serving.fast_treeshap import MAX_TREE_NODES, TreeTables
 
 
 def _data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

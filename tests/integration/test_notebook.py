@@ -17,7 +17,7 @@ NOTEBOOK = PROJECT_ROOT / "notebooks" / "model_analysis.ipynb"
 @pytest.fixture(scope="module")
 def small_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A work folder with a champion trained on a small synthetic training set."""
-    from test_train import synthetic_training_set
+    from tests.synthetic import synthetic_training_set
 
     workdir = tmp_path_factory.mktemp("notebook")
     settings = Settings().with_workdir(workdir)

@@ -18,14 +18,18 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from service_fixtures import ServedService, submission
-from test_production_demo import production_settings, unique_prefix
 
 from leadscore.config import Settings, get_settings
 from leadscore.profiles import drop_databases
 from pipelines.demo import STAGES, DemoContext, replay_start
 from serving.launcher import free_port
 from serving.predictor import DEGRADED_STORE
+from tests.integration.service_fixtures import (
+    ServedService,
+    production_settings,
+    submission,
+    unique_prefix,
+)
 
 pytestmark = pytest.mark.services
 

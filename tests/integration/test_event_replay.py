@@ -14,11 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from service_fixtures import (
-    ServiceWorkdir,
-    service_workdir,  # noqa: F401 - session fixture
-    submission,
-)
 
 from features import history
 from features.build import build_features, materialize
@@ -31,6 +26,10 @@ from pipelines.demo_traffic import load_backlog, replay_plan
 from serving.events import PersonEvent, PersonLead, next_row
 from serving.predictor import Predictor
 from serving.schemas import Event, Submission
+from tests.integration.service_fixtures import (
+    ServiceWorkdir,
+    submission,
+)
 
 N_LEADS = 1500
 SEED = 11
@@ -180,7 +179,7 @@ def test_replay_never_shows_a_submission_a_later_event(workdir: Settings) -> Non
 
 
 def test_a_scored_submission_is_an_earlier_lead_of_the_next(
-    service_workdir: ServiceWorkdir,  # noqa: F811
+    service_workdir: ServiceWorkdir,
 ) -> None:
     predictor = Predictor.from_settings(service_workdir.settings, background_log=False)
     assert predictor.ready(), predictor.load_error

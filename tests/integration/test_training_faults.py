@@ -12,13 +12,13 @@ from pathlib import Path
 import psycopg
 import pytest
 import typer
-from conftest import service_reachable
-from test_train import synthetic_training_set
 from typer.testing import CliRunner
 
 from commands.train import SERVICE_DOWN_EXIT, train_command
 from leadscore.config import get_settings, load_settings
 from leadscore.profiles import MLFLOW_DATABASE, postgres_url
+from tests.services import service_reachable
+from tests.synthetic import synthetic_training_set
 
 SECRET = "s3cret-pw"
 DEAD_POSTGRES = f"postgresql://postgres:{SECRET}@127.0.0.1:1"

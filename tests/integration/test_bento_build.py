@@ -15,18 +15,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import yaml
-from service_fixtures import (
+
+from leadscore.config import PROJECT_ROOT
+from tests.integration.service_fixtures import (
     ServedService,
     ServiceWorkdir,
-    service_workdir,  # noqa: F401 - session fixture
     submission,
 )
 
-from leadscore.config import PROJECT_ROOT
-
 
 @pytest.fixture(scope="module")
-def bento_tag(service_workdir: ServiceWorkdir) -> str:  # noqa: F811
+def bento_tag(service_workdir: ServiceWorkdir) -> str:
     env = {**os.environ, "BENTOML_HOME": str(service_workdir.settings.workdir / "bentoml_home"),
            "BENTOML_DO_NOT_TRACK": "True"}
     built = subprocess.run(
@@ -40,7 +39,7 @@ def bento_tag(service_workdir: ServiceWorkdir) -> str:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def served_bento(service_workdir: ServiceWorkdir, bento_tag: str,  # noqa: F811
+def served_bento(service_workdir: ServiceWorkdir, bento_tag: str,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedService]:
     log_path = tmp_path_factory.mktemp("bento") / "service.log"
     service = ServedService(service_workdir.settings.workdir, log_path, target=bento_tag)
@@ -49,7 +48,7 @@ def served_bento(service_workdir: ServiceWorkdir, bento_tag: str,  # noqa: F811
     service.stop()
 
 
-def test_bento_records_the_registry_version(service_workdir: ServiceWorkdir,  # noqa: F811
+def test_bento_records_the_registry_version(service_workdir: ServiceWorkdir,
                                             bento_tag: str) -> None:
     from mlflow import MlflowClient
 

@@ -1,0 +1,1 @@
+"""The test suite, in tiers: ``unit``, ``data``, ``model`` and ``integration`` (see conftest)."""

@@ -1,0 +1,1 @@
+"""Data tier: schemas, validation, One ID and expectations on generated or ingested data."""

@@ -1,0 +1,1 @@
+"""Integration tier: whole flows (service, feature store, demo, production profile, faults)."""

@@ -1,0 +1,1 @@
+"""Model tier: training, evaluation, calibration and behaviour of the trained model."""

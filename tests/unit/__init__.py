@@ -1,0 +1,1 @@
+"""Unit tier: pure functions and small components; no training, no services, fast."""
