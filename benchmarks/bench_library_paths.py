@@ -11,7 +11,7 @@ figure, ratio, the target the twin was built for, whether the library path meets
 * the same into Redis (Feast's ``RedisOnlineStore``, database ``--redis``, flushed before and
   after; ``--skip-redis`` leaves it out);
 * the serving feature read: ``FeatureStore.get_online_features`` with the feature service vs
-  ``serving.online_reader.OnlineFeatureReader`` (one submission, and a batch), and inside the
+  ``serving.fast_online_reader.OnlineFeatureReader`` (one submission, and a batch), and inside the
   reader Feast's stock ``SqliteOnlineStore.online_read`` vs ``online_read_columns``;
 * calibration: the fitted scikit-learn calibrator's ``predict`` (``IsotonicRegression`` /
   Platt ``LogisticRegression``) vs ``serving.scoring.fast_calibration``;
@@ -225,9 +225,9 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
 
     from features.online import submission_request
     from features.store import get_store, repo_config_dict
+    from serving.fast_calibration import fast_calibration
     from serving.predictor import Predictor
     from serving.schemas import Submission
-    from serving.scoring import fast_calibration
     from training.calibration import fit_calibrator
 
     settings = use_workdir(workdir)

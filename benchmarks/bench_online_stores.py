@@ -8,7 +8,7 @@ materialized, up to the same end, into Redis under the production profile (throw
 champion is the work folder's own: ``LEADSCORE_MLFLOW_TRACKING_URI`` points both at it). Then per
 store:
 
-1. in-process online read (``serving.online_reader.OnlineFeatureReader.read_snapshots``, what
+1. in-process online read (``serving.fast_online_reader.OnlineFeatureReader.read_snapshots``, what
    ``/predict`` runs against the store): single rows and ``--batch-size``-row batches, p50/p99;
 2. served ``POST /predict`` at a fixed moderate rate (``benchmarks/bench_serving.py``'s server
    start and fixed-rate load generator): p50/p99.
@@ -68,7 +68,7 @@ def read_latencies(settings: Settings, persons: list[str], calls: int, batch_siz
                    batch_repeats: int) -> dict[str, Any]:
     """In-process online reads of single persons and of ``batch_size``-person batches."""
     from features.store import get_store
-    from serving.online_reader import OnlineFeatureReader
+    from serving.fast_online_reader import OnlineFeatureReader
 
     reader = OnlineFeatureReader(get_store(settings), settings)
     rng = np.random.default_rng(0)

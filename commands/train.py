@@ -10,6 +10,7 @@ Wire into the main CLI with::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -82,7 +83,6 @@ def train_command(
     anything.
     """
     if csv is not None:
-        from training.csv_train import train_csv_command
         from training.train import check_training_services
 
         if label is None:
@@ -158,3 +158,59 @@ def score_command(
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc))
     console.print_json(json.dumps(summary.to_dict()))
+
+
+def _list_option(values: Sequence[str] | None) -> list[str]:
+    """Option values, also accepting comma-separated lists (``--drop a,b``)."""
+    out: list[str] = []
+    for value in values or []:
+        out.extend(part.strip() for part in value.split(",") if part.strip())
+    return out
+
+
+def train_csv_command(
+    csv_path: Path, label: str, report: Path, id_col: str | None = None,
+    time_col: str | None = None, drop: list[str] | None = None, allow: list[str] | None = None,
+    guard_threshold: float = 0.90, trials: int = 30, timeout: float | None = None,
+    workdir: Path | None = None,
+) -> int:
+    """``train --csv``: train and evaluate on a flat CRM export with a progress bar; write the
+    report; return the exit code (2 on bad input, with the error printed)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.csv_train import OUTER_FOLDS, CsvTrainingError, train_csv
+
+    settings = settings_for(workdir)
+    report_path = Path(report)
+    steps = 2 + (1 if time_col else OUTER_FOLDS)
+    try:
+        with Progress(
+            TextColumn("[bold]train --csv[/]"), BarColumn(), TextColumn("{task.description}"),
+            TimeElapsedColumn(), console=err_console, transient=True,
+        ) as bar:
+            task = bar.add_task("reading", total=steps)
+
+            def advance(step: str) -> None:
+                bar.update(task, advance=1, description=step)
+
+            result = train_csv(
+                csv_path, label, id_col=id_col, time_col=time_col, drop=_list_option(drop),
+                allow=_list_option(allow), guard_threshold=guard_threshold, n_trials=trials,
+                timeout=timeout, settings=settings,
+                plots_dir=report_path.parent / f"{report_path.stem}_plots", progress=advance,
+            )
+    except CsvTrainingError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(result, indent=2))
+    comparison = result["comparison"]
+    console.print(f"report: {report_path}")
+    for name, values in comparison.items():
+        console.print(
+            f"{name:22s} roc_auc={values['roc_auc']:.4f} pr_auc={values['pr_auc']:.4f} "
+            f"log_loss={values['log_loss']:.4f} ece={values['ece']:.4f}"
+        )
+    dropped = result["guard"]["dropped"]
+    console.print(f"guard dropped: {', '.join(dropped) if dropped else 'nothing'}")
+    return 0

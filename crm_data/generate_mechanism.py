@@ -38,6 +38,7 @@ import numpy as np
 
 from leadscore.schemas import (
     CHANNELS,
+    CITY_TIERS,
     EMAIL_DOMAIN_TYPES,
     EVENT_TYPES,
     FOLLOWUP_CHANNELS,
@@ -101,17 +102,7 @@ SUBJECT_GROUP = dict(
 )
 GRADE_P = np.array([0.05, 0.06, 0.08, 0.09, 0.09, 0.10, 0.09, 0.10, 0.11, 0.07, 0.07, 0.09])
 GRADE_EFFECT = dict(G1=-0.2, G2=-0.2, G6=0.1, G9=0.1, G12=0.1)  # + grade_subject_fit
-CITIES: tuple[tuple[str, int], ...] = (
-    ("beijing", 1), ("shanghai", 1), ("guangzhou", 1), ("shenzhen", 1),
-    ("chengdu", 2), ("hangzhou", 2), ("wuhan", 2), ("nanjing", 2), ("xian", 2),
-    ("chongqing", 2), ("tianjin", 2), ("suzhou", 2), ("changsha", 2), ("zhengzhou", 2),
-    ("qingdao", 2), ("shenyang", 2), ("dongguan", 2), ("hefei", 2), ("ningbo", 2),
-    ("foshan", 3), ("kunming", 3), ("xiamen", 3), ("fuzhou", 3), ("jinan", 3),
-    ("harbin", 3), ("nanning", 3), ("guiyang", 3), ("shijiazhuang", 3), ("taiyuan", 3),
-    ("nanchang", 3), ("lanzhou", 3), ("wenzhou", 3),
-    ("ganzhou", 4), ("zhanjiang", 4), ("yichang", 4), ("mianyang", 4), ("luoyang", 4),
-    ("baoding", 4), ("jiujiang", 4), ("shangrao", 4),
-)
+CITIES: tuple[tuple[str, int], ...] = tuple(CITY_TIERS.items())  # the product's city table
 CITY_TIER_P = np.array([0.35, 0.35, 0.20, 0.10])
 CITY_TIER_EFFECT = np.array([0.3, 0.15, 0.0, -0.3])  # tiers 1..4
 DEVICE_P = np.array([0.32, 0.40, 0.15, 0.06, 0.07])  # DEVICES order

@@ -4,9 +4,10 @@ Plain module-level declarations, as in Feast's own templates. The tags are compu
 package: ``features.build`` writes the offline tables, ``features.request.transform_request``
 is the request-time transformation the on-demand view calls.
 
-File sources are relative to the repo folder: Feast resolves them against the folder it runs on,
-so ``<workdir>/feature_repo`` reads ``<workdir>/data/features`` (each work folder gets its own
-``feature_repo/feature_store.yaml``, see ``features.store``).
+File sources are relative to the repo folder (``../data/features``): registered for a work folder
+by ``features.store.feature_definitions``, they point to ``<workdir>/data/features``, and the
+work folder's ``<workdir>/feature_repo/feature_store.yaml`` locates its registry and online
+store, so ``feast -c <workdir>/feature_repo feature-views list`` shows that folder's state.
 
 The on-demand view computes with ``feature_params()``, the shipped parameters (half-life 14 days,
 ``leadscore/defaults/scoring.yaml``). ``features.store.feature_definitions`` replaces that call by

@@ -29,6 +29,7 @@ carrying the parameters as tags; ``apply_definitions`` / ``ensure_applied`` regi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -40,7 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from feast import Entity, FeatureService, FeatureStore, FeatureView, RepoConfig
+from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, RepoConfig
 from feast.data_source import DataSource
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.transformation.udf_rehydrate import rehydrate_udf_from_source
@@ -226,16 +227,31 @@ def with_params(view: OnDemandFeatureView, params: FeatureParams) -> OnDemandFea
     )
 
 
-def service_tags(params: FeatureParams) -> dict[str, str]:
-    """The tags of the feature service for one feature version (parameters, definitions)."""
-    return {**params.tags(), "definitions": definitions_digest()}
+def service_tags(params: FeatureParams, repo: Path = DECLARATIONS_DIR) -> dict[str, str]:
+    """The tags of the feature service for one feature version and work folder: the
+    parameters, the declarations' digest and the repo folder the sources were resolved in."""
+    return {**params.tags(), "definitions": definitions_digest(), "repo": str(repo)}
 
 
-def feature_definitions(params: FeatureParams, feature_service: str) -> list[Any]:
-    """The declared Feast objects for one feature version: on-demand views computing with
+def resolve_sources(objects: list[Any], repo: Path) -> list[Any]:
+    """A copy of ``objects`` whose file sources with a path relative to the repo folder point
+    into ``repo`` (Feast's DuckDB offline store reads a relative path from the current folder,
+    not from the repo: the registry gets the work folder's absolute paths)."""
+    objects = copy.deepcopy(objects)  # one memo: views keep pointing at the copied sources
+    for obj in objects:
+        if isinstance(obj, FileSource) and not Path(obj.path).is_absolute() and (
+                "://" not in obj.path):
+            obj.file_options.uri = os.path.normpath(repo / obj.path)
+    return objects
+
+
+def feature_definitions(params: FeatureParams, feature_service: str,
+                        repo: Path = DECLARATIONS_DIR) -> list[Any]:
+    """The declared Feast objects for one feature version and work folder: file sources
+    resolved against the work folder's ``repo`` folder, on-demand views computing with
     ``params``, the (single) declared feature service named ``feature_service`` and tagged
     with the parameters."""
-    objects = declared_objects()
+    objects = resolve_sources(declared_objects(), repo)
     bound = {o.name: with_params(o, params) for o in objects
              if isinstance(o, OnDemandFeatureView)}
     services = [o for o in objects if isinstance(o, FeatureService)]
@@ -256,7 +272,7 @@ def feature_definitions(params: FeatureParams, feature_service: str) -> list[Any
                 features.append(view if names == whole else view[names])
             out.append(FeatureService(
                 name=feature_service, features=features, description=obj.description,
-                owner=obj.owner, tags={**obj.tags, **service_tags(params)},
+                owner=obj.owner, tags={**obj.tags, **service_tags(params, repo)},
             ))
         else:
             out.append(obj)
@@ -268,7 +284,7 @@ def apply_definitions(store: FeatureStore, settings: Settings,
     """Register the declarations for the feature version of ``settings`` (``params``: its
     parameters, built from the settings when not given)."""
     params = params or FeatureParams.from_settings(settings)
-    store.apply(feature_definitions(params, settings.feature_service))
+    store.apply(feature_definitions(params, settings.feature_service, repo_dir(settings)))
 
 
 def ensure_applied(store: FeatureStore, settings: Settings,
@@ -280,6 +296,6 @@ def ensure_applied(store: FeatureStore, settings: Settings,
         tags = store.get_feature_service(settings.feature_service).tags
     except Exception:  # noqa: BLE001 - Feast raises several "not found" types
         tags = {}
-    wanted = service_tags(params)
+    wanted = service_tags(params, repo_dir(settings))
     if any(tags.get(key) != value for key, value in wanted.items()):
         apply_definitions(store, settings, params)

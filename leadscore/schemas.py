@@ -138,3 +138,16 @@ TRUTH_LEADS_COLUMNS: tuple[str, ...] = (
     "lead_id", "true_person_id", "propensity_ai_bot", "propensity_tmk", "propensity_sales",
     "propensity_top_sales",
 )
+
+# City → tier (1 = largest): the form's city becomes ``city_tier``; unknown cities are missing.
+CITY_TIERS: dict[str, int] = dict((
+    ("beijing", 1), ("shanghai", 1), ("guangzhou", 1), ("shenzhen", 1),
+    ("chengdu", 2), ("hangzhou", 2), ("wuhan", 2), ("nanjing", 2), ("xian", 2),
+    ("chongqing", 2), ("tianjin", 2), ("suzhou", 2), ("changsha", 2), ("zhengzhou", 2),
+    ("qingdao", 2), ("shenyang", 2), ("dongguan", 2), ("hefei", 2), ("ningbo", 2),
+    ("foshan", 3), ("kunming", 3), ("xiamen", 3), ("fuzhou", 3), ("jinan", 3),
+    ("harbin", 3), ("nanning", 3), ("guiyang", 3), ("shijiazhuang", 3), ("taiyuan", 3),
+    ("nanchang", 3), ("lanzhou", 3), ("wenzhou", 3),
+    ("ganzhou", 4), ("zhanjiang", 4), ("yichang", 4), ("mianyang", 4), ("luoyang", 4),
+    ("baoding", 4), ("jiujiang", 4), ("shangrao", 4),
+))

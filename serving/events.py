@@ -48,8 +48,8 @@ from features.behaviour import event_weight
 from features.online_store import string_entity_keys
 from features.score2d import ScoringTables
 from leadscore.config import Settings
+from serving.fast_online_reader import PERSON_JOIN_KEY, OnlineFeatureReader
 from serving.log_writer import BatchingWriter
-from serving.online_reader import PERSON_JOIN_KEY, OnlineFeatureReader
 from serving.schemas import Event, EventsResponse, Submission
 
 logger = logging.getLogger("leadscore.events")

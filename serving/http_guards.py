@@ -5,20 +5,14 @@
   is then handed to the app in one piece).
   BentoML would otherwise pick a serde from the content type (multipart, pickle …).
 * ``GET /docs`` serves BentoML's Swagger UI (the index page), which loads ``/docs.json``.
-* *Fast routes* (``fast_routes``: path → handler of the body): a handler that answers
-  ``(status, JSON bytes)`` is sent directly, skipping BentoML's per-request routing, request
-  objects and input parsing (~1-2 ms of a ~3 ms prediction); one that answers None hands the
-  request to the app unchanged (validation errors, no model: BentoML answers and logs them).
-  The middlewares outside this one (metrics, tracing, timeout, concurrency, API key) still run.
+
+The fast routes of ``/predict`` and ``/predict_batch`` are ``serving.fast_routes`` (inside this).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-
-FastRoute = Callable[[bytes], Awaitable["tuple[int, bytes] | None"]]
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1,000 submissions is ~0.5 MB
 JSON_TYPES = frozenset({b"application/json", b""})
@@ -27,13 +21,9 @@ JSON_TYPES = frozenset({b"application/json", b""})
 class RequestGuardMiddleware:
     """ASGI middleware: 413/415 for unusable bodies, ``/docs`` → the Swagger UI."""
 
-    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES,
-                 fast_routes: Mapping[str, FastRoute] | None = None,
-                 server_header: str | None = None) -> None:
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.fast_routes = fast_routes if fast_routes is not None else {}
-        self._extra_headers = ([(b"server", server_header.encode())] if server_header else [])
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -75,12 +65,6 @@ class RequestGuardMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        route = self.fast_routes.get(scope.get("path", ""))
-        if route is not None:
-            answer = await route(b"".join(chunks))
-            if answer is not None:
-                await send_body(send, answer[0], answer[1], self._extra_headers)
-                return
         replayed = False
 
         async def replay() -> dict:

@@ -26,17 +26,17 @@ from typing import Any
 import numpy as np
 from pydantic_core import to_json
 
-from crm_data.generate_mechanism import CITIES
 from crm_data.identity import load_identity_state, lookup_person, new_person_id
 from crm_data.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
 from features.online import submission_request, submission_requests
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
+from leadscore.schemas import CITY_TIERS
 from routing.control import route_leads
 from routing.policy import RoutingPolicy, resolve_active_policy
+from serving.fast_online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.log_writer import BackgroundLogWriter
 from serving.model_store import LoadedModel, ModelUnavailableError, load_champion
-from serving.online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.schemas import (
     Event,
     EventsResponse,
@@ -58,7 +58,7 @@ TAG_FIELDS: tuple[str, ...] = (
     "days_since_last_touch", "prior_leads", "rfm_segment",
 )
 # city name (lower case) → tier, for forms that give a city but no tier
-CITY_TIER: dict[str, int] = {name: tier for name, tier in CITIES}
+CITY_TIER: dict[str, int] = CITY_TIERS
 DEGRADED_STORE = "online_store_unavailable"
 DEGRADED_PERSON = "person_unknown"
 MAX_NEW_LINKS = 1_000_000

@@ -10,62 +10,30 @@ derives from the pandas categories. Probabilities and reasons equal ``predict_wi
 ``predict_with_reasons`` on a frame.
 
 Per-call overhead that does not depend on the batch is kept out of the request: the calibrator's
-map is precomputed (``fast_calibration``: the Platt sigmoid from its fitted coefficients, or
-linear interpolation over the isotonic thresholds, instead of scikit-learn's validated
-``predict``), and the reasons' ranking runs on the whole contribution matrix at once, so the
-sentence builder only sees the few features it reports (and words each feature/value/sign once).
-Scores and SHAP contributions come from ``serving.fast_treeshap.TreeTables`` (per-tree tables built
-when the model loads; ~0.1 ms for one lead, ~30 ms for 1,000, against ~0.7 ms and ~300 ms for
-LightGBM's ``pred_contrib``) when the booster's trees are small enough, else from LightGBM.
+map is precomputed (``serving.fast_calibration``, the fast twin of scikit-learn's ``predict``),
+and the reasons' ranking runs on the whole contribution matrix at once, so the sentence builder
+only sees the few features it reports (and words each feature/value/sign once). Scores and SHAP
+contributions come from ``serving.fast_treeshap.TreeTables`` (the fast twin of LightGBM's
+``predict(pred_contrib=True)``) when the booster's trees are small enough, else from LightGBM.
+Why each twin is kept, with the measured ratio: ``docs/scaling.md``, "Library paths and the fast
+twins we keep".
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import expit, logit
 
+from serving.fast_calibration import fast_calibration
 from serving.fast_treeshap import TreeTables
-from training.calibration import CLIP_HIGH, CLIP_LOW
 from training.explain import top_reasons
 from training.model import FeatureInputError
 
 MIN_ABS_CONTRIBUTION = 1e-6  # as ``training.explain.top_reasons``
 MAX_CACHED_WORDINGS = 50_000  # (feature, value, sign) → (value text, sentence)
-
-
-def fast_calibration(calibrator: Any) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A numpy function equal to ``calibrator.predict`` on raw scores, or None when unknown.
-
-    Knows ``training.calibration.Calibrator`` with ``"sigmoid"`` (scikit-learn
-    ``LogisticRegression`` on the clipped logit) or ``"isotonic"`` (``IsotonicRegression`` with
-    ``out_of_bounds="clip"``); the result is clipped to [1e-6, 1 - 1e-6] as the calibrator does.
-    """
-    method = getattr(calibrator, "method", None)
-    model = getattr(calibrator, "model", None)
-    if method == "sigmoid" and hasattr(model, "coef_") and np.shape(model.coef_) == (1, 1):
-        slope = float(model.coef_[0, 0])
-        intercept = float(model.intercept_[0])
-
-        def sigmoid(raw: np.ndarray) -> np.ndarray:
-            x = logit(np.clip(raw, CLIP_LOW, CLIP_HIGH))
-            return np.clip(expit(x * slope + intercept), CLIP_LOW, CLIP_HIGH)
-
-        return sigmoid
-    if (method == "isotonic" and getattr(model, "out_of_bounds", None) == "clip"
-            and hasattr(model, "X_thresholds_") and len(model.X_thresholds_) > 1):
-        xs = np.asarray(model.X_thresholds_, dtype=float)
-        ys = np.asarray(model.y_thresholds_, dtype=float)
-        low, high = float(model.X_min_), float(model.X_max_)
-
-        def isotonic(raw: np.ndarray) -> np.ndarray:
-            return np.clip(np.interp(np.clip(raw, low, high), xs, ys), CLIP_LOW, CLIP_HIGH)
-
-        return isotonic
-    return None
 
 
 class FastScorer:

@@ -9,9 +9,10 @@ Settings are read when the service starts (not at import), so ``bentoml build`` 
 module without a key or a work folder. The service refuses to start without an API key.
 
 Speed (``benchmarks/bench_serving.py``): a valid ``POST /predict`` or ``/predict_batch`` is
-answered by the request guard's fast route (``FAST_ROUTES``: the same validation, prediction and
-JSON as the API methods, without BentoML's per-request routing and parsing); invalid input and
-the no-model case fall through to the BentoML API methods, which answer and log them as before.
+answered by its fast route (``FAST_ROUTES``, ``serving.fast_routes``: the same validation,
+prediction and JSON as the API methods, without BentoML's per-request routing and parsing);
+invalid input and the no-model case fall through to the BentoML API methods, which answer and
+log them as before.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from starlette.responses import JSONResponse, Response
 
 from leadscore.config import get_settings
 from serving.auth import ApiKeyMiddleware, resolve_api_key
-from serving.http_guards import FastRoute, RequestGuardMiddleware
+from serving.fast_online_reader import OnlineStoreError
+from serving.fast_routes import FastRoute, FastRouteMiddleware
+from serving.http_guards import RequestGuardMiddleware
 from serving.model_store import ModelUnavailableError
-from serving.online_reader import OnlineStoreError
 from serving.predictor import Predictor
 from serving.schemas import (
     BatchRequest,
@@ -46,7 +48,7 @@ from serving.schemas import (
 logger = logging.getLogger("leadscore.service")
 SERVICE_NAME = "lead-scoring"
 # POST /predict and /predict_batch answered by the request guard without BentoML's per-request
-# routing and parsing (see ``serving.http_guards``); filled when the service starts
+# routing and parsing (see ``serving.fast_routes``); filled when the service starts
 FAST_ROUTES: dict[str, FastRoute] = {}
 INTERNAL_ERROR = json.dumps({"error": "An unexpected error has occurred, please check the "
                                       "server log."}, separators=(",", ":")).encode()
@@ -213,7 +215,8 @@ class LeadScoring:
                 "error": self.predictor.load_error}
 
 
-# the first added is the outermost: the key check, then the guards (size, type, /docs)
+# the first added is the outermost: the key check, the guards (size, type, /docs), the fast routes
 LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key)
-LeadScoring.add_asgi_middleware(RequestGuardMiddleware, fast_routes=FAST_ROUTES,
+LeadScoring.add_asgi_middleware(RequestGuardMiddleware)
+LeadScoring.add_asgi_middleware(FastRouteMiddleware, routes=FAST_ROUTES,
                                 server_header=f"BentoML Service/{SERVICE_NAME}")

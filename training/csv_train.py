@@ -30,24 +30,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
-import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 import optuna
 import pandas as pd
-import typer
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from commands.common import WorkdirOption
 from leadscore.config import Settings, get_settings
 from leadscore.schemas import PROBABILITY_CLIP
 from training.baselines import LogisticBaseline
@@ -927,79 +924,3 @@ def train_csv(
     if keep_predictions:
         report["_predictions"] = pooled
     return report
-
-
-def _list_option(values: Sequence[str] | None) -> list[str]:
-    """Option values, also accepting comma-separated lists (``--drop a,b``)."""
-    out: list[str] = []
-    for value in values or []:
-        out.extend(part.strip() for part in value.split(",") if part.strip())
-    return out
-
-
-def train_csv_command(
-    csv_path: Annotated[Path, typer.Option("--csv", help="CRM export (CSV) to train on.")],
-    label: Annotated[str, typer.Option("--label", help="Binary outcome column (0/1, yes/no).")],
-    report: Annotated[Path, typer.Option("--report", help="Where to write the JSON report.")],
-    id_col: Annotated[
-        str | None, typer.Option("--id", help="Identifier column (never a feature).")
-    ] = None,
-    time_col: Annotated[
-        str | None, typer.Option("--time", help="Timestamp column: evaluate on a time split.")
-    ] = None,
-    drop: Annotated[
-        list[str] | None, typer.Option("--drop", help="Column(s) to leave out (repeatable).")
-    ] = None,
-    allow: Annotated[
-        list[str] | None,
-        typer.Option("--allow", help="Column(s) the leakage guard must keep (repeatable)."),
-    ] = None,
-    guard_threshold: Annotated[
-        float, typer.Option("--guard-threshold", help="Stand-alone AUC at which a column is "
-                            "treated as a leak.")
-    ] = 0.90,
-    trials: Annotated[int, typer.Option("--trials", help="Optuna trials per fold.")] = 30,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Total tuning budget in seconds.")
-    ] = None,
-    workdir: WorkdirOption = None,
-) -> int:
-    """Train and evaluate on a flat CRM export; write the report; return the exit code."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from commands.common import console, err_console, settings_for
-
-    settings = settings_for(workdir)
-    report_path = Path(report)
-    steps = 2 + (1 if time_col else OUTER_FOLDS)
-    try:
-        with Progress(
-            TextColumn("[bold]train --csv[/]"), BarColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=err_console, transient=True,
-        ) as bar:
-            task = bar.add_task("reading", total=steps)
-
-            def advance(step: str) -> None:
-                bar.update(task, advance=1, description=step)
-
-            result = train_csv(
-                csv_path, label, id_col=id_col, time_col=time_col, drop=_list_option(drop),
-                allow=_list_option(allow), guard_threshold=guard_threshold, n_trials=trials,
-                timeout=timeout, settings=settings,
-                plots_dir=report_path.parent / f"{report_path.stem}_plots", progress=advance,
-            )
-    except CsvTrainingError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
-        return 2
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(result, indent=2))
-    comparison = result["comparison"]
-    console.print(f"report: {report_path}")
-    for name, values in comparison.items():
-        console.print(
-            f"{name:22s} roc_auc={values['roc_auc']:.4f} pr_auc={values['pr_auc']:.4f} "
-            f"log_loss={values['log_loss']:.4f} ece={values['ece']:.4f}"
-        )
-    dropped = result["guard"]["dropped"]
-    console.print(f"guard dropped: {', '.join(dropped) if dropped else 'nothing'}")
-    return 0

@@ -90,7 +90,7 @@ def offline_features(settings: Settings, leads: pd.DataFrame) -> pd.DataFrame:
     store = get_store(settings)
     ensure_applied(store, settings)
     entities = entity_frame(leads, lead_person)
-    return historical_features(store, entities)
+    return historical_features(store, entities, settings.feature_service)
 
 
 def score_frame(python_model: Any, features: pd.DataFrame, version: str,
@@ -132,18 +132,12 @@ def write_tags(path: Path, tags: pd.DataFrame) -> Path:
 
 
 def publish_tags(settings: Settings, start: datetime, end: datetime) -> None:
-    """Apply the ``lead_predictive_tags`` view and materialize it to the online store."""
-    from features.store import get_store, load_definitions_module
+    """Materialize the ``lead_predictive_tags`` view (declared with the others) to the online
+    store."""
+    from features.store import ensure_applied, get_store
 
-    definitions = load_definitions_module()
-    builder = getattr(definitions, "build_predictive_tag_definitions", None)
-    if builder is None:
-        raise RuntimeError(
-            "feature_repo/definitions.py lacks build_predictive_tag_definitions "
-            f"(the {TAG_VIEW!r} feature view)"
-        )
     store = get_store(settings)
-    store.apply(builder(settings))
+    ensure_applied(store, settings)
     store.materialize(start_date=start, end_date=end, feature_views=[TAG_VIEW])
 
 

@@ -21,9 +21,9 @@ from features.online import online_features
 from features.store import get_store, repo_config_dict
 from leadscore.config import Settings
 from routing.control import route_with_control
+from serving.fast_online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.log_writer import BackgroundLogWriter
 from serving.model_store import ModelUnavailableError
-from serving.online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.predictor import DEGRADED_STORE, IdentityMaps, Predictor
 from serving.schemas import Submission
 from tests.integration.service_fixtures import (

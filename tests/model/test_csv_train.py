@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from commands.train import train_csv_command
 from leadscore.config import Settings, get_settings
 from training.csv_train import (
     CSV_LEARNING_RATE,
@@ -23,7 +24,6 @@ from training.csv_train import (
     read_export,
     time_validate,
     train_csv,
-    train_csv_command,
 )
 from training.leakage import run_guard
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from features import request, score2d
+from features.params import FeatureParams
 from features.build import compute_tables
 from leadscore.config import Settings
 
@@ -69,7 +70,8 @@ def model_rows(data: dict[str, pd.DataFrame], settings: Settings | None = None) 
         for name in request.FORM_FIELDS:
             inputs[request.FORM_PREFIX + name] = leads.loc[lead_id].get(name)
         inputs["request_ts_s"] = fact["created_at"].timestamp()
-        out = request.transform_request({k: [v] for k, v in inputs.items()})
+        out = request.transform_request({k: [v] for k, v in inputs.items()},
+                                        FeatureParams.from_settings(settings))
         rows[lead_id] = {k: v[0] for k, v in out.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -100,7 +102,7 @@ def test_bad_and_missing_form_values_get_defaults() -> None:
         "form_channel": ["SEM ", "tiktok", None], "form_grade": ["G13", None, "g5"],
         "form_city_tier": [7, None, "2"], "form_phone_valid": [None, "true", 1],
         "form_funnel_step": ["booked_trial", "??", None], "request_ts_s": [None, 1.7e9, 1.7e9],
-    })
+    }, FeatureParams())
     assert out["channel"] == ["sem", "unknown", "unknown"]
     assert out["grade"] == ["unknown", "unknown", "G5"]
     assert out["city_tier"] == [0, 0, 2]
@@ -122,8 +124,7 @@ def test_intent_decays_to_request_time_exactly() -> None:
     base = {"snap_ts_s": [1e9, 1e9], "snap_intent": [8.0, 8.0], "snap_has_history": [1, 1],
             "snap_last_touch_ts_s": [1e9 - day, 1e9 - day],
             "request_ts_s": [1e9, 1e9 + 14 * day]}
-    out = request.transform_request(base, half_life_days=14.0,
-                                    tables=score2d.load_scoring_tables())
+    out = request.transform_request(base, FeatureParams(half_life_days=14.0))
     assert out["intent_score"] == pytest.approx([8.0, 4.0])
     assert out["days_since_last_touch"] == pytest.approx([1.0, 15.0])
 
@@ -132,7 +133,7 @@ def test_prior_leads_from_own_or_older_snapshot() -> None:
     snap = {"snap_ts_s": [100.0, 100.0], "snap_leads_before": [2, 2], "snap_leads_upto": [3, 3],
             "snap_channels_before": [1, 1], "snap_channels_upto": [2, 2],
             "request_ts_s": [100.0, 500.0]}
-    out = request.transform_request(snap, 14.0, score2d.load_scoring_tables())
+    out = request.transform_request(snap, FeatureParams())
     assert out["prior_leads"] == [2, 3]
     assert out["prior_channels"] == [1, 2]
 

@@ -1,6 +1,6 @@
 """The serving fast paths equal the reference implementations they replace.
 
-* ``serving.scoring.fast_calibration`` vs ``Calibrator.predict`` (both methods, fitted here);
+* ``serving.fast_calibration.fast_calibration`` vs ``Calibrator.predict`` (both methods);
 * ``FastScorer.reasons`` (ranking on the whole matrix) vs ``training.explain.top_reasons`` per row;
 * ``features.request._map_unique`` small-input path vs the pandas ``factorize`` path;
 * ``features.history.at_request_time`` / ``snapshots_at`` (a batch's histories at their
@@ -24,7 +24,8 @@ import pytest
 from features import history as hist
 from features import request
 from features.online import submission_request, submission_requests
-from serving.scoring import FastScorer, fast_calibration
+from serving.fast_calibration import fast_calibration
+from serving.scoring import FastScorer
 from training.calibration import fit_calibrator
 from training.explain import top_reasons
 

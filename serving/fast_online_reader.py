@@ -1,4 +1,11 @@
-"""The serving read of the model features: the online store + on-demand view, resolved once.
+"""Fast twin of ``FeatureStore.get_online_features`` for serving: resolved once, read per call.
+
+Kept for: single ``POST /predict`` (p50 ≤ 3 ms, p99 ≤ 10 ms at 200/s) and ``/predict_batch``
+of 1,000 (≤ 150 ms). ``get_online_features`` with the feature service took ~3-7 ms for one
+submission and ~1.1 s for 1,000 against ~0.9 ms and ~0.2-0.3 ms per lead here
+(``benchmarks/bench_library_paths.py``: 3-7× on one, 4-6× on 1,000; table and date in
+``docs/scaling.md``). Equivalence: ``tests/integration/test_predictor.py``
+(``test_reader_matches_feast_get_online_features``).
 
 ``features.online.online_features`` goes through ``FeatureStore.get_online_features``, which
 re-parses the registry's feature service and views from protobuf on every call (~35 ms per
@@ -104,7 +111,7 @@ class OnlineFeatureReader:
                     f"feature view '{read.view.name}' is keyed by {keys}; serving reads "
                     f"person snapshots keyed by '{PERSON_JOIN_KEY}' only"
                 )
-        self.columns: list[str] = model_feature_columns(store)
+        self.columns: list[str] = model_feature_columns(store, settings.feature_service)
         self.online_store = get_online_store_from_config(store.config.online_store)
         _fail_fast_redis(self.online_store, store.config.online_store)
         # one SQLite connection is shared by the service's threads: one read at a time
