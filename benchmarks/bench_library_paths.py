@@ -14,12 +14,11 @@ figure, ratio, the target the twin was built for, whether the library path meets
   ``serving.fast_online_reader.OnlineFeatureReader`` (one submission, and a batch), and inside the
   reader Feast's stock ``SqliteOnlineStore.online_read`` vs ``online_read_columns``;
 * calibration: the fitted scikit-learn calibrator's ``predict`` (``IsotonicRegression`` /
-  Platt ``LogisticRegression``) vs ``serving.scoring.fast_calibration``;
+  Platt ``LogisticRegression``) vs ``serving.fast_calibration``;
 * scores and SHAP contributions: LightGBM ``predict`` + ``predict(pred_contrib=True)`` vs
-  ``serving.treeshap.TreeTables``;
+  ``serving.fast_treeshap.TreeTables``;
 * routing of ``POST /predict`` and ``/predict_batch`` through the service's ASGI app in process:
-  BentoML's own routing and input parsing vs the request guard's fast route
-  (``serving.http_guards``).
+  BentoML's own routing and input parsing vs the fast route (``serving.fast_routes``).
 
 The serving rows need a built work folder (``--workdir DIR``; ``--build`` first runs the main
 job on ``--leads`` leads there). A serving twin matters only inside the request, so each row
@@ -141,7 +140,7 @@ def materialization_rows(rows: int, features: int, redis: str | None) -> list[Ro
         make_frame,
     )
 
-    from features.materialize import materialize_fast, write_frame_fast
+    from features.fast_materialize import materialize_fast, write_frame_fast
 
     frames = (make_frame("lead_id", "lead", rows, features, seed=1),
               make_frame("person_id", "person", 1, 1, seed=2))
@@ -465,6 +464,7 @@ def build_workdir(workdir: Path, leads: int) -> None:
     from leadscore.config import Settings
     from pipelines.demo import run_demo
 
+    os.environ["LEADSCORE_WORKDIR"] = str(workdir)  # the feature repo resolves its sources here
     os.environ.setdefault("BENTOML_HOME", str(workdir / "bentoml_home"))
     progress(f"building a work folder of {leads:,} leads in {workdir} (main job, 2 trials)")
     run_demo(Settings().with_workdir(workdir), n_leads=leads, seed=11, trials=2)

@@ -47,11 +47,11 @@ from feast.repo_config import RepoConfig  # noqa: E402
 from feast.types import Float32, String  # noqa: E402
 from feast.value_type import ValueType  # noqa: E402
 
-from features.materialize import materialize_fast, write_frame_fast  # noqa: E402
+from features.fast_materialize import materialize_fast, write_frame_fast  # noqa: E402
 
 STOCK_STORE = "sqlite"
 FAST_STORE = "features.online_store.FastSqliteOnlineStore"
-FAST_ENGINE = "features.materialize.ArrowBatchComputeEngine"
+FAST_ENGINE = "features.fast_materialize.ArrowBatchComputeEngine"
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 TEXT_ON = {"numeric_value_text": True}  # rows byte-identical to Feast's (value_text of numbers)
 REDIS_STORE = "redis"

@@ -38,7 +38,7 @@ from bench_materialize import (  # noqa: E402
     make_frame,
 )
 
-from features.materialize import write_frame_fast  # noqa: E402
+from features.fast_materialize import write_frame_fast  # noqa: E402
 
 
 def _latencies(

@@ -8,8 +8,8 @@ materialized, up to the same end, into Redis under the production profile (throw
 champion is the work folder's own: ``LEADSCORE_MLFLOW_TRACKING_URI`` points both at it). Then per
 store:
 
-1. in-process online read (``serving.fast_online_reader.OnlineFeatureReader.read_snapshots``, what
-   ``/predict`` runs against the store): single rows and ``--batch-size``-row batches, p50/p99;
+1. in-process online read (``serving.fast_online_reader.OnlineFeatureReader.read_snapshots``,
+   what ``/predict`` runs against the store): single rows and ``--batch-size``-row batches, p50/p99;
 2. served ``POST /predict`` at a fixed moderate rate (``benchmarks/bench_serving.py``'s server
    start and fixed-rate load generator): p50/p99.
 

@@ -2,7 +2,7 @@
 
 Leads come from a demo work folder (``--workdir``: ``reports/holdout_scored.parquet`` joined
 with ``data/truth/leads_truth.parquet``) or are drawn synthetically with known propensities (the
-generator-like frame of ``tests/test_routing.py``). Cut-offs are tuned on the earliest
+generator-like frame of ``tests/synthetic.py``). Cut-offs are tuned on the earliest
 ``--tuning-share`` of days and the policies are simulated on the later days only (no leads in
 common; ``--tuning-share 1`` tunes and judges on all leads, an in-sample figure). Prints one JSON
 line with timings, the four policies' figures and the goal.
@@ -22,15 +22,13 @@ from pathlib import Path
 import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-for folder in (PROJECT_ROOT, PROJECT_ROOT / "tests"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
-from test_routing import synthetic_leads  # noqa: E402
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
 
 from routing.optimize import OBJECTIVES, optimize_cutoffs  # noqa: E402
 from routing.policy import load_policy  # noqa: E402
 from routing.simulate import join_truth, simulate, split_by_day  # noqa: E402
+from tests.synthetic import synthetic_leads  # noqa: E402
 
 POLICIES = ("everyone_to_sales", "rule_2d", "rule_funnel", "model")
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from leadscore.schemas import (
     CHANNELS,
-    CITY_TIERS,
+    CITY_TIER_BY_NAME,
     EMAIL_DOMAIN_TYPES,
     EVENT_TYPES,
     FOLLOWUP_CHANNELS,
@@ -102,7 +102,7 @@ SUBJECT_GROUP = dict(
 )
 GRADE_P = np.array([0.05, 0.06, 0.08, 0.09, 0.09, 0.10, 0.09, 0.10, 0.11, 0.07, 0.07, 0.09])
 GRADE_EFFECT = dict(G1=-0.2, G2=-0.2, G6=0.1, G9=0.1, G12=0.1)  # + grade_subject_fit
-CITIES: tuple[tuple[str, int], ...] = tuple(CITY_TIERS.items())  # the product's city table
+CITIES: tuple[tuple[str, int], ...] = tuple(CITY_TIER_BY_NAME.items())  # the city table
 CITY_TIER_P = np.array([0.35, 0.35, 0.20, 0.10])
 CITY_TIER_EFFECT = np.array([0.3, 0.15, 0.0, -0.3])  # tiers 1..4
 DEVICE_P = np.array([0.32, 0.40, 0.15, 0.06, 0.07])  # DEVICES order

@@ -190,9 +190,9 @@ def _earliest_timestamp(path: Path) -> datetime | None:
 
 
 def _materialize_fn():
-    """``features.materialize.materialize_fast`` when it exists, else None (stock Feast)."""
+    """``features.fast_materialize.materialize_fast`` when it exists, else None (stock Feast)."""
     try:
-        from features.materialize import materialize_fast  # type: ignore[import-not-found]
+        from features.fast_materialize import materialize_fast  # type: ignore[import-not-found]
     except ImportError:
         return None
     return materialize_fast

@@ -140,7 +140,7 @@ TRUTH_LEADS_COLUMNS: tuple[str, ...] = (
 )
 
 # City → tier (1 = largest): the form's city becomes ``city_tier``; unknown cities are missing.
-CITY_TIERS: dict[str, int] = dict((
+CITY_TIER_BY_NAME: dict[str, int] = dict((
     ("beijing", 1), ("shanghai", 1), ("guangzhou", 1), ("shenzhen", 1),
     ("chengdu", 2), ("hangzhou", 2), ("wuhan", 2), ("nanjing", 2), ("xian", 2),
     ("chongqing", 2), ("tianjin", 2), ("suzhou", 2), ("changsha", 2), ("zhengzhou", 2),

@@ -31,7 +31,7 @@ from crm_data.prediction_log import PredictionLog, PredictionRecord, open_predic
 from features.online import submission_request, submission_requests
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
-from leadscore.schemas import CITY_TIERS
+from leadscore.schemas import CITY_TIER_BY_NAME
 from routing.control import route_leads
 from routing.policy import RoutingPolicy, resolve_active_policy
 from serving.fast_online_reader import OnlineFeatureReader, OnlineStoreError
@@ -58,7 +58,7 @@ TAG_FIELDS: tuple[str, ...] = (
     "days_since_last_touch", "prior_leads", "rfm_segment",
 )
 # city name (lower case) → tier, for forms that give a city but no tier
-CITY_TIER: dict[str, int] = CITY_TIERS
+CITY_TIER: dict[str, int] = CITY_TIER_BY_NAME
 DEGRADED_STORE = "online_store_unavailable"
 DEGRADED_PERSON = "person_unknown"
 MAX_NEW_LINKS = 1_000_000

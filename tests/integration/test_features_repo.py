@@ -1,5 +1,6 @@
-"""The Feast repo through the real ``feast`` CLI in a temporary work folder, the single store
-configuration, and the ``leadscore features`` commands."""
+"""The Feast repo through the real ``feast`` CLI on a temporary work folder (and on the
+production profile, ``services``), the single store configuration, the feature parameters
+fixed per feature version, and the ``leadscore features`` commands."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ import yaml
 from typer.testing import CliRunner
 
 from commands.features import features_app
-from features.store import render_feature_store_yaml, repo_config_dict, write_feature_store_yaml
+from features.build import build_features, materialize
+from features.online import online_features
+from features.params import FeatureParams
+from features.request import transform_request
+from features.score2d import load_scoring_tables
+from features.store import (
+    feature_store_yaml_path,
+    get_store,
+    render_feature_store_yaml,
+    repo_config_dict,
+    write_feature_store_yaml,
+)
+from features.training_set import entity_frame, historical_features
 from leadscore.config import PROJECT_ROOT, Settings, get_settings
 
 FEAST = str(Path(sys.executable).with_name("feast"))
@@ -58,11 +71,12 @@ def test_committed_yaml_is_the_store_config() -> None:
     committed = yaml.safe_load((REPO / "feature_store.yaml").read_text())
     assert committed == repo_config_dict(Settings(), relative=True)
     assert (REPO / "feature_store.yaml").read_text() == render_feature_store_yaml(Settings())
+    assert feature_store_yaml_path(Settings()) == REPO / "feature_store.yaml"
 
 
 def test_production_profile_is_a_config_change() -> None:
-    prod = Settings().with_(profile="production", redis_url="redis://cache:6380/2",
-                            postgres_url="postgresql://u:p@db:5432/feast")
+    prod = Settings(profile="production", redis_url="redis://cache:6380/2",
+                    postgres_url="postgresql://u:p@db:5432/feast")
     config = repo_config_dict(prod)
     assert config["online_store"]["type"] == "redis"
     assert config["online_store"]["redis_type"] == "redis"
@@ -71,10 +85,40 @@ def test_production_profile_is_a_config_change() -> None:
     # the registry lives in its own database on the configured server
     assert config["registry"]["path"] == "postgresql+psycopg://u:p@db:5432/leadscore_feast"
     assert config["offline_store"] == {"type": "duckdb"}
+    # the project folder's committed yaml stays the embedded one
+    assert feature_store_yaml_path(prod) == REPO / "feature_store.production.yaml"
+
+
+def test_written_yaml_names_no_password(tmp_path: Path) -> None:
+    prod = Settings(workdir=tmp_path, profile="production",
+                    redis_url="redis://:s3cret@cache:6380/2",
+                    postgres_url="postgresql://u:hunter2@db:5432")
+    path = write_feature_store_yaml(prod)
+    assert path == tmp_path / "feature_repo" / "feature_store.yaml"
+    text = path.read_text()
+    assert "s3cret" not in text and "hunter2" not in text
+    written = yaml.safe_load(text)
+    assert written["registry"]["path"] == (
+        "postgresql+psycopg://u:${LEADSCORE_FEAST_REGISTRY_PASSWORD}@db:5432/leadscore_feast")
+    assert "password=${LEADSCORE_FEAST_REDIS_PASSWORD}" in written["online_store"][
+        "connection_string"]
+
+
+def _feast(repo: Path, *args: str) -> str:
+    """Feast's own CLI on a work folder's repo folder, from another folder, no LEADSCORE_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADSCORE_")}
+    done = subprocess.run([FEAST, "-c", str(repo), *args], capture_output=True, text=True,
+                          env=env, timeout=180, cwd=repo.anchor)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+ALL_VIEWS = ("lead_facts", "person_behaviour", "person_rfm", "lead_predictive_tags",
+             "lead_request_features")
 
 
 @pytest.mark.slow
-def test_feast_cli_apply_list_and_materialize(tmp_path: Path) -> None:
+def test_feast_cli_on_a_work_folder(tmp_path: Path) -> None:
     settings = Settings().with_workdir(tmp_path)
     _tiny_crm(settings)
     runner = CliRunner()
@@ -84,29 +128,88 @@ def test_feast_cli_apply_list_and_materialize(tmp_path: Path) -> None:
         os.environ.pop("LEADSCORE_WORKDIR", None)
         get_settings.cache_clear()
     assert built.exit_code == 0, built.output
-    assert (settings.features_dir / "person_behaviour.parquet").exists()
-    fs_yaml = write_feature_store_yaml(settings, tmp_path / "feature_store.yaml",
-                                       relative=False)
-    env = {**os.environ, "LEADSCORE_WORKDIR": str(tmp_path)}
-
-    def feast(*args: str) -> str:
-        done = subprocess.run([FEAST, "-c", str(REPO), "-f", str(fs_yaml), *args],
-                              capture_output=True, text=True, env=env, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
-
-    feast("apply")
-    assert (settings.feast_state_dir / "registry.db").exists()
-    listed = feast("feature-views", "list")
-    for name in ("lead_facts", "person_behaviour", "person_rfm", "lead_request_features"):
+    work_repo = tmp_path / "feature_repo"
+    assert (work_repo / "feature_store.yaml").exists()
+    listed = _feast(work_repo, "feature-views", "list")
+    for name in ALL_VIEWS:
         assert name in listed
+    described = _feast(work_repo, "feature-services", "describe", "lead_conversion_v1")
+    assert "scoring_digest" in described and "half_life_days" in described
+    # Feast's parser reads the plain declarations (no settings): nothing to change
+    plan = subprocess.run([FEAST, "-c", str(REPO), "-f", str(work_repo / "feature_store.yaml"),
+                           "plan"], capture_output=True, text=True, timeout=180,
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("LEADSCORE_")})
+    assert plan.returncode == 0, plan.stderr[-2000:]
     # only the views this build feeds (lead_predictive_tags is filled by `leadscore score`)
-    feast("materialize-incremental", "2026-04-05T00:00:00",
-          "--views", "person_behaviour", "--views", "person_rfm")
+    _feast(work_repo, "materialize-incremental", "2026-04-05T00:00:00",
+           "--views", "person_behaviour", "--views", "person_rfm")
     assert (settings.feast_state_dir / "online_store.db").exists()
-    from features.store import get_store
+    store = get_store(settings)
+    assert store.get_feature_view("person_rfm").most_recent_end_time is not None
 
-    assert get_store(settings).get_feature_service("lead_conversion_v1") is not None
+
+def test_custom_parameters_are_fixed_in_the_registry(tmp_path: Path) -> None:
+    """Half-life and scoring file of a work folder: bound into the on-demand view's source, the
+    same values through the training path and the online path."""
+    scoring = tmp_path / "scoring.yaml"
+    scoring.write_text("rule: {sales_threshold: -100}\nrfm_thresholds: {frequency: 1}\n")
+    settings = Settings(workdir=tmp_path, intent_half_life_days=3.0, scoring_config=scoring)
+    _tiny_crm(settings)
+    build_features(settings)
+    params = FeatureParams.from_settings(settings)
+    store = get_store(settings)
+    odfv = store.get_on_demand_feature_view("lead_request_features")
+    assert params.call_source() in odfv.feature_transformation.udf_string
+    service = store.get_feature_service(settings.feature_service)
+    assert service.tags["half_life_days"] == "3.0"
+    assert service.tags["scoring_digest"] == load_scoring_tables(scoring).digest
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
+    lead_person = pd.read_parquet(settings.identity_dir / "lead_person.parquet")
+    offline = historical_features(store, entity_frame(leads, lead_person)).set_index("lead_id")
+    assert set(offline["rule_grade"]) == {"sales"}  # every score reaches -100
+    direct = transform_request({"snap_ts_s": [0.0], "snap_intent": [8.0],
+                                "request_ts_s": [3 * 86400.0]}, params)
+    assert direct["intent_score"] == pytest.approx([4.0])  # one 3-day half-life
+    at = pd.Timestamp("2026-04-05", tz="UTC").to_pydatetime()
+    materialize(settings, end=at)
+    store = get_store(settings)
+    for lead_id, person_id in (("B", "P1"), ("C", "P2")):
+        form = leads.set_index("lead_id").loc[lead_id].to_dict()
+        created = pd.Timestamp(form["created_at"]).to_pydatetime()
+        online = online_features(store, form, person_id, created)
+        row = offline.loc[lead_id]
+        diffs = {k: (v, row[k]) for k, v in online.items()
+                 if not (v == row[k] or (isinstance(v, float) and v == pytest.approx(row[k])))}
+        assert not diffs, (lead_id, diffs)
+    default = Settings().with_workdir(tmp_path)
+    assert FeatureParams.from_settings(default) == FeatureParams()
+
+
+@pytest.mark.services
+def test_feast_cli_on_the_production_profile(postgres_available: None, redis_available: None,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from leadscore.profiles import drop_databases, redis_client
+    from tests.integration.service_fixtures import production_settings, unique_prefix
+
+    settings = production_settings(monkeypatch, tmp_path, unique_prefix("feastcli"),
+                                   "redis://127.0.0.1:6379/12")
+    client = redis_client(settings)
+    try:
+        _tiny_crm(settings)
+        build_features(settings)
+        work_repo = tmp_path / "feature_repo"
+        written = yaml.safe_load((work_repo / "feature_store.yaml").read_text())
+        assert written["registry"]["registry_type"] == "sql"
+        listed = _feast(work_repo, "feature-views", "list")
+        for name in ALL_VIEWS:
+            assert name in listed
+    finally:
+        client.flushdb()
+        client.close()
+        drop_databases(settings)
+        get_settings.cache_clear()
 
 
 def test_cli_training_set_and_clean_errors(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from feast.types import Bool, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
 
 from features import online_store as fast
-from features.materialize import ARROW_ENGINE_TYPE, materialize_fast, write_frame_fast
+from features.fast_materialize import ARROW_ENGINE_TYPE, materialize_fast, write_frame_fast
 
 warnings.filterwarnings("ignore")
 

@@ -185,9 +185,8 @@ def _reference_codes(tables, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
 
 @pytest.mark.parametrize("params", [{}, {"zero_as_missing": True}, {"use_missing": False}])
 def test_tree_tables_batch_rows_equal_single_rows(params: dict) -> None:
-    from test_treeshap import _booster
-
     from serving.fast_treeshap import TreeTables
+    from tests.unit.test_treeshap import _booster
 
     booster, x = _booster(10, **params)
     tables = TreeTables.build(booster)

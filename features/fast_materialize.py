@@ -1,4 +1,6 @@
-"""Batched materialization into the online store through Feast's public store interfaces.
+"""Fast twin of Feast's materialization (``store.materialize``, ``store.write_to_online_store``).
+
+Batched materialization into the online store through Feast's public store interfaces.
 
 Three entry points, all ending in ``FastSqliteOnlineStore.online_write_arrow`` (Arrow columns
 serialised in bulk) when the repo uses that store, and in Feast's stock write otherwise:
@@ -8,8 +10,16 @@ serialised in bulk) when the repo uses that store, and in Feast's stock write ot
   the materialized interval in the registry like ``store.materialize`` does;
 * :func:`write_frame_fast` — ``store.write_to_online_store`` for a frame of feature rows;
 * :class:`ArrowBatchComputeEngine` — a Feast compute engine (``batch_engine:
-  {type: features.materialize.ArrowBatchComputeEngine}``) so ``store.materialize`` and
+  {type: features.fast_materialize.ArrowBatchComputeEngine}``) so ``store.materialize`` and
   ``feast materialize`` take the same path.
+
+Kept for: materialization into SQLite at ≥ 10× Feast's stock rate on the same data (issue
+"Feature store"); with the stock ``SqliteOnlineStore`` the stock paths stay at ~1,000-1,500
+rows/s, ~10-13× below these (``benchmarks/bench_library_paths.py``; table and date in
+``docs/scaling.md``, "Library paths and the fast twins we keep"). Into Redis the same entry
+points end in Feast's own ``online_write_batch`` (1.2-1.4× the stock entry points: no twin code
+of their own). Equivalence: ``tests/unit/test_materialize.py`` (the stock store reads what
+these wrote; rows byte for byte equal to the stock store's).
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
 from features.online_store import FastSqliteOnlineStore
 
-ARROW_ENGINE_TYPE = "features.materialize.ArrowBatchComputeEngine"
+ARROW_ENGINE_TYPE = "features.fast_materialize.ArrowBatchComputeEngine"
 
 
 @dataclass
@@ -204,7 +214,7 @@ def write_arrow(
 class ArrowBatchComputeEngineConfig(FeastConfigBaseModel):
     """Config of :class:`ArrowBatchComputeEngine` (no options besides ``type``)."""
 
-    type: Literal["features.materialize.ArrowBatchComputeEngine"] = ARROW_ENGINE_TYPE
+    type: Literal["features.fast_materialize.ArrowBatchComputeEngine"] = ARROW_ENGINE_TYPE
 
 
 class ArrowBatchComputeEngine(LocalComputeEngine):
