@@ -27,7 +27,7 @@ from training.csv_train import (
 )
 from training.leakage import run_guard
 
-X_EDUCATION = Path(__file__).resolve().parents[2] / "shared/datasets/x-education-leads/Leads.csv"
+X_EDUCATION = Path(__file__).resolve().parents[3] / "shared/datasets/x-education-leads/Leads.csv"
 HONEST_DROP = (
     "Lead Quality", "Lead Profile", "Asymmetrique Activity Index",
     "Asymmetrique Profile Index", "Asymmetrique Activity Score", "Asymmetrique Profile Score",
@@ -309,6 +309,7 @@ def test_command_writes_the_report(tmp_path, capsys, monkeypatch, cv_settings) -
 
 # ---- the real X Education export ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.skipif(not X_EDUCATION.exists(), reason="shared X Education dataset not present")
 def test_real_x_education_export_flags_tags_and_scores_well(tmp_path) -> None:
     started = time.perf_counter()

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from commands.route import app as route_app
-from leadscore.config import get_settings
+from leadscore.config import PROJECT_ROOT, get_settings
 from leadscore.schemas import FOLLOWUP_CHANNELS
 from routing.control import control_mask, is_control, route_with_control
 from routing.optimize import _select, goal_slack, goal_target, optimize_cutoffs
@@ -40,7 +40,7 @@ from routing.simulate import (
 )
 from tests.synthetic import synthetic_leads
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 @pytest.fixture(scope="module")
 def leads() -> pd.DataFrame:
     return synthetic_leads()
