@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,9 +17,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/leadscore demo
 
+# every tier (tests/unit, data, model, integration), the services and slow tests included
 test: $(STAMP)
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
+	exit $$rc
+
+# the inner loop: unit, data and model tiers without the slow tests (no services, no serving)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not services" tests/unit tests/data tests/model; \
+	rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from leadscore.config import ConfigError, Settings, get_settings
+from leadscore.config import ConfigError, Settings, get_settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,7 +28,8 @@ WorkdirOption = Annotated[
 def settings_for(
     workdir: Path | None, services: tuple[str, ...] = ("postgres", "redis")
 ) -> Settings:
-    """Settings rooted at ``workdir``; exported to the environment so subprocesses agree.
+    """Settings rooted at ``workdir`` (passed on explicitly: nothing is written to the
+    environment; a service process gets its own, ``serving.launcher.service_env``).
 
     In the production profile the named ``services`` are checked first (missing databases are
     created), so a command fails with one clear line before doing any work when one is down.
@@ -37,10 +37,8 @@ def settings_for(
     from leadscore.profiles import require_services
 
     try:
-        if workdir is not None:
-            os.environ["LEADSCORE_WORKDIR"] = str(Path(workdir).expanduser().resolve())
-            get_settings.cache_clear()
-        settings = get_settings()
+        settings = get_settings() if workdir is None else load_settings().with_workdir(
+            Path(workdir).expanduser().resolve())
         require_services(settings, services)
     except (ConfigError, ConnectionError) as exc:
         fail(str(exc))

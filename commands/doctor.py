@@ -7,7 +7,6 @@ registers :func:`doctor` with ``app.command("doctor")(doctor)``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,7 @@ import typer
 from rich.table import Table
 
 from commands.common import WorkdirOption, console, fail
-from leadscore.config import ConfigError, Settings, get_settings
+from leadscore.config import ConfigError, Settings, load_settings
 from leadscore.profiles import ensure_databases
 from leadscore.service_checks import (
     FAIL,
@@ -45,10 +44,9 @@ def render(results: list[CheckResult], profile: str) -> Table:
 def _settings(workdir: Path | None) -> Settings:
     """Settings like ``settings_for`` but without creating folders (the doctor only looks)."""
     try:
-        if workdir is not None:
-            os.environ["LEADSCORE_WORKDIR"] = str(Path(workdir).expanduser().resolve())
-        get_settings.cache_clear()
-        return get_settings()
+        settings = load_settings()
+        return settings if workdir is None else settings.with_workdir(
+            Path(workdir).expanduser().resolve())
     except ConfigError as exc:
         fail(f"configuration: {exc}", code=1)
         raise  # unreachable: fail() exits

@@ -14,12 +14,12 @@ serialised in bulk) when the repo uses that store, and in Feast's stock write ot
   ``feast materialize`` take the same path.
 
 Kept for: materialization into SQLite at ≥ 10× Feast's stock rate on the same data (issue
-"Feature store"); with the stock ``SqliteOnlineStore`` the stock paths stay at ~1,000-1,500
-rows/s, ~10-13× below these (``benchmarks/bench_library_paths.py``; table and date in
-``docs/scaling.md``, "Library paths and the fast twins we keep"). Into Redis the same entry
-points end in Feast's own ``online_write_batch`` (1.2-1.4× the stock entry points: no twin code
-of their own). Equivalence: ``tests/unit/test_materialize.py`` (the stock store reads what
-these wrote; rows byte for byte equal to the stock store's).
+"Feature store"); with the stock ``SqliteOnlineStore`` the stock paths wrote 356-1,150 rows/s
+here, 6-15× below these depending on the machine's load (``benchmarks/bench_library_paths.py``;
+table and date in ``docs/scaling.md``, "Library paths and the fast twins we keep"). Into Redis
+the same entry points end in Feast's own ``online_write_batch`` (0.7-1.7× the stock entry
+points: no twin code of their own). Equivalence: ``tests/unit/test_materialize.py`` (the stock
+store reads what these wrote; rows byte for byte equal to the stock store's).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Everything a model feature needs beyond the stored person snapshots is computed 
 submitted form plus the person's latest snapshot, by pure vectorised functions. The Feast
 on-demand feature view ``lead_request_features`` (python mode) calls ``transform_request``
 both in ``get_historical_features`` (training) and ``get_online_features`` (serving), so the
-two paths cannot drift apart.
+two paths cannot drift apart. Its parameters (intent half-life, scoring tables) come in as one
+``features.params.FeatureParams`` fixed with the feature version; nothing here reads settings.
+The snapshot schema lives in ``features.snapshot`` (re-exported here).
 
 Request fields (``SUBMISSION_FIELDS``): the form's channel, campaign, landing page, grade,
 subject, city tier, device, funnel step, phone validity and e-mail domain type, each prefixed

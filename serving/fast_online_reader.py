@@ -1,15 +1,15 @@
 """Fast twin of ``FeatureStore.get_online_features`` for serving: resolved once, read per call.
 
 Kept for: single ``POST /predict`` (p50 ≤ 3 ms, p99 ≤ 10 ms at 200/s) and ``/predict_batch``
-of 1,000 (≤ 150 ms). ``get_online_features`` with the feature service took ~3-7 ms for one
-submission and ~1.1 s for 1,000 against ~0.9 ms and ~0.2-0.3 ms per lead here
-(``benchmarks/bench_library_paths.py``: 3-7× on one, 4-6× on 1,000; table and date in
+of 1,000 (≤ 150 ms). ``get_online_features`` with the feature service took 6.3 ms for one
+submission and 938 ms for 1,000, against 0.94 ms and 148 ms here
+(``benchmarks/bench_library_paths.py``: 6.8× and 6.4×; table and date in
 ``docs/scaling.md``). Equivalence: ``tests/integration/test_predictor.py``
 (``test_reader_matches_feast_get_online_features``).
 
 ``features.online.online_features`` goes through ``FeatureStore.get_online_features``, which
-re-parses the registry's feature service and views from protobuf on every call (~35 ms per
-request on this machine, most of it in registry parsing and type checks). The service instead
+re-parses the registry's feature service and views from protobuf on every call (most of its
+cost per request is registry parsing and type checks). The service instead
 resolves, at start-up, the feature service, the on-demand view behind it, the feature views it
 reads and the model's column list, then per request:
 

@@ -15,9 +15,9 @@ import typer
 from typer.testing import CliRunner
 
 from commands.generate import generate
+from crm_data import generate_mechanism as m
 from crm_data.generate import generate_crm, simulate_crm
 from crm_data.validation import load_raw_tables
-from crm_data import generate_mechanism as m
 from leadscore.config import get_settings
 from leadscore.schemas import (
     CHANNELS,

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from features import request, score2d
-from features.params import FeatureParams
 from features.build import compute_tables
+from features.params import FeatureParams
 from leadscore.config import Settings
 
 T0 = pd.Timestamp("2026-03-02 02:00:00", tz="UTC")  # Monday 10:00 in China
