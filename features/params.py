@@ -23,16 +23,15 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from features.score2d import ScoringTables, read_overlay, tables_with_overlay
+from leadscore.config import Settings
 
-if TYPE_CHECKING:
-    from leadscore.config import Settings
-
-DEFAULT_HALF_LIFE_DAYS = 14.0
+# the settings' defaults (one place: leadscore.config.Settings)
+DEFAULT_HALF_LIFE_DAYS = float(Settings.model_fields["intent_half_life_days"].default)
 # the feature service declared in feature_repo/definitions.py (settings.feature_service renames it)
-DECLARED_FEATURE_SERVICE = "lead_conversion_v1"
+DECLARED_FEATURE_SERVICE = str(Settings.model_fields["feature_service"].default)
 NO_OVERRIDES = "{}"
 
 

@@ -157,11 +157,11 @@ class BehaviourUpdater:
     @classmethod
     def from_settings(cls, settings: Settings) -> BehaviourUpdater:
         """An updater with its own store (close it when done)."""
-        from features.score2d import load_scoring_tables
+        from features.params import FeatureParams
         from features.store import get_store
 
-        return cls(get_store(settings), None, load_scoring_tables(settings.scoring_config),
-                   settings.intent_half_life_days)
+        params = FeatureParams.from_settings(settings)
+        return cls(get_store(settings), None, params.tables, params.half_life_days)
 
     def close(self) -> None:
         """Close the updater's store connection."""

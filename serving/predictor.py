@@ -161,7 +161,7 @@ class Predictor:
     def from_settings(cls, settings: Settings, background_log: bool = True,
                       load_model: bool = True) -> Predictor:
         """Build from the work folder: feature store, One ID, policy, log and the champion."""
-        from features.score2d import load_scoring_tables
+        from features.params import FeatureParams
         from features.store import get_store
         from serving.events import BackgroundLeadRecorder, BehaviourUpdater
 
@@ -171,8 +171,8 @@ class Predictor:
         log: PredictionLog | BackgroundLogWriter = open_prediction_log(settings)
         if background_log:
             log = BackgroundLogWriter(log)
-        updater = BehaviourUpdater(store, reader, load_scoring_tables(settings.scoring_config),
-                                   settings.intent_half_life_days)
+        params = FeatureParams.from_settings(settings)
+        updater = BehaviourUpdater(store, reader, params.tables, params.half_life_days)
         predictor = cls(settings, reader, IdentityMaps.load(settings),
                         resolve_active_policy(settings).policy,
                         log, updater, BackgroundLeadRecorder(updater))
