@@ -4,7 +4,7 @@ Every test lives in one tier folder and gets that folder's marker (``unit``, ``d
 ``model``, ``integration``), so ``-m`` can pick tiers. A test that asks for PostgreSQL or Redis
 (the ``postgres_available`` / ``redis_available`` fixtures) is marked ``services``, and every
 ``services`` test must sit in ``tests/integration/``: collection stops with the test named
-otherwise.
+otherwise. MLflow's URI variables are put back after every test.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tests.services import POSTGRES, REDIS, require_service
 TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "data", "model", "integration")
 SERVICE_FIXTURES = frozenset({"postgres_available", "redis_available"})
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def tier_of(path: Path) -> str | None:
@@ -61,3 +62,23 @@ def postgres_available() -> None:
 def redis_available() -> None:
     """Skip (fail under CI) unless the local Redis answers."""
     require_service(*REDIS)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Put MLflow's URI variables back after each test (its fixtures' set-up included).
+
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` whenever the URI changes, and
+    ``Settings.tracking_uri`` lets that variable win: without this, a test (or a shared work
+    folder's set-up) that loads a champion from one work folder would point every later test at
+    that folder's registry, and the outcome would depend on the order the tiers run in.
+    """
+    saved = {name: os.environ.get(name) for name in MLFLOW_URI_VARIABLES}
+    try:
+        return (yield)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

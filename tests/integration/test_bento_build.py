@@ -23,6 +23,8 @@ from tests.integration.service_fixtures import (
     submission,
 )
 
+pytestmark = pytest.mark.slow  # ``bentoml build`` of the service takes about half a minute
+
 
 @pytest.fixture(scope="module")
 def bento_tag(service_workdir: ServiceWorkdir) -> str:

@@ -65,6 +65,7 @@ def test_quiet_history_is_not_flagged(service_workdir: ServiceWorkdir) -> None:
         assert code == EXIT_QUIET, (label, sorted(drifted))
 
 
+@pytest.mark.slow
 def test_drifted_history_is_flagged_by_the_shifted_columns(drifted_workdir: Settings) -> None:
     for label in replayed_weeks(drifted_workdir):
         code, drifted = weekly(drifted_workdir, label)

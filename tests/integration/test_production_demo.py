@@ -59,6 +59,7 @@ def production(postgres_available: None, redis_available: None, tmp_path: Path,
         get_settings.cache_clear()
 
 
+@pytest.mark.slow
 def test_demo_runs_on_postgres_and_redis(production: Settings) -> None:
     import psycopg
     from mlflow import MlflowClient

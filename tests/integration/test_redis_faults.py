@@ -31,7 +31,7 @@ from tests.integration.service_fixtures import (
     unique_prefix,
 )
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 N_LEADS = 3000
 BUILD_STAGES = ("generate", "identity", "features", "train")

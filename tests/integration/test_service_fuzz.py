@@ -51,6 +51,7 @@ def _cases(operation, mode: GenerationMode, examples: int) -> None:  # noqa: ANN
 BASE_URL: list[str] = []
 
 
+@pytest.mark.slow
 def test_no_input_causes_a_server_error(fuzz_served: ServedService) -> None:
     BASE_URL[:] = [fuzz_served.url]
     schema = schemathesis.openapi.from_url(f"{fuzz_served.url}/docs.json")
