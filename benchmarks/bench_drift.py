@@ -30,10 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from pipelines.weekly_report import iso_week, run_weekly_report  # noqa: E402
 from crm_data.prediction_log import PredictionRecord, SqlitePredictionLog  # noqa: E402
 from features.request import MODEL_FEATURES  # noqa: E402
 from leadscore.config import Settings  # noqa: E402
+from pipelines.weekly_report import iso_week, run_weekly_report  # noqa: E402
 from training.drift_reference import write_reference  # noqa: E402
 
 WEEK = "2026-W47"

@@ -6,8 +6,8 @@ figure, ratio, the target the twin was built for, whether the library path meets
 
 * materialization into SQLite: Feast's stock ``SqliteOnlineStore`` with ``store.materialize`` /
   ``store.write_to_online_store`` vs ``FastSqliteOnlineStore`` with ``materialize_fast`` /
-  ``write_frame_fast`` (``features/online_store.py``, ``features/materialize.py``); target:
-  ≥ 10× Feast's stock rate on the same data;
+  ``write_frame_fast`` (``features/fast_online_store.py``, ``features/fast_materialize.py``);
+  target: ≥ 10× Feast's stock rate on the same data;
 * the same into Redis (Feast's ``RedisOnlineStore``, database ``--redis``, flushed before and
   after; ``--skip-redis`` leaves it out);
 * the serving feature read: ``FeatureStore.get_online_features`` with the feature service vs

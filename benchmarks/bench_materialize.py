@@ -50,7 +50,7 @@ from feast.value_type import ValueType  # noqa: E402
 from features.fast_materialize import materialize_fast, write_frame_fast  # noqa: E402
 
 STOCK_STORE = "sqlite"
-FAST_STORE = "features.online_store.FastSqliteOnlineStore"
+FAST_STORE = "features.fast_online_store.FastSqliteOnlineStore"
 FAST_ENGINE = "features.fast_materialize.ArrowBatchComputeEngine"
 BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 TEXT_ON = {"numeric_value_text": True}  # rows byte-identical to Feast's (value_text of numbers)

@@ -46,7 +46,7 @@ from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
-from features.online_store import FastSqliteOnlineStore
+from features.fast_online_store import FastSqliteOnlineStore
 
 ARROW_ENGINE_TYPE = "features.fast_materialize.ArrowBatchComputeEngine"
 

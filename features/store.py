@@ -8,7 +8,7 @@ Every work folder ``DIR`` has its own Feast repo folder ``DIR/feature_repo``: th
 
 Profiles (``settings.profile``):
 - ``embedded`` (default): file registry and an SQLite online store under ``DIR/feature_repo/data``
-  (``features.online_store.FastSqliteOnlineStore``: Feast's SQLite store with bulk writes),
+  (``features.fast_online_store.FastSqliteOnlineStore``: Feast's SQLite store with bulk writes),
   DuckDB offline store over the Parquet tables in ``DIR/data/features``;
 - ``production``: SQL registry on PostgreSQL (``settings.postgres_url``) and a Redis online store
   (``settings.redis_url``); offline store unchanged. Switching is a settings change only.
@@ -51,7 +51,7 @@ from leadscore.config import PROJECT_ROOT, Settings
 from leadscore.profiles import feast_registry_path, redis_online_store
 
 PROJECT = "leadscore"
-FAST_ONLINE_STORE_TYPE = "features.online_store.FastSqliteOnlineStore"
+FAST_ONLINE_STORE_TYPE = "features.fast_online_store.FastSqliteOnlineStore"
 DECLARATIONS_DIR = PROJECT_ROOT / "feature_repo"
 DEFINITIONS_FILE = "definitions.py"
 FEATURE_STORE_YAML = "feature_store.yaml"

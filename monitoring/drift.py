@@ -90,10 +90,11 @@ def champion_version(settings: Settings) -> str | None:
         return None
     import mlflow
 
-    from training.registry import CHAMPION, alias_version, setup_tracking
+    from training.registry import CHAMPION, alias_version
 
-    setup_tracking(settings)
-    version = alias_version(mlflow.MlflowClient(), settings.model_name, CHAMPION)
+    uri = settings.tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = alias_version(client, settings.model_name, CHAMPION)
     return None if version is None else str(version.version)
 
 

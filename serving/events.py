@@ -45,7 +45,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from features import history as hist
 from features import request as rq
 from features.behaviour import event_weight
-from features.online_store import string_entity_keys
+from features.fast_online_store import string_entity_keys
 from features.score2d import ScoringTables
 from leadscore.config import Settings
 from serving.fast_online_reader import PERSON_JOIN_KEY, OnlineFeatureReader

@@ -36,7 +36,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from features.online_store import string_entity_keys
+from features.fast_online_store import string_entity_keys
 from features.training_set import model_feature_columns
 from leadscore.config import Settings
 

@@ -46,7 +46,9 @@ def registry_champion(settings: Settings) -> Any:
     """The champion's ``ModelVersion`` in the MLflow registry (raises when there is none)."""
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
+    from training.registry import point_mlflow_at
+
+    point_mlflow_at(settings)  # the import below resolves models:/ URIs through it
     return mlflow.MlflowClient().get_model_version_by_alias(settings.model_name, CHAMPION_ALIAS)
 
 

@@ -36,9 +36,9 @@ LOG_LOSS_TIE = 1e-4
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-def setup_tracking(settings: Settings, experiment_name: str | None = None) -> str:
-    """Point MLflow at ``settings.tracking_uri`` and return the experiment id (created if new)."""
-    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+def point_mlflow_at(settings: Settings) -> str:
+    """Point this process's MLflow client at ``settings.tracking_uri`` (tracking and registry)
+    without leaving ``MLFLOW_*_URI`` in the environment; returns the URI."""
     uri = settings.tracking_uri
     # mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would make
     # every later Settings (another workdir) resolve to this store: restore the environment.
@@ -50,6 +50,13 @@ def setup_tracking(settings: Settings, experiment_name: str | None = None) -> st
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    return uri
+
+
+def setup_tracking(settings: Settings, experiment_name: str | None = None) -> str:
+    """Point MLflow at ``settings.tracking_uri`` and return the experiment id (created if new)."""
+    settings.mlruns_dir.mkdir(parents=True, exist_ok=True)
+    point_mlflow_at(settings)
     name = experiment_name or settings.model_name
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

@@ -27,7 +27,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.types import Bool, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
 
-from features import online_store as fast
+from features import fast_online_store as fast
 from features.fast_materialize import ARROW_ENGINE_TYPE, materialize_fast, write_frame_fast
 
 warnings.filterwarnings("ignore")

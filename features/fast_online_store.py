@@ -12,7 +12,7 @@ what this one writes).
 Select it in ``feature_store.yaml`` (or a ``RepoConfig``) with::
 
     online_store:
-      type: features.online_store.FastSqliteOnlineStore
+      type: features.fast_online_store.FastSqliteOnlineStore
       path: data/online.db
 
 Same tables as Feast's store: one row per (entity_key, feature_name) holding the serialised
@@ -69,7 +69,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from pydantic import StrictBool, StrictInt, StrictStr
 
-FAST_SQLITE_TYPE = "features.online_store.FastSqliteOnlineStore"
+FAST_SQLITE_TYPE = "features.fast_online_store.FastSqliteOnlineStore"
 _MAX_CELLS_PER_STATEMENT = 400  # keeps bound parameters far below SQLITE_MAX_VARIABLE_NUMBER
 _PACKED_WIDTH = {ValueType.FLOAT: 5, ValueType.DOUBLE: 9}  # tag byte + IEEE little-endian
 _EPOCH = datetime(1970, 1, 1)
@@ -89,7 +89,7 @@ Row = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 class FastSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
     """Config of :class:`FastSqliteOnlineStore`: Feast's SQLite options plus write tuning."""
 
-    type: Literal["features.online_store.FastSqliteOnlineStore"] = FAST_SQLITE_TYPE
+    type: Literal["features.fast_online_store.FastSqliteOnlineStore"] = FAST_SQLITE_TYPE
     path: StrictStr = "data/online.db"
     write_chunk_rows: StrictInt = 10_000
     """Entity rows per transaction: bounds the WAL and memory of one big write."""
