@@ -197,18 +197,10 @@ def materialization_rows(rows: int, features: int, redis: str | None) -> list[Ro
 
 # ---- serving parts ----------------------------------------------------------------------------
 def submission_body(lead_id: str, known: bool = True) -> dict[str, Any]:
-    """A form submission as the CRM sends it (the API documentation's example); ``known=False``
-    gives a brand-new cookie only (as ``bench_serving.py``)."""
-    identifiers: dict[str, Any] = (
-        {"phone": "+86 138 0013 8000", "wechat_id": "wx_abc123", "email": None,
-         "cookie_id": "c-9f8e7d"} if known else {"cookie_id": f"bench-{lead_id.lower()}"})
-    return {
-        "lead_id": lead_id,
-        "submitted_at": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(),
-        "channel": "sem", "campaign": "winter-math-2026", "landing_page": "/trial/math",
-        "funnel_step": "verified", "form": {"grade": "G5", "subject": "math", "city": "Hangzhou"},
-        "identifiers": identifiers,
-    }
+    """A form submission as the CRM sends it: the serving benchmark's own."""
+    from bench_serving import body  # same folder
+
+    return body(lead_id, known)
 
 
 def use_workdir(workdir: Path) -> Any:
