@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from leadscore.config import ConfigError, Settings, get_settings, load_settings
 
@@ -47,6 +48,7 @@ def settings_for(
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a clear error (no stack trace) and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}")
+    """Print a clear error (no stack trace; lines never wrapped, brackets shown as written) and
+    exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)

@@ -1,7 +1,9 @@
 """``leadscore drift``: the weekly drift and business report from the prediction log.
 
 Exit codes (for a weekly cron job): 0 quiet; 3 drift (drift share >= threshold);
-2 bad input or missing data (bad period, empty period, no reference model).
+2 bad input or missing data (bad period, empty period, no reference model, a production
+service down); 4 the report cannot be written or the log opened (read-only or full disk).
+Every failure is one line on stderr, never a traceback.
 A thin command over :func:`pipelines.weekly_report.run_weekly_report`.
 """
 
@@ -13,7 +15,15 @@ from typing import Annotated
 import typer
 
 from commands.common import WorkdirOption, console, fail, settings_for
-from monitoring.drift import EXIT_BAD_INPUT, EXIT_DRIFT, EXIT_QUIET, DriftInputError
+from monitoring.drift import (
+    EXIT_BAD_INPUT,
+    EXIT_DRIFT,
+    EXIT_ENVIRONMENT,
+    EXIT_QUIET,
+    DriftEnvironmentError,
+    DriftInputError,
+    os_problem,
+)
 from pipelines.weekly_report import WeeklyReport, resolve_period, run_weekly_report
 
 
@@ -63,15 +73,23 @@ def drift(
 ) -> None:
     """Weekly drift + business report of the logged predictions against the champion.
 
-    Exit 0 quiet, 3 drift (drift share >= drift_share_threshold), 2 bad input or missing data.
+    Exit 0 quiet, 3 drift (drift share >= drift_share_threshold), 2 bad input or missing data,
+    4 the report cannot be written or the prediction log opened (read-only or full disk).
     """
-    settings = settings_for(workdir)
+    try:
+        settings = settings_for(workdir)
+    except OSError as exc:  # the work folder's own folders cannot be made
+        fail(f"cannot prepare the work folder: {os_problem(exc)}", code=EXIT_ENVIRONMENT)
     try:
         period = resolve_period(week, since, until, last)
         with console.status(f"building the {period.label} report…"):
             report = run_weekly_report(settings, period, out.resolve() if out else None)
+    except DriftEnvironmentError as exc:
+        fail(str(exc), code=EXIT_ENVIRONMENT)
     except (DriftInputError, FileNotFoundError, ValueError) as exc:
         fail(str(exc), code=EXIT_BAD_INPUT)
+    except OSError as exc:  # any other failure of the disk: still one line and exit 4
+        fail(f"cannot make the report: {os_problem(exc)}", code=EXIT_ENVIRONMENT)
     _print_summary(report)
     if report.exit_code != EXIT_QUIET:
         raise typer.Exit(report.exit_code)

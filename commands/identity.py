@@ -77,14 +77,28 @@ def ingest_command(
                      "(leads.csv, identities.parquet, …).", file_okay=False, dir_okay=True),
     ],
     workdir: WorkdirOption = None,
+    encoding: Annotated[
+        str | None,
+        typer.Option("--encoding", help="Text encoding of the CSV files (a Python codec name, "
+                     "e.g. gbk, gb18030, cp1252). Default: UTF-8, read strictly."),
+    ] = None,
 ) -> None:
-    """Validate a batch of CRM exports and append it to the raw tables (all or nothing)."""
+    """Validate a batch of CRM exports and append it to the raw tables (all or nothing).
+
+    Exit 0 appended; 2 the batch was refused (a damaged or undecodable file, a validation
+    problem; each named by file, line and column, never by value) and nothing stored changed;
+    4 the raw tables could not be written (read-only folder, full disk).
+    """
     settings = settings_for(workdir, services=())
     try:
         with console.status("validating and appending the batch…"):
-            result = ingest_batch(source, settings.raw_dir, settings.hash_salt)
+            result = ingest_batch(source, settings.raw_dir, settings.hash_salt,
+                                  encoding=encoding)
     except (ValidationError, ValueError, FileNotFoundError) as exc:
         fail(f"batch refused, nothing stored changed:\n{exc}")
+    except OSError as exc:
+        fail(f"cannot write the raw tables in {settings.raw_dir}: "
+             f"{exc.strerror or type(exc).__name__}; nothing stored changed", code=4)
     rows: list[tuple[str, object]] = [
         (f"{name}: rows appended", n) for name, n in result.appended.items()
     ]

@@ -6,7 +6,6 @@ Wire into the main CLI with ``app.command("serve")(serve)``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,12 +27,18 @@ def serve(
     workdir: WorkdirOption = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    metrics_root: Annotated[Path | None, typer.Option(
+        help="RAM-backed folder for the Prometheus files (default /dev/shm, else the temp "
+             "folder); a fresh sub-folder per start, removed at exit.",
+        file_okay=False)] = None,
 ) -> None:
     """Serve POST /predict, /predict_batch, /events and /reload (docs at /docs).
 
     Uses LEADSCORE_API_KEY (or api_key in the config); without one, creates a key on first use
     in <workdir>/.leadscore_api_key (mode 0600). Imports the MLflow champion into BentoML's
-    model store first (the import records the registry version).
+    model store first (the import records the registry version). Then this process becomes
+    the server (``python -m serving.launcher``, by exec): SIGTERM or SIGINT sent to it stop the
+    whole server. Exit code 2 when it cannot start (e.g. no room for its metrics files).
     """
     from serving.auth import resolve_api_key
     from serving.model_store import bentoml_home
@@ -62,14 +67,12 @@ def serve(
         f"-d @submission.json http://{host}:{port}/predict\n"
         f"OpenAPI docs: http://{host}:{port}/docs (no key needed)"
     )
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LeadScoring",
-               "--host", host, "--port", str(port)]
-    try:
-        completed = subprocess.run(
-            command, env=service_environment(settings.workdir, key, home),
-            cwd=settings.project_root, check=False,
-        )
-    except KeyboardInterrupt:
-        return
-    if completed.returncode not in (0, -2, 130):
-        fail(f"the service stopped with exit code {completed.returncode}")
+    from serving.launcher import SERVICE_TARGET, launch_command
+
+    command = launch_command(SERVICE_TARGET, host, port, metrics_root)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # become the server (same process id): a supervisor's or container's SIGTERM reaches
+    # BentoML's arbiter, which stops the workers; no child is left holding the port
+    os.chdir(settings.project_root)
+    os.execve(command[0], command, service_environment(settings.workdir, key, home))

@@ -75,6 +75,9 @@ def train_command(
         "--allow", help="--csv: column(s) the leakage guard must keep (repeatable).")] = None,
     guard_threshold: Annotated[float, typer.Option(
         "--guard-threshold", help="--csv: stand-alone AUC treated as a leak.")] = 0.90,
+    encoding: Annotated[str | None, typer.Option(
+        "--encoding", help="--csv: the file's text encoding (a Python codec name, e.g. gbk, "
+        "cp1252). Default: UTF-8, read strictly.")] = None,
 ) -> None:
     """Tune, train, calibrate and evaluate the lead-conversion model; register it in MLflow.
 
@@ -99,12 +102,13 @@ def train_command(
             report=report or settings.reports_dir / "csv_training_report.json",
             id_col=id_col, time_col=time_col, drop=drop, allow=allow,
             guard_threshold=guard_threshold, trials=trials, timeout=timeout, workdir=workdir,
+            encoding=encoding,
         )
         if code:
             raise typer.Exit(code)
         return
     csv_only = {"--label": label, "--id": id_col, "--time": time_col, "--drop": drop,
-                "--allow": allow}
+                "--allow": allow, "--encoding": encoding}
     given = [name for name, value in csv_only.items() if value]
     if given:
         fail(f"{', '.join(given)} only apply with --csv")
@@ -172,10 +176,11 @@ def train_csv_command(
     csv_path: Path, label: str, report: Path, id_col: str | None = None,
     time_col: str | None = None, drop: list[str] | None = None, allow: list[str] | None = None,
     guard_threshold: float = 0.90, trials: int = 30, timeout: float | None = None,
-    workdir: Path | None = None,
+    workdir: Path | None = None, encoding: str | None = None,
 ) -> int:
     """``train --csv``: train and evaluate on a flat CRM export with a progress bar; write the
-    report; return the exit code (2 on bad input, with the error printed)."""
+    report; return the exit code (2 on bad input — a damaged or undecodable file included —
+    with the error printed on one line)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.csv_train import OUTER_FOLDS, CsvTrainingError, train_csv
@@ -198,13 +203,16 @@ def train_csv_command(
                 allow=_list_option(allow), guard_threshold=guard_threshold, n_trials=trials,
                 timeout=timeout, settings=settings,
                 plots_dir=report_path.parent / f"{report_path.stem}_plots", progress=advance,
+                encoding=encoding,
             )
     except CsvTrainingError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(result, indent=2))
     comparison = result["comparison"]
+    for note in result["source"].get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     console.print(f"report: {report_path}")
     for name, values in comparison.items():
         console.print(

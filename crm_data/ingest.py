@@ -10,12 +10,18 @@ leads; then every touched table is rewritten through temporary files and renames
 
 Re-ingesting a row that is already stored *identically* is idempotent (skipped and counted);
 an id that is already stored with different content refuses the whole batch.
+
+A damaged file refuses the batch too (``crm_data.export_files``): text that is not UTF-8 (or the
+encoding given), NUL bytes, a row with fewer or more fields than the header, a quoted field left
+open at the end. Every message names the file, the line (or row) and the problem; a cell's value
+is never shown, only its shape (``11 digits``), since any cell may hold an identifier.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import uuid
 from collections import Counter
@@ -26,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from crm_data.validation import Problem, ValidationError, check_table
+from crm_data.export_files import DamagedFileError, read_csv_text
+from crm_data.validation import MAX_EXAMPLE_ROWS, Problem, ValidationError, check_table
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import RAW_TABLES, TableSchema
 
@@ -90,11 +98,28 @@ def write_parquet_atomically(frames: Mapping[Path, pd.DataFrame]) -> None:
         os.replace(temp, target)
 
 
-def _read_export(path: Path) -> pd.DataFrame:
+def read_export(path: Path, encoding: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One export file as a frame and a label per row naming where it is in the file
+    (``leads.csv line 7``, ``events.parquet row 3``).
+
+    CSV files are decoded strictly (UTF-8 unless ``encoding`` is given) and refused when damaged
+    (``crm_data.export_files``: undecodable text, NUL bytes, rows cut short); every cell is read
+    as text, empty cells as nulls (types are checked by validation).
+    """
     if path.suffix == ".csv":
-        # everything as text; empty cells are nulls; types are checked by validation
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    return pd.read_parquet(path)
+        checked = read_csv_text(path, encoding)
+        frame = pd.read_csv(io.StringIO(checked.text), dtype=str, keep_default_na=False,
+                            na_values=[""])
+        labels = [f"{path.name} {label}" for label in checked.line_labels()]
+        if len(labels) != len(frame):  # pragma: no cover - the scan and pandas agree on rows
+            labels = [f"{path.name} row {i + 1}" for i in range(len(frame))]
+        return frame, labels
+    try:
+        frame = pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DamagedFileError(f"{path}: not a readable Parquet file "
+                               f"({type(exc).__name__})") from None
+    return frame, [f"{path.name} row {i + 1}" for i in range(len(frame))]
 
 
 def find_batch_files(source_dir: Path) -> dict[str, Path]:
@@ -130,7 +155,8 @@ def hash_raw_identifier_columns(
 
     Fills ``email_domain_type`` / ``phone_valid`` of a leads export when they are missing.
     Empty cells mean "not given"; unusable values are counted in ``rejected`` by
-    ``<type>:<reason>``. Returns the frame without raw columns and the identities rows.
+    ``<type>:<reason>``. Returns the frame without raw columns and the identities rows, whose
+    index is the position of the row of ``frame`` each came from.
     """
     raw_columns = [c for c in RAW_IDENTIFIER_COLUMNS if c in frame.columns]
     if not raw_columns:
@@ -141,10 +167,12 @@ def hash_raw_identifier_columns(
                                        f"{', '.join(raw_columns)})")])
     frame = frame.copy()
     rows: list[tuple[str, str, str]] = []
+    positions: list[int] = []
     for column in raw_columns:
         id_type = RAW_IDENTIFIER_COLUMNS[column]
         hashed: list[bool] = []
-        for lead_id, raw in zip(frame["lead_id"], frame[column], strict=True):
+        for position, (lead_id, raw) in enumerate(
+                zip(frame["lead_id"], frame[column], strict=True)):
             if raw is None or (isinstance(raw, float) and np.isnan(raw)) or raw == "":
                 hashed.append(False)
                 continue
@@ -154,6 +182,7 @@ def hash_raw_identifier_columns(
                 hashed.append(False)
             else:
                 rows.append((lead_id, id_type, id_hash))
+                positions.append(position)
                 hashed.append(True)
         if table == "leads" and column == "phone" and "phone_valid" not in frame.columns:
             frame["phone_valid"] = hashed
@@ -161,7 +190,8 @@ def hash_raw_identifier_columns(
             frame["email_domain_type"] = [
                 email_domain_type(v if isinstance(v, str) else None) for v in frame["email"]
             ]
-    identities = pd.DataFrame(rows, columns=["lead_id", "id_type", "id_hash"])
+    identities = pd.DataFrame(rows, columns=["lead_id", "id_type", "id_hash"],
+                              index=pd.Index(positions, dtype=np.int64))
     return frame.drop(columns=raw_columns), identities
 
 
@@ -181,9 +211,11 @@ def _same_rows(left: pd.DataFrame, right: pd.DataFrame, columns: list[str]) -> n
 
 
 def _split_against_stored(
-    name: str, batch: pd.DataFrame, stored: pd.DataFrame, problems: list[Problem]
-) -> tuple[pd.DataFrame, int]:
-    """Rows of ``batch`` not stored yet; identical re-sent rows are skipped, clashes refused."""
+    name: str, batch: pd.DataFrame, stored: pd.DataFrame, problems: list[Problem],
+    labels: list[str],
+) -> tuple[pd.DataFrame, int, list[str]]:
+    """Rows of ``batch`` not stored yet (and their labels); identical re-sent rows are skipped,
+    clashes refused (named by ``labels``, the place of each batch row in its file)."""
     schema = RAW_TABLES[name]
     keys = _key_columns(schema)
     if schema.column_names != keys:  # a unique id column: compare the full rows
@@ -193,16 +225,18 @@ def _split_against_stored(
         if seen.any():
             old = stored_by_key.loc[batch.loc[seen, key]]
             identical = _same_rows(batch[seen], old, schema.column_names)
-            clashes = batch.loc[seen, key][~identical]
-            if len(clashes):
-                examples = tuple(f"{key}={v}" for v in clashes.head(5))
+            clashing = np.flatnonzero(seen)[~identical]
+            if len(clashing):
+                examples = tuple(labels[i] for i in clashing[:MAX_EXAMPLE_ROWS])
                 problems.append(Problem(name, key, "ids already stored with different content",
-                                        len(clashes), examples))
-        return batch[~seen], int(seen.sum())
+                                        len(clashing), examples))
+        kept = np.flatnonzero(~seen)
+        return batch[~seen], int(seen.sum()), [labels[i] for i in kept]
     merged = batch.merge(stored[keys].drop_duplicates(), on=keys, how="left", indicator=True)
     fresh = (merged["_merge"] == "left_only").to_numpy()
-    deduped = batch[fresh].drop_duplicates(subset=keys)
-    return deduped, int(len(batch) - len(deduped))
+    first = ~batch[keys].duplicated().to_numpy()
+    kept = np.flatnonzero(fresh & first)
+    return batch.iloc[kept], int(len(batch) - len(kept)), [labels[i] for i in kept]
 
 
 def _empty_table(schema: TableSchema) -> pd.DataFrame:
@@ -212,33 +246,39 @@ def _empty_table(schema: TableSchema) -> pd.DataFrame:
 
 
 def ingest_batch(source_dir: Path, raw_dir: Path, salt: str,
-                 now: datetime | None = None) -> IngestResult:
+                 now: datetime | None = None, encoding: str | None = None) -> IngestResult:
     """Validate the exports in ``source_dir`` and append them to the tables in ``raw_dir``.
 
-    Raises ``ValidationError`` (listing every problem of every table) or ``ValueError`` /
-    ``FileNotFoundError`` for a malformed batch; in every such case nothing stored changes.
+    CSV files are read as UTF-8 unless ``encoding`` (a Python codec name, e.g. ``gbk``) is
+    given. Raises ``ValidationError`` (listing every problem of every table, rows named by file
+    and line, values never shown), ``DamagedFileError`` for a file that is not readable text
+    or was cut short, or ``ValueError`` / ``FileNotFoundError`` for a malformed batch; in every
+    such case nothing stored changes.
     """
     raw_dir = Path(raw_dir)
     files = find_batch_files(source_dir)
     with exclusive_lock(raw_dir, ".ingest.lock"):
-        return _ingest_locked(files, raw_dir, salt, now)
+        return _ingest_locked(files, raw_dir, salt, now, encoding)
 
 
 def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
-                   now: datetime | None) -> IngestResult:
+                   now: datetime | None, encoding: str | None) -> IngestResult:
     result = IngestResult()
     rejected: Counter = Counter()
     problems: list[Problem] = []
     batch: dict[str, pd.DataFrame] = {}
+    labels: dict[str, list[str]] = {}  # where each batch row is: "leads.csv line 7"
     door_identities: list[pd.DataFrame] = []
+    door_labels: list[str] = []
     csv_tables: set[str] = set()
 
     for name, path in files.items():
-        frame = _read_export(path)
+        frame, labels[name] = read_export(path, encoding)
         if path.suffix == ".csv":
             csv_tables.add(name)
         frame, identities = hash_raw_identifier_columns(name, frame, salt, rejected)
         door_identities.append(identities)
+        door_labels.extend(labels[name][i] for i in identities.index)
         extra = [c for c in frame.columns if c not in RAW_TABLES[name].column_names]
         if extra:
             result.dropped_columns[name] = extra
@@ -252,10 +292,12 @@ def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
         batch["identities"] = pd.concat(
             [batch["identities"], hashed], ignore_index=True
         ) if "identities" in batch else hashed
+        labels["identities"] = labels.get("identities", []) + door_labels
 
     conformed: dict[str, pd.DataFrame] = {}
     for name, frame in batch.items():
-        table, found = check_table(frame, RAW_TABLES[name], now, assume_utc=name in csv_tables)
+        table, found = check_table(frame, RAW_TABLES[name], now, assume_utc=name in csv_tables,
+                                   row_labels=labels[name])
         conformed[name] = table
         problems.extend(found)
     if problems:
@@ -265,7 +307,8 @@ def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
     for name in RAW_TABLES:
         path = raw_dir / f"{name}.parquet"
         if path.is_file():
-            table, found = check_table(pd.read_parquet(path), RAW_TABLES[name], now)
+            table, found = check_table(pd.read_parquet(path), RAW_TABLES[name], now,
+                                       row_labels=None, label_prefix=f"{path.name} ")
             problems.extend(Problem(p.table, p.column, "stored table: " + p.problem, p.n_rows,
                                     p.examples) for p in found)
             stored[name] = table
@@ -275,16 +318,18 @@ def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
         raise ValidationError(problems)
 
     fresh: dict[str, pd.DataFrame] = {}
+    fresh_labels: dict[str, list[str]] = {}
     for name, table in conformed.items():
-        fresh[name], result.skipped_identical[name] = _split_against_stored(
-            name, table, stored[name], problems)
+        fresh[name], result.skipped_identical[name], fresh_labels[name] = _split_against_stored(
+            name, table, stored[name], problems, labels[name])
     known_leads = pd.Index(stored["leads"]["lead_id"]).append(
         pd.Index(fresh.get("leads", stored["leads"].iloc[:0])["lead_id"]))
     for name in LEAD_REFERENCING:
         if name in fresh:
             unknown = ~fresh[name]["lead_id"].isin(known_leads).to_numpy()
             if unknown.any():
-                examples = tuple(f"lead_id={v}" for v in fresh[name]["lead_id"][unknown].head(5))
+                examples = tuple(fresh_labels[name][i]
+                                 for i in np.flatnonzero(unknown)[:MAX_EXAMPLE_ROWS])
                 problems.append(Problem(name, "lead_id", "refers to leads that are neither "
                                         "stored nor in this batch", int(unknown.sum()),
                                         examples))

@@ -20,6 +20,7 @@ The log holds no outcomes: :func:`load_outcomes` reads the CRM's outcomes table
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -162,6 +163,9 @@ class PredictionLog(Protocol):
     def count(self) -> int:
         """Number of records stored."""
 
+    def existing_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        """Those of ``request_ids`` the log holds (a journal replay skips them)."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -210,6 +214,7 @@ class SqlitePredictionLog:
             features TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
+        CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id);
     """
 
     def __init__(self, path: Path | str, timeout_seconds: float = 30.0) -> None:
@@ -234,10 +239,12 @@ class SqlitePredictionLog:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(sql, rows)
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # a failed COMMIT (read-only file) leaves it open
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     @staticmethod
     def _row(r: PredictionRecord) -> tuple:
@@ -267,6 +274,17 @@ class SqlitePredictionLog:
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
+
+    def existing_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        ids = list(request_ids)
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                sql = (f"SELECT request_id FROM {TABLE} WHERE request_id IN "
+                       f"({', '.join('?' * len(chunk))})")
+                found.update(row[0] for row in self._conn.execute(sql, chunk))
+        return found
 
     def close(self) -> None:
         with self._lock:
@@ -303,6 +321,7 @@ class PostgresPredictionLog:
             features TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
+        CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id);
     """
 
     def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
@@ -371,6 +390,16 @@ class PostgresPredictionLog:
             conn = self._connection()
             with conn.transaction():
                 return int(conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
+
+    def existing_request_ids(self, request_ids: Sequence[str]) -> set[str]:
+        if not request_ids:
+            return set()
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(f"SELECT request_id FROM {TABLE} WHERE request_id = ANY(%s)",
+                                    [list(request_ids)]).fetchall()
+        return {row[0] for row in rows}
 
     def close(self) -> None:
         with self._lock:

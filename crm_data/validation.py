@@ -2,7 +2,10 @@
 
 ``validate_table`` checks one table and raises one ``ValidationError`` listing every problem
 found (missing columns, un-coercible types, nulls, values outside the vocabulary, duplicate ids,
-naive or future timestamps, identifier columns that are not salted hashes). ``conform_table``
+naive or future timestamps, identifier columns that are not salted hashes). Offending rows are
+named by place (``row 7``, or the label the caller gives, e.g. ``leads.csv line 9``), and a value
+only by its shape (``11 digits``): a cell may hold an identifier, so no value is ever echoed.
+``conform_table``
 runs the same checks and returns the table with canonical dtypes (timestamps as
 ``datetime64[us, UTC]``). ``load_raw_tables`` reads and validates the stored Parquet tables.
 """
@@ -10,7 +13,7 @@ runs the same checks and returns the table with canonical dtypes (timestamps as
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,24 +89,19 @@ class _Checker:
     schema: TableSchema
     now: datetime
     assume_utc: bool
+    row_labels: Sequence[str] | None = None
+    label_prefix: str = ""
     problems: list[Problem] = field(default_factory=list)
 
-    @property
-    def id_column(self) -> str | None:
-        unique = [c.name for c in self.schema.columns if c.unique]
-        candidates = unique + [c for c in self.schema.column_names if c.endswith("_id")]
-        return next((c for c in candidates if c in self.df.columns), None)
-
     def row_refs(self, mask: np.ndarray, values: pd.Series | None = None) -> tuple[str, ...]:
-        """Name up to ``MAX_EXAMPLE_ROWS`` offending rows by id column (or position)."""
-        positions = np.flatnonzero(mask)[:MAX_EXAMPLE_ROWS]
-        id_col = self.id_column
+        """Name up to ``MAX_EXAMPLE_ROWS`` offending rows by place, with the shape of the
+        offending value (never the value: it may be an identifier)."""
         refs = []
-        for pos in positions:
-            ident = self.df[id_col].iat[pos] if id_col else None
-            ref = f"{id_col}={ident}" if id_col and not _is_null(ident) else f"row {pos}"
+        for pos in np.flatnonzero(mask)[:MAX_EXAMPLE_ROWS]:
+            ref = (self.row_labels[pos] if self.row_labels is not None
+                   else f"{self.label_prefix}row {pos + 1}")
             if values is not None:
-                ref += f" ({values.iat[pos]!r})"
+                ref += f" ({value_shape(values.iat[pos])})"
             refs.append(ref)
         return tuple(refs)
 
@@ -153,7 +151,8 @@ class _Checker:
             return _all_null(column.dtype, series.index, column.nullable)
         converted, bad = converter(column, series, present)
         if bad is not None and bad.any():
-            self.add(column.name, f"wrong type: values cannot be read as {column.dtype}", bad)
+            self.add(column.name, f"wrong type: values cannot be read as {column.dtype}", bad,
+                     values=series)
         if converted is None:
             return None
         usable = present & ~(bad if bad is not None else False)
@@ -314,6 +313,26 @@ def _all_null(dtype: str, index: pd.Index, nullable: bool) -> pd.Series:
     return pd.Series(pd.NA if dtype in ("int", "bool") else None, index=index, dtype=canonical)
 
 
+def value_shape(value: object) -> str:
+    """What a value looks like without showing it: ``11 digits``, ``text of 9 characters``."""
+    if _is_null(value):
+        return "empty"
+    if isinstance(value, bool | np.bool_):
+        return "a true/false value"
+    if isinstance(value, int | float | np.number):
+        return "a number"
+    if isinstance(value, datetime | pd.Timestamp):
+        return "a timestamp"
+    text = str(value).strip()
+    if not text:
+        return "blank text"
+    digits = sum(ch.isdigit() for ch in text)
+    if digits == len(text):
+        return f"{digits} digit{'s' if digits != 1 else ''}"
+    shape = f"text of {len(text)} character{'s' if len(text) != 1 else ''}"
+    return shape + (f", {digits} of them digits" if digits else "")
+
+
 def _is_null(value: object) -> bool:
     return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
 
@@ -345,9 +364,16 @@ def _now(now: datetime | None) -> datetime:
 
 
 def check_table(df: pd.DataFrame, schema: TableSchema, now: datetime | None = None,
-                assume_utc: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
-    """Check ``df`` against ``schema``: the conformed frame and the problems found."""
-    checker = _Checker(df, schema, _now(now), assume_utc)
+                assume_utc: bool = False, row_labels: Sequence[str] | None = None,
+                label_prefix: str = "") -> tuple[pd.DataFrame, list[Problem]]:
+    """Check ``df`` against ``schema``: the conformed frame and the problems found.
+
+    Offending rows are named by ``row_labels`` (one per row, e.g. ``leads.csv line 9``) when
+    given, else ``<label_prefix>row <n>`` (1-based).
+    """
+    if row_labels is not None and len(row_labels) != len(df):
+        raise ValueError(f"{len(row_labels)} row labels for {len(df)} rows")
+    checker = _Checker(df, schema, _now(now), assume_utc, row_labels, label_prefix)
     conformed = checker.run()
     return conformed, checker.problems
 
@@ -397,7 +423,7 @@ def load_raw_tables(raw_dir: Path, tables: Iterable[str] | None = None,
     problems: list[Problem] = []
     for name in names:
         frame, found = check_table(pd.read_parquet(raw_dir / f"{name}.parquet"),
-                                   RAW_TABLES[name], now)
+                                   RAW_TABLES[name], now, label_prefix=f"{name}.parquet ")
         loaded[name] = frame
         problems.extend(found)
     if problems:

@@ -11,7 +11,8 @@
   each order (``features.rfm``);
 
 then registers the Feast definitions. ``materialize(settings, end)`` loads the online store
-incrementally (each view from where the previous run stopped) up to ``end`` (default: now).
+incrementally (each view from where the previous run stopped) up to ``end`` (default: now), or
+in full (``full``, or when the store lost its load epoch: ``features.online_epoch``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,17 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
+from feast.infra.online_stores.helpers import get_online_store_from_config
 
 from features import behaviour, rfm, tags
+from features.online_epoch import read_epoch, write_epoch
 from features.params import FeatureParams
 from features.parquet_io import read_parquet, write_parquet
 from features.store import apply_definitions, ensure_applied, get_store
 from leadscore.config import Settings
+from leadscore.identifiers import scrub_url
 
 ONLINE_VIEWS: tuple[str, ...] = ("person_behaviour", "person_rfm")
 TABLE_FILES = {
@@ -73,6 +78,7 @@ def read_inputs(settings: Settings) -> dict[str, Any]:
                             arrow=name == "events")
         for name, cols in INPUT_COLUMNS.items()
     }
+    frames["events"] = scrub_event_urls(frames["events"])
     frames["lead_person"] = read_parquet(
         settings.identity_dir / "lead_person.parquet",
         "One ID table 'lead_person'",
@@ -84,6 +90,27 @@ def read_inputs(settings: Settings) -> dict[str, Any]:
         ["id_hash", "person_id"],
     )
     return frames
+
+
+def scrub_event_urls(events: pa.Table) -> pa.Table:
+    """Events with ``leadscore.identifiers.scrub_url`` applied to each URL, as ``POST /events``
+    applies it at the door: the offline snapshots count the same pages the service counts,
+    and no identifier in a URL's query string reaches the feature tables or the online store.
+    Each distinct URL is scrubbed once."""
+    if "url" not in events.column_names:
+        return events
+    urls = events.column("url")
+    if pa.types.is_dictionary(urls.type):
+        urls = urls.cast(urls.type.value_type)
+    if not (pa.types.is_string(urls.type) or pa.types.is_large_string(urls.type)):
+        return events
+    distinct = pa.compute.unique(urls)
+    clean = pa.array([None if u is None else scrub_url(u) for u in distinct.to_pylist()],
+                     type=urls.type)
+    if clean.equals(distinct):
+        return events
+    scrubbed = clean.take(pa.compute.index_in(urls, value_set=distinct))
+    return events.set_column(events.column_names.index("url"), "url", scrubbed)
 
 
 def compute_tables(
@@ -189,52 +216,63 @@ def _earliest_timestamp(path: Path) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _materialize_fn():
-    """``features.fast_materialize.materialize_fast`` when it exists, else None (stock Feast)."""
-    try:
-        from features.fast_materialize import materialize_fast  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return materialize_fast
-
-
 def materialize(settings: Settings, end: datetime | None = None,
                 full: bool = False) -> dict[str, Any]:
     """Load the online store up to ``end`` (inclusive; default now), incrementally per view.
 
-    ``full`` reloads every snapshot from the earliest, whatever the registry says was loaded
-    before: the recovery after the online store lost its data (a Redis restart without
-    persistence), which an incremental run would not notice.
+    ``full`` reloads every snapshot from the earliest, overwriting whatever the online store
+    holds for those persons whatever its timestamps (rows the service recorded since the build
+    included), then writes a new load epoch (``features.online_epoch``). A store without an
+    epoch — it lost its data (a Redis restart without persistence, a deleted SQLite file) or
+    was never loaded in full — gets the same full reload without being asked
+    (``report["full_reason"]``): an incremental run would not notice what is missing. Until the
+    epoch is written the service answers degraded (``online_store_reset``).
     """
+    from features.fast_materialize import materialize_fast
+
     end = end or datetime.now(UTC)
     if end.tzinfo is None:
         raise ValueError("materialize: 'end' must be timezone-aware (UTC)")
     store = get_store(settings)
     ensure_applied(store, settings)
-    fast = _materialize_fn()
-    report: dict[str, Any] = {
-        "end": end.isoformat(),
-        "engine": "fast" if fast else "feast",
-        "views": {},
-    }
-    started = time.perf_counter()
-    for name in ONLINE_VIEWS:
-        view = store.get_feature_view(name)
-        path = settings.features_dir / TABLE_FILES[name]
-        if not path.exists():
-            raise FileNotFoundError(f"offline table {path} is missing: run `features build`")
-        start = (None if full else view.most_recent_end_time) or _earliest_timestamp(path)
-        if start is None or start > end:
-            report["views"][name] = {"skipped": "nothing new"}
-            continue
-        t0 = time.perf_counter()
-        if fast is not None:
-            fast(store, start, end, feature_views=[name])
-        else:
-            store.materialize(start_date=start, end_date=end, feature_views=[name])
-        report["views"][name] = {
-            "start": start.isoformat(),
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-    report["seconds"] = round(time.perf_counter() - started, 2)
+    online = get_online_store_from_config(store.config.online_store)
+    try:
+        epoch = read_epoch(online, store.config)
+        reason = "requested" if full else ("online_store_reset" if epoch is None else None)
+        full = reason is not None
+        views = [store.get_feature_view(name) for name in ONLINE_VIEWS]
+        if full:  # a lost SQLite file comes back without tables: create them (no-op if there)
+            online.update(store.config, tables_to_delete=[], tables_to_keep=views,
+                          entities_to_delete=[], entities_to_keep=[], partial=True)
+        report: dict[str, Any] = {"end": end.isoformat(), "engine": "fast", "full": full,
+                                  "full_reason": reason, "views": {}}
+        started = time.perf_counter()
+        for view in views:
+            path = settings.features_dir / TABLE_FILES[view.name]
+            if not path.exists():
+                raise FileNotFoundError(f"offline table {path} is missing: run `features build`")
+            start = (None if full else view.most_recent_end_time) or _earliest_timestamp(path)
+            if start is None or start > end:
+                report["views"][view.name] = {"skipped": "nothing new"}
+                continue
+            t0 = time.perf_counter()
+            stats = materialize_fast(store, start, end, feature_views=[view.name],
+                                     overwrite=full)
+            report["views"][view.name] = {
+                "start": start.isoformat(),
+                "rows": stats.rows,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        if full:
+            report["epoch"] = write_epoch(online, store.config)
+        report["seconds"] = round(time.perf_counter() - started, 2)
+    finally:
+        _close(online)
     return report
+
+
+def _close(online: Any) -> None:
+    conn = getattr(online, "_conn", None)
+    if conn is not None:
+        conn.close()
+        online._conn = None

@@ -86,11 +86,15 @@ def materialize_fast(
     start: datetime,
     end: datetime,
     feature_views: Iterable[str] | None = None,
+    overwrite: bool = False,
 ) -> MaterializeStats:
     """Materialize the latest value per entity with event time in ``[start, end]``.
 
     ``feature_views`` names the views (default: every online view with a batch source). Times
-    without a timezone are taken as UTC. Raises ``ValueError`` for unknown views or bad windows.
+    without a timezone are taken as UTC. ``overwrite`` (a full reload) replaces what the online
+    store holds for these entities whatever its timestamps (rows written since, e.g. by the
+    service's lead recorder, would otherwise win). Raises ``ValueError`` for unknown views or
+    bad windows.
     """
     start, end = _utc(start), _utc(end)
     if start > end:
@@ -102,7 +106,7 @@ def materialize_fast(
     try:
         for view in views:
             began = time.perf_counter()
-            rows = materialize_view(store.config, offline, online, view, start, end)
+            rows = materialize_view(store.config, offline, online, view, start, end, overwrite)
             stats.views.append(ViewStats(view.name, rows, time.perf_counter() - began))
             store.registry.apply_materialization(view, store.project, start, end)
     finally:
@@ -117,8 +121,10 @@ def materialize_view(
     view: FeatureView,
     start: datetime,
     end: datetime,
+    overwrite: bool = False,
 ) -> int:
-    """Pull the latest rows of one view from the offline store and write them online."""
+    """Pull the latest rows of one view from the offline store and write them online
+    (``overwrite``: whatever the online store holds, see :func:`materialize_fast`)."""
     source = view.batch_source
     if source is None:
         raise ValueError(f"feature view '{view.name}' has no batch source to materialize from")
@@ -147,6 +153,7 @@ def materialize_view(
         table,
         timestamp_column=mapping.get(timestamp, timestamp),
         created_timestamp_column=mapping.get(created, created) if created else None,
+        overwrite=overwrite,
     )
 
 
@@ -181,8 +188,13 @@ def write_arrow(
     table: pa.Table,
     timestamp_column: str | None = None,
     created_timestamp_column: str | None = None,
+    overwrite: bool = False,
 ) -> int:
-    """Arrow rows → online store: bulk path on ``FastSqliteOnlineStore``, stock path otherwise."""
+    """Arrow rows → online store: bulk path on ``FastSqliteOnlineStore``, stock path otherwise.
+
+    ``overwrite``: replace stored rows whatever their timestamps (Redis: Feast's ``skip_dedup``
+    write; other stores without such an option refuse it).
+    """
     if isinstance(online, FastSqliteOnlineStore):
         return online.online_write_arrow(
             config,
@@ -190,8 +202,12 @@ def write_arrow(
             table,
             timestamp_column=timestamp_column,
             created_timestamp_column=created_timestamp_column,
+            overwrite=overwrite,
         )
     from feast.utils import _convert_arrow_to_proto
+
+    if overwrite:
+        config = _overwriting(config)
 
     if view.batch_source is not None and timestamp_column not in (
         None,
@@ -255,6 +271,19 @@ class ArrowBatchComputeEngine(LocalComputeEngine):
                 job_id=job_id, status=MaterializationJobStatus.ERROR, error=error
             )
         return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
+
+
+def _overwriting(config: RepoConfig) -> RepoConfig:
+    """A copy of ``config`` whose online store writes without comparing timestamps."""
+    store_config = config.online_store
+    if "skip_dedup" not in type(store_config).model_fields:
+        raise ValueError(
+            f"online store type '{getattr(store_config, 'type', type(store_config).__name__)}' "
+            "cannot overwrite newer rows; a full reload needs Redis or the fast SQLite store"
+        )
+    copy = config.model_copy()
+    copy._online_store = store_config.model_copy(update={"skip_dedup": True})
+    return copy
 
 
 def _views_to_materialize(store: FeatureStore, names: Iterable[str] | None) -> list[FeatureView]:

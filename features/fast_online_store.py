@@ -35,12 +35,18 @@ two datetime adapters per cell):
 * ``value_text`` of numeric features is left NULL unless ``numeric_value_text: true`` (Feast's
   reads never use it; with the option on, rows are byte-identical to Feast's);
 * an upsert only replaces a stored value with one whose event timestamp is not older (ties go to
-  the newer created timestamp), so late or replayed batches never roll features back;
+  the newer created timestamp), so late or replayed batches never roll features back; a full
+  reload (``online_write_arrow(..., overwrite=True)``) replaces stored values whatever their
+  timestamps;
+* a connection notices, at most once a second, that the file at ``path`` is no longer the file
+  it opened (deleted or replaced): it reopens the path, so a store that lost its file reads as
+  empty (``features.online_epoch``) instead of serving from the unlinked file for ever;
 * ``online_read`` parses only the requested features and converts one timestamp per entity.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -74,6 +80,7 @@ _MAX_CELLS_PER_STATEMENT = 400  # keeps bound parameters far below SQLITE_MAX_VA
 _PACKED_WIDTH = {ValueType.FLOAT: 5, ValueType.DOUBLE: 9}  # tag byte + IEEE little-endian
 _EPOCH = datetime(1970, 1, 1)
 _NUMERIC_TYPES = {ValueType.FLOAT, ValueType.DOUBLE, ValueType.INT32, ValueType.INT64}
+FILE_CHECK_SECONDS = 1.0  # how often a connection checks that its file is still at ``path``
 
 # ValueProto wire tags (field number << 3 | wire type) of the scalar kinds encoded in bulk.
 _TAG_STRING = 0x12  # string_val = 2, length-delimited
@@ -106,9 +113,14 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
     """Feast's SQLite online store with bulk writes, an Arrow write path and a lean read."""
 
     _sql_cache: dict[tuple, str] | None = None
+    _file_id: tuple[int, int] | None = None  # (device, inode) of the file the connection opened
+    _file_checked: float = 0.0  # monotonic time of the last check
 
     # ---- connection and tables ------------------------------------------------------
     def _get_conn(self, config: RepoConfig) -> sqlite3.Connection:
+        if self._conn is not None and self._file_replaced(config):
+            self._conn.close()
+            self._conn = None
         fresh = self._conn is None
         conn = super()._get_conn(config)
         if fresh:
@@ -117,7 +129,18 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA cache_size=-{cache_kib}")
             conn.execute("PRAGMA temp_store=MEMORY")
+            self._file_id = _file_identity(self._get_db_path(config))
+            self._file_checked = time.monotonic()
         return conn
+
+    def _file_replaced(self, config: RepoConfig) -> bool:
+        """True when the file at the store's path is gone or is another file than the one the
+        connection opened (checked at most every ``FILE_CHECK_SECONDS``)."""
+        now = time.monotonic()
+        if now - self._file_checked < FILE_CHECK_SECONDS or self._get_db_path(config) == ":memory:":
+            return False
+        self._file_checked = now
+        return _file_identity(self._get_db_path(config)) != self._file_id
 
     def update(
         self,
@@ -224,6 +247,7 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         data: pa.Table | pa.RecordBatch,
         timestamp_column: str | None = None,
         created_timestamp_column: str | None = None,
+        overwrite: bool = False,
     ) -> int:
         """Write an Arrow table of feature rows (columns named as in the feature view).
 
@@ -233,7 +257,8 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         by entity key (appends to the B-tree) and written one transaction per chunk of
         ``write_chunk_rows``. Float and double features (when their ``value_text`` is not
         wanted) travel as one packed blob per entity that SQL slices with ``substr``; other
-        features are bound cell by cell. Returns the number of entity rows written.
+        features are bound cell by cell. ``overwrite`` (a full reload) replaces stored values
+        whatever their timestamps. Returns the number of entity rows written.
         """
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
@@ -255,6 +280,9 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         if data.num_rows == 0:
             return 0
         if _needs_stock_path(config):
+            if overwrite:
+                raise ValueError(f"feature view '{table.name}': overwrite needs the fast path "
+                                 "(no vector or value_num columns)")
             return self._write_arrow_via_protos(config, table, data, join_keys, timestamp_column)
         want_text = getattr(config.online_store, "numeric_value_text", False)
         keys = pa.array(_serialize_entity_keys(data, join_keys, config), pa.binary())
@@ -271,7 +299,7 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
         slots = [_slot_for(name, floats[name], want_text) for name in names]
         groups = _assign_offsets(slots)
         table_name = self._table_name(config, table)
-        sqls = [self._upsert_sql(table_name, group) for group in groups]
+        sqls = [self._upsert_sql(table_name, group, overwrite) for group in groups]
 
         def encode(first: int, count: int) -> list[tuple[str, list[list[Any]]]]:
             head = [
@@ -344,12 +372,12 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
                 ) from error
             raise
 
-    def _upsert_sql(self, table_name: str, slots: list[_Slot]) -> str:
+    def _upsert_sql(self, table_name: str, slots: list[_Slot], overwrite: bool = False) -> str:
         """Multi-row upsert of one entity: ?1 key, ?2 event_ts, ?3 created_ts, ?4 packed blob,
-        then (value, text) pairs of the bound features."""
+        then (value, text) pairs of the bound features (``overwrite``: whatever is stored)."""
         if self._sql_cache is None:
             self._sql_cache = {}
-        key = (table_name, tuple(slots))
+        key = (table_name, tuple(slots), overwrite)
         sql = self._sql_cache.get(key)
         if sql is None:
             quoted = _quote_id(table_name)
@@ -364,11 +392,15 @@ class FastSqliteOnlineStore(SqliteOnlineStore):
                 f"INSERT INTO {quoted} (entity_key, feature_name, value, value_text, event_ts, "
                 f"created_ts) VALUES {', '.join(rows)} ON CONFLICT(entity_key, feature_name) "
                 "DO UPDATE SET value = excluded.value, value_text = excluded.value_text, "
-                "event_ts = excluded.event_ts, created_ts = excluded.created_ts "
-                f"WHERE {quoted}.event_ts IS NULL OR excluded.event_ts > {quoted}.event_ts "
-                f"OR (excluded.event_ts = {quoted}.event_ts AND (excluded.created_ts IS NULL "
-                f"OR {quoted}.created_ts IS NULL OR excluded.created_ts >= {quoted}.created_ts))"
+                "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
             )
+            if not overwrite:
+                sql += (
+                    f" WHERE {quoted}.event_ts IS NULL OR excluded.event_ts > {quoted}.event_ts "
+                    f"OR (excluded.event_ts = {quoted}.event_ts AND (excluded.created_ts IS NULL "
+                    f"OR {quoted}.created_ts IS NULL OR excluded.created_ts >= "
+                    f"{quoted}.created_ts))"
+                )
             self._sql_cache[key] = sql
         return sql
 
@@ -796,6 +828,15 @@ def _timestamp_seconds(column: pa.ChunkedArray, name: str) -> list[int]:
         dtype=np.int64,
     )
     return shifted[inverse].tolist()
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _local_time_is_utc() -> bool:

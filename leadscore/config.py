@@ -137,6 +137,16 @@ class Settings(BaseSettings):
     feature_service: str = "lead_conversion_v1"
     # weekly drift report: exit 3 when this share of feature columns (or more) drifted
     drift_share_threshold: float = 0.05
+    # champion gate (training.registry): a champion older than this many days is replaced by a
+    # challenger whose test log loss is no worse beyond promotion_margin (a share of the
+    # champion's log loss, upper end of the 95% bootstrap interval); younger champions only by
+    # a challenger better beyond noise
+    champion_max_age_days: float = 30.0
+    promotion_margin: float = 0.01
+    # time split (training.split): the test slice is always embargoed by one conversion window;
+    # this many days also separate the train slice's labels from the validation period (0: none,
+    # as every day embargoed there is a day of training data lost)
+    validation_embargo_days: float = 0.0
     # production profile connection settings (used by a later profile; harmless here)
     redis_url: str = "redis://127.0.0.1:6379/0"
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
@@ -145,6 +155,10 @@ class Settings(BaseSettings):
     database_prefix: str = "leadscore"
     # MLflow artifact root (e.g. s3://bucket/mlflow); default: <workdir>/mlruns/artifacts
     artifact_root: str | None = None
+    # the service's prediction-log journal (docs/api.md, "Durability"): its folder (default
+    # <workdir>/journal) and whether an answer waits for its record's fsync ("fsync") or not
+    journal_dir: Path | None = None
+    log_durability: str = "fsync"
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -172,13 +186,20 @@ class Settings(BaseSettings):
 
     # ---- validation ----------------------------------------------------------------
     @field_validator("scoring_config", "routing_policy", "api_key", "mlflow_tracking_uri",
-                     "artifact_root", mode="before")
+                     "artifact_root", "journal_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty value of an optional setting means "not set"."""
         return None if isinstance(value, str) and value == "" else value
 
-    @field_validator("workdir", "scoring_config", "routing_policy")
+    @field_validator("log_durability")
+    @classmethod
+    def _known_durability(cls, value: str) -> str:
+        if value not in {"fsync", "none"}:
+            raise ValueError(f"{value!r} is not one of 'fsync', 'none'")
+        return value
+
+    @field_validator("workdir", "scoring_config", "routing_policy", "journal_dir")
     @classmethod
     def _absolute_path(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -195,6 +216,21 @@ class Settings(BaseSettings):
     def _positive_window(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("must be a positive day count")
+        return value
+
+    @field_validator("champion_max_age_days", "validation_embargo_days")
+    @classmethod
+    def _age_not_negative(cls, value: float) -> float:
+        if not value >= 0:
+            raise ValueError("must be a day count of 0 or more")
+        return value
+
+    @field_validator("promotion_margin")
+    @classmethod
+    def _margin_share(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError("must be a share in [0, 1), e.g. 0.01 for 1% of the champion's "
+                             "log loss")
         return value
 
     @field_validator("intent_half_life_days")
@@ -302,6 +338,11 @@ class Settings(BaseSettings):
     @property
     def prediction_log_path(self) -> Path:
         return self.data_dir / "predictions.sqlite"
+
+    @property
+    def prediction_journal_dir(self) -> Path:
+        """The service's fsync'd journal of answered predictions (``journal_dir``)."""
+        return self.journal_dir or self.workdir / "journal"
 
     def ensure_dirs(self) -> None:
         """Create the folders this workdir writes into."""

@@ -151,3 +151,75 @@ def email_domain_type(raw_email: object) -> str:
     if domain.endswith(".edu") or ".edu." in domain:
         return "edu"
     return "corporate"
+
+
+# ---- free text: no raw identifier survives the door -----------------------------------------
+# Free-text request fields (campaign, landing page, event URL, city) are not identifiers, but
+# clients put identifiers into them (``/pay?phone=…&email=…``). They are scrubbed where they
+# enter (the request schemas' validators), before anything stores, logs or echoes them.
+PLACEHOLDER_PHONE = "[phone]"
+PLACEHOLDER_EMAIL = "[email]"
+PLACEHOLDER_WECHAT = "[wechat]"
+MIN_PHONE_DIGITS = 9
+"""Digit runs with at least this many digits (separators and a leading + allowed) are taken
+for phone numbers (mainland mobiles have 11, landlines with area code 10-12); shorter ones
+(years, dates like 2026-11-22, sizes) stay."""
+
+_FREE_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+(?:@|%40|＠)[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_FREE_DIGITS = re.compile(r"\+?\d(?:[\s\-.()/]{0,2}\d)+")
+# WeChat ids by their look (wxid_…, wx_…) or after a label: "wechat: …", "weixin=…", "vx：…",
+# "微信 …" (without ":" or "=", only a token holding a digit, "_" or "-": "wechat campaign" stays)
+_FREE_WECHAT = re.compile(
+    r"\b(?:wxid|wx)_[A-Za-z0-9_\-]+"
+    r"|(?<![A-Za-z])(?P<label>wechat|weixin|vx|wx|微信号?)(?:[\s_\-]?id)?"
+    r"(?P<sep>\s*[:：=＝]\s*|\s*)(?P<id>[A-Za-z][A-Za-z0-9_\-]{5,19})\b",
+    re.IGNORECASE,
+)
+_SUSPECT = re.compile(r"\d|@|%40|＠|wx|vx|wechat|weixin|微信", re.IGNORECASE)
+
+
+def _digits_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return PLACEHOLDER_PHONE if sum(c.isdigit() for c in run) >= MIN_PHONE_DIGITS else run
+
+
+def _wechat(match: re.Match[str]) -> str:
+    token = match.group("id")
+    if token is None:
+        return PLACEHOLDER_WECHAT
+    explicit = match.group("sep").strip() != ""
+    short_label = match.group("label").lower() in ("wx", "vx")
+    looks_like_id = any(c.isdigit() or c in "_-" for c in token)
+    if not (explicit or (looks_like_id and not short_label)):
+        return match.group(0)
+    return match.group(0)[: match.start("id") - match.start(0)] + PLACEHOLDER_WECHAT
+
+
+@functools.lru_cache(maxsize=16_384)
+def scrub_text(text: str) -> str:
+    """``text`` with e-mail addresses, phone-like digit runs and WeChat-id-like tokens replaced
+    by ``[email]``, ``[phone]``, ``[wechat]``; other text unchanged (remembered per value:
+    campaigns and pages repeat)."""
+    if not _SUSPECT.search(text):
+        return text
+    text = _FREE_EMAIL.sub(PLACEHOLDER_EMAIL, text)
+    text = _FREE_WECHAT.sub(_wechat, text)
+    return _FREE_DIGITS.sub(_digits_run, text)
+
+
+@functools.lru_cache(maxsize=16_384)
+def scrub_url(url: str) -> str:
+    """A URL or path without its query string and fragment (where forms and trackers put
+    identifiers and tokens), and user info of its host dropped, then ``scrub_text``: the page
+    stays (``/pricing?phone=…`` → ``/pricing``), identifiers in the path are replaced."""
+    cut = len(url)
+    for mark in ("?", "#"):
+        at = url.find(mark)
+        if at != -1:
+            cut = min(cut, at)
+    url = url[:cut]
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        host, slash, path = rest.partition("/")
+        url = f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
+    return scrub_text(url)

@@ -48,6 +48,7 @@ from training.drift_reference import (
 EXIT_QUIET = 0
 EXIT_BAD_INPUT = 2
 EXIT_DRIFT = 3
+EXIT_ENVIRONMENT = 4
 SMALL_SAMPLE_ROWS = 1000
 SMALL_SAMPLE_P_VALUE = 0.01
 # Drift tests run on at most this many rows per side (seeded sample): the distance measures
@@ -61,6 +62,18 @@ MIN_COHORT_ROWS = 30
 
 class DriftInputError(ValueError):
     """Missing or malformed input of a drift report; the message says what and where."""
+
+
+class DriftEnvironmentError(RuntimeError):
+    """The report could not be made for a reason of the machine, not of its input (a read-only
+    or full disk, a store that cannot be opened); the message says what and where."""
+
+
+def os_problem(exc: BaseException) -> str:
+    """A short description of an OS or SQLite failure (``Read-only file system``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def load_reference(settings: Settings) -> tuple[pd.DataFrame, ReferenceInfo]:

@@ -7,6 +7,8 @@ A plain function over a work folder, :func:`run_weekly_report`; ``leadscore drif
 from __future__ import annotations
 
 import re
+import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,11 +17,14 @@ from typing import TYPE_CHECKING, Any
 from crm_data.prediction_log import PredictionLog, load_outcomes, open_prediction_log
 from leadscore.config import Settings
 from monitoring.drift import (
+    EXIT_DRIFT,
+    DriftEnvironmentError,
     DriftInputError,
     drift_report,
     load_reference,
     log_to_mlflow,
     matured_cohort,
+    os_problem,
 )
 
 if TYPE_CHECKING:
@@ -149,11 +154,10 @@ def run_weekly_report(
 ) -> WeeklyReport:
     """Read the log, write drift + business reports into ``out_root/<label>/``, update the index.
 
-    Raises :class:`DriftInputError` for a missing reference or an empty period.
+    Raises :class:`DriftInputError` for a missing reference or an empty period, and
+    :class:`DriftEnvironmentError` when the report folder, the prediction log or MLflow cannot
+    be written or opened (a read-only or full disk) — the folder checked before any work.
     """
-    from monitoring.business import business_report
-    from monitoring.index_page import write_index
-
     reference, info = load_reference(settings)
     threshold = float(settings.drift_share_threshold)
     if not 0.0 < threshold <= 1.0:
@@ -161,10 +165,17 @@ def run_weekly_report(
             f"config field 'drift_share_threshold': {threshold} must lie in (0, 1]"
         )
     window = timedelta(days=settings.conversion_window_days)
+    root = out_root or default_drift_root(settings)
+    folder = root / period.label
+    _check_writable(root)
     owns_log = log is None
     if log is None:
         try:
             log = open_prediction_log(settings)
+        except (OSError, sqlite3.OperationalError) as exc:  # the disk, not the log's content
+            raise DriftEnvironmentError(
+                f"cannot open the prediction log: {os_problem(exc)} (SQLite writes a journal "
+                "beside the log: is the work folder's disk full or read-only?)") from None
         except Exception as exc:  # a missing server or a corrupt file: say which, no trace
             raise DriftInputError(f"cannot open the prediction log: {exc}") from None
     try:
@@ -192,8 +203,34 @@ def run_weekly_report(
             f"no logged lead's {settings.conversion_window_days}-day outcome window closed in "
             "this period: cohort quality skipped"
         )
-    root = out_root or default_drift_root(settings)
-    folder = root / period.label
+    try:
+        return _write_reports(settings, period, root, folder, reference, info, current,
+                              previous, maturing, outcomes, threshold, notes, log_mlflow)
+    except OSError as exc:
+        raise DriftEnvironmentError(
+            f"cannot write the report in {folder}: {os_problem(exc)}") from None
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail fast, before reading or measuring anything, when ``folder`` cannot be written
+    (a read-only folder or file system, missing permissions, no inode or byte left)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise DriftEnvironmentError(
+            f"cannot write the report folder {folder}: {os_problem(exc)}") from None
+
+
+def _write_reports(
+    settings: Settings, period: Period, root: Path, folder: Path, reference: pd.DataFrame,
+    info: Any, current: pd.DataFrame, previous: pd.DataFrame, maturing: pd.DataFrame,
+    outcomes: pd.DataFrame | None, threshold: float, notes: list[str], log_mlflow: bool,
+) -> WeeklyReport:
+    from monitoring.business import business_report
+    from monitoring.index_page import write_index
+
     result = drift_report(
         current, reference, info.feature_columns, info.categorical_columns, outcomes, folder,
         threshold, cohort_predictions=maturing, since=period.since, until=period.until,
@@ -209,8 +246,18 @@ def run_weekly_report(
     write_index(root, index_path)
     run_id = None
     if log_mlflow:
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
         files = [folder / name for name in ("drift.json", "drift.html", "business.json",
                                             "business.png", "cohort.html")]
-        run_id = log_to_mlflow(settings, period.label, result.summary, files)
+        try:
+            run_id = log_to_mlflow(settings, period.label, result.summary, files)
+        except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException) as exc:
+            verdict = "drift detected" if result.exit_code == EXIT_DRIFT else "no drift"
+            problem = os_problem(exc).splitlines()[0]
+            raise DriftEnvironmentError(
+                f"the report is written in {folder} ({verdict}), but recording it in MLflow "
+                f"failed: {problem}") from None
     return WeeklyReport(period, folder, result.exit_code, result.summary, business, index_path,
                         run_id, notes)

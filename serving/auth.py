@@ -61,8 +61,7 @@ def _is_open(path: str) -> bool:
 class ApiKeyMiddleware:
     """Bearer-token check (401 without a key, 403 with a wrong one) for every API route.
 
-    Also turns BentoML's 400 answer to a schema violation into 422, the status clients expect
-    for field-level validation errors.
+    Field-level validation (422) happens inside, at the door (``serving.fast_routes``).
     """
 
     def __init__(self, app, api_key: str | None = None,  # noqa: ANN001 - ASGI app
@@ -89,13 +88,7 @@ class ApiKeyMiddleware:
         if not hmac.compare_digest(token.strip(), self._key):
             await _json(send, 403, {"error": "wrong API key"})
             return
-
-        async def send_with_422(message) -> None:  # noqa: ANN001
-            if message["type"] == "http.response.start" and message["status"] == 400:
-                message = {**message, "status": 422}
-            await send(message)
-
-        await self.app(scope, receive, send_with_422)
+        await self.app(scope, receive, send)
 
 
 async def _json(send, status: int, payload: dict) -> None:  # noqa: ANN001

@@ -20,10 +20,20 @@ leads, so send those with, or after, their lead's submission); two submissions o
 one ``/predict_batch`` do not see each other as earlier leads.
 
 A person is found like ``/predict`` finds it: identifiers first, then the lead's One ID person,
-then the person a new lead founds (``new_person_id(lead_id)``). Events without a usable
-identifier or lead id are rejected (counted by reason, never echoed). Updates run one at a time
-in the process (read-modify-write). A stored row without a history (built before histories
-existed) keeps its totals as the history's base; its window and lead counts restart.
+then the person a new lead founds (``new_person_id(lead_id)``). Events that cannot be placed are
+rejected, counted by reason and never echoed: ``no_usable_identifier_or_lead_id`` (neither), or
+``person_not_scored_yet`` (usable identifiers of a person neither One ID nor a prediction of
+this process knows: send them again after the person's first submission, or with its lead id).
+Updates run one at a time in the process (read-modify-write). A stored row without a history
+(built before histories existed) keeps its totals as the history's base; its window and lead
+counts restart.
+
+No row is written into a store that lost its data: an update reads the store's load epoch
+(``features.online_epoch``) before and after it reads the stored rows and writes only when both
+are the same epoch (``OnlineStoreResetError`` otherwise: ``/events`` answers 503, the lead
+recorder drops the batch — the leads stay in the prediction log). Without this, a person's
+first lead after a Redis restart would store a row built from that lead alone, newer than the
+row the recovery loads, and later answers would look complete while they are not.
 """
 
 from __future__ import annotations
@@ -46,9 +56,15 @@ from features import history as hist
 from features import request as rq
 from features.behaviour import event_weight
 from features.fast_online_store import string_entity_keys
+from features.online_epoch import read_epoch
 from features.score2d import ScoringTables
 from leadscore.config import Settings
-from serving.fast_online_reader import PERSON_JOIN_KEY, OnlineFeatureReader
+from serving.fast_online_reader import (
+    PERSON_JOIN_KEY,
+    OnlineFeatureReader,
+    OnlineStoreError,
+    OnlineStoreResetError,
+)
 from serving.log_writer import BatchingWriter
 from serving.schemas import Event, EventsResponse, Submission
 
@@ -57,7 +73,10 @@ logger = logging.getLogger("leadscore.events")
 PUSH_SOURCE = "person_behaviour_push"
 BEHAVIOUR_VIEW = "person_behaviour"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# (identifiers, lead id) → (person, None) or (None, why it cannot be placed)
+Locate = Callable[[Any, str | None], tuple[str | None, str | None]]
 FLUSH_BEFORE_EVENTS_SECONDS = 5.0
+EPOCH_ATTEMPTS = 3  # reads retried when a full load finished while the rows were read
 
 
 @dataclass(frozen=True)
@@ -223,10 +242,27 @@ class BehaviourUpdater:
             return 0
         persons = sorted(by_person)
         with self._lock:
+            stored_rows = self._current_within_one_epoch(persons)
             rows = [next_row(stored, *by_person[person], self.tables, self.half_life_days)
-                    for person, stored in zip(persons, self.current(persons), strict=True)]
+                    for person, stored in zip(persons, stored_rows, strict=True)]
             self._write(persons, rows)
         return len(persons)
+
+    def _current_within_one_epoch(self, persons: Sequence[str]) -> list[dict[str, Any] | None]:
+        """``current(persons)``, read while the store held one and the same load epoch: the
+        rows are the persons' whole rows (or the persons are new), never the leftovers of a
+        store that lost its data. Raises ``OnlineStoreResetError`` when there is no epoch."""
+        config = self.store.config
+        for _ in range(EPOCH_ATTEMPTS):
+            before = read_epoch(self.online_store, config)
+            if before is None:
+                raise OnlineStoreResetError(
+                    "the online store holds no load epoch (it lost its data): rows are not "
+                    "updated until `leadscore features materialize` reloads it")
+            stored = self.current(persons)
+            if read_epoch(self.online_store, config) == before:
+                return stored
+        raise OnlineStoreError("the online store was reloaded during every read of the rows")
 
     def _write(self, persons: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
         """Write the rows of ``person_behaviour`` (as a push through its PushSource would)."""
@@ -302,37 +338,36 @@ class BackgroundLeadRecorder(BatchingWriter):
         """Queue scored submissions (with their persons) to be recorded as leads."""
         self._enqueue(list(zip(submissions, person_ids, strict=True)))
 
-    def push_events(self, events: Sequence[Event],
-                    find_person: Callable[[Any, str | None], str | None]) -> EventsResponse:
+    def push_events(self, events: Sequence[Event], locate: Locate) -> EventsResponse:
         """``push_events`` after every lead queued so far is stored (or a stuck store's
         timeout: the updater's lock still keeps each read-modify-write whole)."""
         self.flush(timeout=FLUSH_BEFORE_EVENTS_SECONDS)
-        return push_events(events, self.updater, find_person)
+        return push_events(events, self.updater, locate)
 
     def _store(self, batch: list[tuple[Submission, str]]) -> None:
         self.updater.record_leads(person_leads(batch))
 
     def _gives_up_on(self, exc: Exception) -> bool:
-        """An unreachable online store drops the batch: retried after the store comes back
-        (empty, say, after a Redis restart without persistence), the read-modify-write would
-        store persons built from nothing but these leads, newer than the rows the recovery's
-        materialization then writes, which Feast would skip. The leads stay in the prediction
-        log and reach the store with the next feature build; other failures are retried."""
-        return is_unreachable(exc)
+        """An unreachable online store, or one that lost its data (no load epoch), drops the
+        batch: the leads stay in the prediction log and reach the store with the next feature
+        build (a row built from nothing but these leads is never written, see the module's
+        notes); other failures are retried."""
+        return is_unreachable(exc) or isinstance(exc, OnlineStoreResetError)
 
     def _close_target(self) -> None:
         self.updater.close()
 
 
-def resolve_events(events: Sequence[Event], find_person: Callable[[Any, str | None], str | None]
+def resolve_events(events: Sequence[Event], locate: Locate
                    ) -> tuple[list[PersonEvent], Counter]:
-    """Events with their person (``find_person(identifiers, lead_id)``) and rejection counts."""
+    """Events with their person (``locate(identifiers, lead_id)``: the person, or None and
+    why) and rejection counts by reason."""
     resolved: list[PersonEvent] = []
     rejected: Counter = Counter()
     for event in events:
-        person = find_person(event.identifiers, event.lead_id)
+        person, why = locate(event.identifiers, event.lead_id)
         if person is None:
-            rejected["no_usable_identifier_or_lead_id"] += 1
+            rejected[why or "no_usable_identifier_or_lead_id"] += 1
             continue
         resolved.append(PersonEvent(person, event.event_type,
                                     epoch_us(event.event_time), event.url))
@@ -340,9 +375,9 @@ def resolve_events(events: Sequence[Event], find_person: Callable[[Any, str | No
 
 
 def push_events(events: Sequence[Event], updater: BehaviourUpdater,
-                find_person: Callable[[Any, str | None], str | None]) -> EventsResponse:
+                locate: Locate) -> EventsResponse:
     """Resolve, apply and write a request's events; the ``POST /events`` answer."""
-    resolved, rejected = resolve_events(events, find_person)
+    resolved, rejected = resolve_events(events, locate)
     persons = updater.apply(resolved)
     return EventsResponse(accepted=len(resolved), persons_updated=persons,
                           rejected=dict(rejected))

@@ -11,7 +11,8 @@ Kept for: single ``POST /predict`` (p50 ≤ 3 ms; today ~1.7 ms served): the lib
 ~0.1 ms per request, more than the 5% of today's p50 counted as noise
 (``benchmarks/bench_library_paths.py``: 17× on one score, 7× on 1,000; table and date in
 ``docs/scaling.md``). Equivalence: ``tests/unit/test_serving_fast_paths.py``
-(``test_fast_calibration_equals_calibrator``, both methods, to 1e-12).
+(``test_fast_calibration_equals_calibrator``, every method training can choose — identity,
+sigmoid, isotonic — to 1e-12).
 """
 
 from __future__ import annotations
@@ -28,12 +29,19 @@ from training.calibration import CLIP_HIGH, CLIP_LOW
 def fast_calibration(calibrator: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """A numpy function equal to ``calibrator.predict`` on raw scores, or None when unknown.
 
-    Knows ``training.calibration.Calibrator`` with ``"sigmoid"`` (scikit-learn
+    Knows ``training.calibration.Calibrator`` with ``"identity"`` (the raw score, clipped),
+    ``"sigmoid"`` (scikit-learn
     ``LogisticRegression`` on the clipped logit) or ``"isotonic"`` (``IsotonicRegression`` with
     ``out_of_bounds="clip"``); the result is clipped to [1e-6, 1 - 1e-6] as the calibrator does.
     """
     method = getattr(calibrator, "method", None)
     model = getattr(calibrator, "model", None)
+    if method == "identity":
+
+        def identity(raw: np.ndarray) -> np.ndarray:
+            return np.clip(np.asarray(raw, dtype=float), CLIP_LOW, CLIP_HIGH)
+
+        return identity
     if method == "sigmoid" and hasattr(model, "coef_") and np.shape(model.coef_) == (1, 1):
         slope = float(model.coef_[0, 0])
         intercept = float(model.intercept_[0])

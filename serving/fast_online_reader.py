@@ -19,7 +19,13 @@ reads and the model's column list, then per request:
    ``features.request.transform_request``) on the request columns + snapshots.
 
 The values are those of ``features.online.online_features`` (tests compare them). A store that
-fails raises ``OnlineStoreError``; the predictor then answers from the request alone.
+fails raises ``OnlineStoreError``; the predictor then answers from the request alone. A store
+without its load epoch (``features.online_epoch``: it lost its data, e.g. Redis restarted empty,
+and is not reloaded yet) raises ``OnlineStoreResetError``: whatever rows it holds are not the
+person's whole history. The epoch costs no extra round trip: on Redis it is one more command in
+the pipeline that reads every view's rows (one round trip for the whole batch, as Feast's
+``get_online_features`` batches its views), on SQLite one primary-key lookup on the read's
+connection.
 """
 
 from __future__ import annotations
@@ -37,14 +43,25 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.fast_online_store import string_entity_keys
+from features.online_epoch import kind_of, read_epoch, redis_key
 from features.training_set import model_feature_columns
 from leadscore.config import Settings
 
 PERSON_JOIN_KEY = "person_id"
+# Feast's RedisOnlineStore methods the one-pipeline read uses (else one online_read per view)
+_REDIS_HELPERS = ("_get_client", "_generate_hset_keys_for_features",
+                  "_convert_redis_values_to_protobuf")
 
 
 class OnlineStoreError(RuntimeError):
     """The online store could not be read (unreachable, locked, missing tables …)."""
+
+
+class OnlineStoreResetError(OnlineStoreError):
+    """The online store lost its data (no load epoch) and is not reloaded yet."""
+
+    public_message = ("the online feature store lost its data and is not reloaded yet "
+                      "(`leadscore features materialize`); retry later")
 
 
 @dataclass(frozen=True)
@@ -114,8 +131,40 @@ class OnlineFeatureReader:
         self.columns: list[str] = model_feature_columns(store, settings.feature_service)
         self.online_store = get_online_store_from_config(store.config.online_store)
         _fail_fast_redis(self.online_store, store.config.online_store)
+        self.redis_pipeline = kind_of(self.online_store) == "redis" and all(
+            hasattr(self.online_store, name) for name in _REDIS_HELPERS)
         # one SQLite connection is shared by the service's threads: one read at a time
         self._lock = threading.Lock()
+
+    def _reset(self) -> OnlineStoreResetError:
+        return OnlineStoreResetError(
+            "the online store holds no load epoch (it lost its data, or a full load has not "
+            "finished): run `leadscore features materialize`")
+
+    def _redis_rows(self, unique: Sequence[str]) -> tuple[Any, list[list[Any]]]:
+        """Every view's rows of ``unique`` persons and the load epoch, in one Redis pipeline
+        (the commands Feast's ``online_read`` sends per view, plus a GET of the epoch)."""
+        store, config = self.online_store, self.config
+        # Feast's Redis keys: the serialised entity key, then the project's name
+        project = config.project.encode("utf-8")
+        redis_keys = [key + project for key in string_entity_keys(
+            PERSON_JOIN_KEY, list(unique), config.entity_key_serialization_version)]
+        plans = []
+        client = store._get_client(config.online_store)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(redis_key(config.project))
+            for read in self.views:
+                names, fields = store._generate_hset_keys_for_features(
+                    read.view, list(read.features))
+                for key in redis_keys:
+                    pipe.hmget(key, fields)
+                plans.append((read, names))
+            replies = pipe.execute()
+        n = len(redis_keys)
+        rows = [store._convert_redis_values_to_protobuf(
+                    replies[1 + i * n:1 + (i + 1) * n], read.view.name, names)
+                for i, (read, names) in enumerate(plans)]
+        return replies[0], rows
 
     def read_snapshots(self, person_ids: Sequence[str]) -> tuple[dict[str, list[Any]], list[bool]]:
         """Snapshot columns (``snap_*`` …) per person, and whether any view knew the person."""
@@ -137,21 +186,30 @@ class OnlineFeatureReader:
         columns: dict[str, list[Any]] = {}
         known = [False] * n
         now = datetime.now(UTC)
-        for read in self.views:
-            try:
-                with self._lock:
-                    if columnar is not None:  # the fast SQLite store: columns of values
-                        read_columns = columnar(self.config, read.view, keys,
-                                                list(read.features))
-                    else:
-                        rows = fast_read(self.config, read.view, keys, list(read.features))
-            except Exception as exc:  # sqlite3/redis errors: the store is not usable
-                raise OnlineStoreError(
-                    f"online read of '{read.view.name}' failed: {type(exc).__name__}"
-                ) from exc
+        results: list[Any] = []
+        try:
+            with self._lock:
+                if self.redis_pipeline:
+                    epoch, results = self._redis_rows(unique)
+                else:
+                    epoch = read_epoch(self.online_store, self.config)
+                    for read in self.views:
+                        if epoch is None:
+                            break
+                        if columnar is not None:  # the fast SQLite store: columns of values
+                            results.append(columnar(self.config, read.view, keys,
+                                                    list(read.features)))
+                        else:
+                            results.append(fast_read(self.config, read.view, keys,
+                                                     list(read.features)))
+        except Exception as exc:  # sqlite3/redis errors: the store is not usable
+            raise OnlineStoreError(f"online read failed: {type(exc).__name__}") from exc
+        if epoch is None:
+            raise self._reset()
+        for read, result in zip(self.views, results, strict=True):
             ttl = read.view.ttl
-            if columnar is not None:
-                stamps, found, values_of = read_columns
+            if columnar is not None and not self.redis_pipeline:
+                stamps, found, values_of = result
                 for name in read.features:
                     columns[name] = values_of[name]
                 for i, event_ts in enumerate(stamps):
@@ -165,7 +223,7 @@ class OnlineFeatureReader:
                 continue
             for name in read.features:
                 columns[name] = [None] * n
-            for i, (event_ts, values) in enumerate(rows):
+            for i, (event_ts, values) in enumerate(result):
                 if values is None:
                     continue
                 if ttl and event_ts is not None:

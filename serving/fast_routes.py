@@ -13,16 +13,77 @@ Kept for: single ``POST /predict`` (p50 ≤ 3 ms, p99 ≤ 10 ms at 200/s; today 
 BentoML's own routing and parsing cost more than the noise band of today's p50 (measured ratio
 and date in ``docs/scaling.md``, "Library paths and the fast twins we keep",
 ``benchmarks/bench_library_paths.py``).
+
+Validation at the door: every API route's body is validated here (``serving.schemas.
+parse_request``: the request model, plus no key repeated in a JSON object) whether or not it is
+answered here, so BentoML's routing only ever sees valid input and both paths refuse alike. An
+invalid body gets ``refusal``: a 422 with one entry per problem (field location, type, message;
+never the input) and one WARNING log line naming the fields — not BentoML's ERROR traceback.
+``validating_route`` is the handler of a route that only needs that check (``/events``,
+``/reload``).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from serving.http_guards import send_body
+from pydantic import BaseModel, ValidationError
 
-FastRoute = Callable[[bytes], Awaitable["tuple[int, bytes] | None"]]
+from serving.http_guards import send_body
+from serving.schemas import (
+    BatchRequest,
+    Event,
+    EventsRequest,
+    FormFields,
+    Identifiers,
+    ReloadRequest,
+    Submission,
+    parse_request,
+)
+
+FastRoute = Callable[[bytes], Awaitable["tuple[int, bytes] | tuple[int, bytes, list] | None"]]
+
+logger = logging.getLogger("leadscore.service")
+# field names that may appear in a log line; any other key (an unknown or repeated one, chosen
+# by the client) is logged as <key>, so no client text reaches the log
+LOGGED_FIELDS = frozenset(
+    name for model in (Submission, FormFields, Identifiers, BatchRequest, Event, EventsRequest,
+                       ReloadRequest) for name in model.model_fields)
+MAX_LOGGED_PROBLEMS = 5
+
+
+def _logged_location(loc: tuple[str | int, ...]) -> str:
+    parts = [str(p) if isinstance(p, int) or p in LOGGED_FIELDS else "<key>" for p in loc]
+    return ".".join(parts) or "<body>"
+
+
+def refusal(path: str, error: ValidationError) -> tuple[int, bytes]:
+    """The 422 answer to an invalid body, logged as one WARNING line naming the fields."""
+    problems = error.errors(include_url=False, include_context=False, include_input=False)
+    named = [f"{_logged_location(p['loc'])} ({p['type']})" for p in problems]
+    more = len(named) - MAX_LOGGED_PROBLEMS
+    logger.warning("422 on POST %s: %s%s", path, ", ".join(named[:MAX_LOGGED_PROBLEMS]),
+                   f" and {more} more" if more > 0 else "")
+    count = len(problems)
+    body = {"error": f"{count} validation error{'s' if count != 1 else ''} for {error.title}",
+            "detail": problems}
+    return 422, json.dumps(body, separators=(",", ":")).encode()
+
+
+def validating_route(path: str, model: type[BaseModel]) -> FastRoute:
+    """A route handler that refuses an invalid body (422) and hands a valid one to the app."""
+
+    async def check(body: bytes) -> tuple[int, bytes] | None:
+        try:
+            parse_request(model, body)
+        except ValidationError as exc:
+            return refusal(path, exc)
+        return None
+
+    return check
 
 
 class FastRouteMiddleware:
@@ -50,8 +111,9 @@ class FastRouteMiddleware:
                 break
         body = b"".join(chunks)
         answer = await route(body)
-        if answer is not None:
-            await send_body(send, answer[0], answer[1], self._extra_headers)
+        if answer is not None:  # (status, body) or (status, body, extra headers)
+            headers = [*self._extra_headers, *answer[2]] if len(answer) > 2 else self._extra_headers
+            await send_body(send, answer[0], answer[1], headers)
             return
         replayed = False
 

@@ -1,10 +1,14 @@
-"""Request guards in front of the BentoML app: body size, content type, the ``/docs`` alias.
+"""Request guards in front of the BentoML app: header size, body size, content type, the docs.
 
+* Request headers may total at most ``MAX_HEADER_BYTES`` (names and values; → 431, before the
+  API key is even read): ``HeaderLimitMiddleware``, outside the key check.
 * ``POST`` bodies must be JSON (``application/json``; anything else → 415) and at most
   ``MAX_BODY_BYTES`` (→ 413, checked on ``Content-Length`` and while reading the body, which
   is then handed to the app in one piece).
   BentoML would otherwise pick a serde from the content type (multipart, pickle …).
-* ``GET /docs`` serves BentoML's Swagger UI (the index page), which loads ``/docs.json``.
+* ``GET /docs`` serves BentoML's Swagger UI (the index page), which loads ``/docs.json``;
+  ``GET /docs.json`` answers the service's own OpenAPI document (``serving.openapi``: the
+  statuses the service really answers), built once on first request.
 
 The fast routes of ``/predict`` and ``/predict_batch`` are ``serving.fast_routes`` (inside this).
 """
@@ -12,25 +16,57 @@ The fast routes of ``/predict`` and ``/predict_batch`` are ``serving.fast_routes
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # a full batch of 1,000 submissions is ~0.5 MB
+# all request header names and values together (browsers and proxies send ~1-2 KB)
+MAX_HEADER_BYTES = 16 * 1024
 JSON_TYPES = frozenset({b"application/json", b""})
 
 
-class RequestGuardMiddleware:
-    """ASGI middleware: 413/415 for unusable bodies, ``/docs`` → the Swagger UI."""
+class HeaderLimitMiddleware:
+    """ASGI middleware: 431 when the request headers total more than ``max_header_bytes``."""
 
-    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Any, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = 0
+            for name, value in scope.get("headers") or ():
+                size += len(name) + len(value)
+            if size > self.max_header_bytes:
+                await send_json(send, 431, {"error": "request headers over "
+                                                     f"{self.max_header_bytes} bytes"})
+                return
+        await self.app(scope, receive, send)
+
+
+class RequestGuardMiddleware:
+    """ASGI middleware: 413/415 for unusable bodies, ``/docs`` → the Swagger UI, ``/docs.json``
+    → ``openapi`` (the service's spec as a JSON-ready dict, built on first request)."""
+
+    def __init__(self, app: Any, max_body_bytes: int = MAX_BODY_BYTES,
+                 openapi: Callable[[], dict] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._openapi = openapi
+        self._openapi_body: bytes | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope.get("path") == "/docs":
+        path = scope.get("path")
+        if path == "/docs":
             scope = {**scope, "path": "/", "raw_path": b"/"}
+        elif path == "/docs.json" and self._openapi is not None and scope.get("method") == "GET":
+            if self._openapi_body is None:
+                self._openapi_body = json.dumps(self._openapi(), separators=(",", ":")).encode()
+            await send_body(send, 200, self._openapi_body)
+            return
         if scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return

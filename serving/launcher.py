@@ -1,28 +1,145 @@
-"""Run the service as a real ``bentoml serve`` process on a loopback port (demo, tests, benchmarks).
+"""Run the service: ``python -m serving.launcher`` (what ``leadscore serve`` becomes) and
+``ServedService`` (the demo, tests and benchmarks: that command on a free loopback port).
 
-``ServedService`` starts ``python -m bentoml serve serving.service:LeadScoring`` for a work
-folder, waits for ``/readyz`` and stops it gracefully (SIGINT, so the prediction log flushes).
+``python -m serving.launcher [TARGET] [--host H] [--port P] [--metrics-root DIR]`` is
+``bentoml serve TARGET`` with one difference: Prometheus' multiprocess files (memory-mapped; the
+service's ``/metrics``) live in a folder of their own, made for this start under a RAM-backed
+folder (``--metrics-root``; default ``/dev/shm``, else the system temp folder) and removed at
+exit — not in ``$BENTOML_HOME`` under the work folder, where a full disk made a write to a mapped
+page kill the worker with SIGBUS, and BentoML restarted it every few seconds, silently. Before
+anything starts, ``prepare_metrics_dir`` checks that the folder can hold ``METRICS_MIN_BYTES``
+(allocated, then freed); when it cannot, the launcher prints one line naming the folder and exits
+with ``EXIT_CANNOT_START`` (2). It stays one process (BentoML's arbiter runs in it), so SIGTERM
+or SIGINT sent to it stop the whole server.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
 from leadscore.config import PROJECT_ROOT
 
 SERVICE_TARGET = "serving.service:LeadScoring"
+RAM_ROOT = Path("/dev/shm")
+METRICS_PREFIX = "leadscore-metrics-"
+# what the metrics files may need: a few 1 MiB sparse files per worker, a handful of pages used
+METRICS_MIN_BYTES = 16 * 1024 * 1024
+EXIT_CANNOT_START = 2
 
 
 class ServiceStartError(RuntimeError):
     """The service did not become ready; the message carries the tail of its log."""
+
+
+class MetricsDirError(RuntimeError):
+    """The folder for Prometheus' files cannot be made or cannot hold them."""
+
+
+def default_metrics_root() -> Path:
+    """``/dev/shm`` (RAM-backed) when writable, else the system temp folder."""
+    if RAM_ROOT.is_dir() and os.access(RAM_ROOT, os.W_OK | os.X_OK):
+        return RAM_ROOT
+    return Path(tempfile.gettempdir())
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove metrics folders left by launchers that are gone (killed with SIGKILL)."""
+    pattern = re.compile(re.escape(METRICS_PREFIX) + r"(\d+)-")
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            match = pattern.match(entry.name)
+            if match is None or not entry.is_dir():
+                continue
+            try:
+                os.kill(int(match.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except OSError:  # alive, another user's
+                continue
+
+
+def prepare_metrics_dir(root: Path | None = None, need: int = METRICS_MIN_BYTES) -> Path:
+    """A fresh folder for this start's Prometheus files under ``root``, checked to hold
+    ``need`` bytes; raise ``MetricsDirError`` (naming the folder) otherwise."""
+    root = Path(root) if root is not None else default_metrics_root()
+    _remove_stale(root)
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=root))
+    except OSError as exc:
+        raise MetricsDirError(
+            f"cannot create the metrics folder in {root}: {exc.strerror or exc}") from None
+    probe = path / ".space-check"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, need)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise MetricsDirError(
+            f"the metrics folder {root} cannot hold {need // 2**20} MiB "
+            f"({exc.strerror or exc}); free space there or choose another with --metrics-root"
+        ) from None
+    probe.unlink(missing_ok=True)
+    return path
+
+
+def launch_command(target: str = SERVICE_TARGET, host: str = "127.0.0.1", port: int = 3000,
+                   metrics_root: Path | None = None) -> list[str]:
+    """The command line that serves ``target`` through this launcher."""
+    command = [sys.executable, "-m", "serving.launcher", target, "--host", host,
+               "--port", str(port)]
+    if metrics_root is not None:
+        command += ["--metrics-root", str(metrics_root)]
+    return command
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve ``target`` with BentoML, its metrics files in a checked folder of their own."""
+    parser = argparse.ArgumentParser(prog="python -m serving.launcher",
+                                     description="bentoml serve, metrics files kept in RAM")
+    parser.add_argument("target", nargs="?", default=SERVICE_TARGET)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--metrics-root", type=Path, default=None)
+    args = parser.parse_args(argv)
+    # until BentoML's arbiter installs its own handlers: a stop request still cleans up
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        metrics = prepare_metrics_dir(args.metrics_root)
+    except MetricsDirError as exc:
+        print(f"leadscore serve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_START
+    try:
+        from bentoml._internal.configuration.containers import BentoMLContainer
+        from bentoml_cli.cli import cli
+
+        # where ``bentoml serve`` points PROMETHEUS_MULTIPROC_DIR for its workers
+        BentoMLContainer.prometheus_multiproc_dir.set(str(metrics))
+        cli.main(args=["serve", args.target, "--host", args.host, "--port", str(args.port)],
+                 prog_name="bentoml", standalone_mode=False)
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+    return 0
 
 
 def free_port() -> int:
@@ -47,19 +164,20 @@ def service_env(workdir: Path, api_key: str, **extra: str) -> dict[str, str]:
 
 
 class ServedService:
-    """``bentoml serve`` of the project in a subprocess on a free 127.0.0.1 port."""
+    """The service (``python -m serving.launcher``) in a subprocess on a free 127.0.0.1 port."""
 
     def __init__(self, workdir: Path, log_path: Path, api_key: str,
-                 target: str = SERVICE_TARGET, **extra_env: str) -> None:
-        """Start serving ``target``: the project's service, or a built Bento's tag."""
+                 target: str = SERVICE_TARGET, *, metrics_root: Path | None = None,
+                 **extra_env: str) -> None:
+        """Start serving ``target``: the project's service, or a built Bento's tag;
+        ``metrics_root``: where its metrics folder goes (default: ``default_metrics_root``)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        command = [sys.executable, "-m", "bentoml", "serve", target,
-                   "--host", "127.0.0.1", "--port", str(self.port)]
+        command = launch_command(target, "127.0.0.1", self.port, metrics_root)
         self.process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=service_env(workdir, api_key, **extra_env),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -109,3 +227,7 @@ class ServedService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

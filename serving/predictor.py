@@ -6,9 +6,9 @@ start-up (feature service, views, model columns, categorical codes, the booster)
 one online-store read per feature view, one transformation and one booster call.
 
 Pieces that can fail at run time fail soft where a useful answer exists and loudly where it does
-not: an unreachable online store or a person it does not know gives an answer from the request's
-own features (``degraded: true`` with the reason, logged and counted); no model raises
-``ModelUnavailableError`` (never a made-up score).
+not: an unreachable online store, a store that lost its data and is not reloaded yet, or a person
+it does not know gives an answer from the request's own features (``degraded: true`` with the
+reason, logged and counted); no model raises ``ModelUnavailableError`` (never a made-up score).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 from pydantic_core import to_json
 
 from crm_data.identity import load_identity_state, lookup_person, new_person_id
+from crm_data.log_journal import LogJournal
 from crm_data.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
 from features.online import submission_request, submission_requests
 from leadscore.config import Settings
@@ -34,8 +36,12 @@ from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import CITY_TIER_BY_NAME
 from routing.control import route_leads
 from routing.policy import RoutingPolicy, resolve_active_policy
-from serving.fast_online_reader import OnlineFeatureReader, OnlineStoreError
-from serving.log_writer import BackgroundLogWriter
+from serving.fast_online_reader import (
+    OnlineFeatureReader,
+    OnlineStoreError,
+    OnlineStoreResetError,
+)
+from serving.log_writer import BackgroundLogWriter, Receipt
 from serving.model_store import LoadedModel, ModelUnavailableError, load_champion
 from serving.schemas import (
     Event,
@@ -60,8 +66,13 @@ TAG_FIELDS: tuple[str, ...] = (
 # city name (lower case) → tier, for forms that give a city but no tier
 CITY_TIER: dict[str, int] = CITY_TIER_BY_NAME
 DEGRADED_STORE = "online_store_unavailable"
+DEGRADED_RESET = "online_store_reset"
 DEGRADED_PERSON = "person_unknown"
+# why ``/events`` could not place an event (``serving.events.resolve_events``)
+NO_IDENTIFIER = "no_usable_identifier_or_lead_id"
+NOT_SCORED_YET = "person_not_scored_yet"
 MAX_NEW_LINKS = 1_000_000
+RESET_WARNING_SECONDS = 10.0
 
 __all__ = ["ModelUnavailableError", "Predictor", "Resolved"]
 
@@ -155,6 +166,8 @@ class Predictor:
         self.degraded_counts: Counter = Counter()
         # identifiers and lead ids of persons founded here (keys "<type>:<hash>", "lead:<id>")
         self._new_links: dict[str, str] = {}
+        self._reset_unlogged = 0
+        self._reset_logged_at = -RESET_WARNING_SECONDS
         self.on_degraded: Callable[[str, int], None] | None = None
 
     @classmethod
@@ -168,9 +181,13 @@ class Predictor:
         store = get_store(settings)
         _ensure_push_source(store, settings)
         reader = OnlineFeatureReader(store, settings)
-        log: PredictionLog | BackgroundLogWriter = open_prediction_log(settings)
-        if background_log:
-            log = BackgroundLogWriter(log)
+        log: PredictionLog | BackgroundLogWriter
+        if background_log:  # journal first, the log when it can be written (docs/api.md)
+            log = BackgroundLogWriter(lambda: open_prediction_log(settings),
+                                      LogJournal(settings.prediction_journal_dir),
+                                      fsync=settings.log_durability == "fsync")
+        else:
+            log = open_prediction_log(settings)
         params = FeatureParams.from_settings(settings)
         updater = BehaviourUpdater(store, reader, params.tables, params.half_life_days)
         predictor = cls(settings, reader, IdentityMaps.load(settings),
@@ -188,6 +205,11 @@ class Predictor:
     def ready(self) -> bool:
         """True when a model is loaded (the feature store was resolved at construction)."""
         return self._model is not None
+
+    def log_status(self) -> tuple[bool, str | None]:
+        """(healthy, reason) of the prediction log path (``BackgroundLogWriter.status``)."""
+        status = getattr(self.log, "status", None)
+        return status() if status is not None else (True, None)
 
     def reload(self) -> str | None:
         """Load the current champion and One ID maps; on failure keep serving the old model."""
@@ -216,6 +238,16 @@ class Predictor:
         """Person of identifiers or a lead id (None when neither is usable)."""
         hashes, _ = identifier_hashes(identifiers, self.settings.hash_salt)
         return self._person(hashes, lead_id)
+
+    def locate_person(self, identifiers: Identifiers, lead_id: str | None
+                      ) -> tuple[str | None, str | None]:
+        """``(person, None)`` as ``find_person`` finds it, else ``(None, why)``: no usable
+        identifier nor lead id, or usable identifiers of a person not scored here yet."""
+        hashes, _ = identifier_hashes(identifiers, self.settings.hash_salt)
+        person = self._person(hashes, lead_id)
+        if person is not None:
+            return person, None
+        return None, NOT_SCORED_YET if hashes else NO_IDENTIFIER
 
     def _person(self, hashes: list[str], lead_id: str | None) -> str | None:
         identity = self.identity
@@ -312,10 +344,24 @@ class Predictor:
         try:
             columns, known = self.reader.features(request_columns,
                                                   [r.person_id for r in resolved])
+        except OnlineStoreResetError as exc:
+            self._warn_reset(exc, n)
+            return self.reader.request_only(request_columns), [DEGRADED_RESET] * n
         except OnlineStoreError as exc:
             logger.warning("%s: answering %d lead(s) from the request alone", exc, n)
             return self.reader.request_only(request_columns), [DEGRADED_STORE] * n
         return columns, [None if k else DEGRADED_PERSON for k in known]
+
+    def _warn_reset(self, exc: Exception, n: int) -> None:
+        """Log a store reset at most every ``RESET_WARNING_SECONDS`` (with the count since)."""
+        with self._count_lock:
+            self._reset_unlogged += n
+            now = time.monotonic()
+            if now - self._reset_logged_at < RESET_WARNING_SECONDS:
+                return
+            count, self._reset_unlogged, self._reset_logged_at = self._reset_unlogged, 0, now
+        logger.warning("%s: answered %d lead(s) from the request alone since the last warning",
+                       exc, count)
 
     def route(self, person_ids: Sequence[str], probability: np.ndarray,
               rule_score: np.ndarray) -> tuple[list[str], list[str], list[bool]]:
@@ -333,17 +379,30 @@ class Predictor:
         ``BatchResponse`` (the bytes ``model_dump_json`` gives, without building the models)."""
         if not batch and len(submissions) != 1:
             raise ValueError(f"one submission expected without batch, got {len(submissions)}")
-        answers = self.answers(submissions)
+        return self.predict_json_logged(submissions, batch)[0]
+
+    def predict_json_logged(self, submissions: Sequence[Submission], batch: bool = False
+                            ) -> tuple[bytes, Receipt | None]:
+        """``predict_json`` and the log's receipt of the records (None: stored already)."""
+        if not batch and len(submissions) != 1:
+            raise ValueError(f"one submission expected without batch, got {len(submissions)}")
+        answers, receipt = self.answers_logged(submissions)
         return to_json({"predictions": answers} if batch else answers[0],
-                       inf_nan_mode="null")
+                       inf_nan_mode="null"), receipt
 
     def answers(self, submissions: Sequence[Submission]) -> list[dict[str, Any]]:
         """Score submissions in order, log them; the answers as ``Prediction`` field dicts."""
+        return self.answers_logged(submissions)[0]
+
+    def answers_logged(self, submissions: Sequence[Submission]
+                       ) -> tuple[list[dict[str, Any]], Receipt | None]:
+        """``answers`` and the log's receipt: with the background writer a future that says
+        whether the records were fsync'd to the journal (``BackgroundLogWriter.append``)."""
         model = self._model
         if model is None:
             raise ModelUnavailableError(self.load_error or "no model is loaded")
         if not submissions:
-            return []
+            return [], None
         resolved = self.resolve_all(submissions)
         columns, degraded = self.features(submissions, resolved)
         scored = model.scorer.score(columns, top_k=3)
@@ -395,8 +454,7 @@ class Predictor:
                 control=control[i], degraded=reason is not None, model_name=model.name,
                 model_version=model.version, policy_version=policy_version, features=features,
             ))
-        self.log.append(records)
-        return answers
+        return answers, self.log.append(records)
 
     def _count_degraded(self, degraded: list[str | None]) -> None:
         counts = Counter(reason for reason in degraded if reason is not None)
@@ -416,10 +474,10 @@ class Predictor:
         from serving.events import push_events
 
         if self.recorder is not None:  # after the leads recorded so far
-            return self.recorder.push_events(events, self.find_person)
+            return self.recorder.push_events(events, self.locate_person)
         if self.updater is None:
             raise OnlineStoreError("this predictor has no event updater")
-        return push_events(events, self.updater, self.find_person)
+        return push_events(events, self.updater, self.locate_person)
 
 
 def _ensure_push_source(store: Any, settings: Settings) -> None:

@@ -4,16 +4,34 @@ Identifier fields accept any JSON value on purpose: they are checked and hashed 
 ``leadscore.identifiers`` (unusable ones are reported by kind and reason, never echoed), so that
 a malformed raw identifier can never appear in a validation message. Every request model hides
 input values in its validation errors (``hide_input_in_errors``): BentoML logs a failed
-validation with its message, and that message must not carry what the client sent.
+validation with its message, and that message must not carry what the client sent. Free-text
+fields (``campaign``, ``landing_page``, ``form.city``, an event's ``url``) are scrubbed as they
+are validated (``leadscore.identifiers.scrub_text`` / ``scrub_url``: query strings and fragments
+of URLs dropped; e-mail addresses, phone-like digit runs and WeChat-id-like tokens replaced by
+``[email]``, ``[phone]``, ``[wechat]``), so no raw identifier in them reaches the online store,
+the prediction log or an answer.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from leadscore.identifiers import scrub_text, scrub_url
 from leadscore.schemas import CHANNELS, DEVICES, EVENT_TYPES, FUNNEL_STEPS, GRADES, SUBJECTS
 
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
@@ -30,6 +48,20 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_AGE = timedelta(days=365)
 
 
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _iso_text(value: Any, field: str) -> Any:
+    """Refuse what pydantic would read as a Unix timestamp (a JSON number or numeric text):
+    request times are ISO 8601 text with an offset. ``datetime`` objects (library callers) pass."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or _NUMBER.fullmatch(value):
+        raise ValueError(f"{field} must be ISO 8601 text with an offset, e.g. "
+                         "2026-11-22T09:30:00+08:00 (a Unix timestamp is refused)")
+    return value
+
+
 def _check_time(value: datetime, field: str) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"{field} needs a timezone offset, e.g. 2026-11-22T09:30:00+08:00")
@@ -40,6 +72,10 @@ def _check_time(value: datetime, field: str) -> datetime:
         raise ValueError(f"{field} is more than 365 days old")
     return value.astimezone(UTC)
 
+
+# free text, scrubbed at the door (after the length check)
+FreeText = Annotated[str, AfterValidator(scrub_text)]
+FreeUrl = Annotated[str, AfterValidator(scrub_url)]
 
 # request models: unknown keys refused, input values never repeated in error messages
 STRICT = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -52,11 +88,20 @@ class FormFields(BaseModel):
 
     grade: Grade | None = Field(None, description="School grade G1–G12.")
     subject: Subject | None = None
-    city: str | None = Field(None, max_length=64)
+    city: FreeText | None = Field(None, max_length=64)
     city_tier: Literal[1, 2, 3, 4] | None = Field(
         None, description="1 = first-tier city … 4; derived from city when absent."
     )
     device: Device | None = None
+
+    @field_validator("city_tier", mode="before")
+    @classmethod
+    def _city_tier_whole_number(cls, value: Any) -> Any:
+        # JSON ``true`` and ``1.0`` would pass as 1; only the numbers 1–4 are accepted
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError("city_tier must be one of the whole numbers 1, 2, 3, 4 "
+                             "(not true/false, a decimal or text)")
+        return value
 
 
 class Identifiers(BaseModel):
@@ -78,11 +123,16 @@ class Submission(BaseModel):
     lead_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
     submitted_at: datetime = Field(description="ISO 8601 with offset; ≤ 5 min in the future.")
     channel: Channel
-    campaign: str = Field("", max_length=128)
-    landing_page: str = Field("", max_length=256)
+    campaign: FreeText = Field("", max_length=128)
+    landing_page: FreeUrl = Field("", max_length=256)
     funnel_step: FunnelStep = "submitted"
     form: FormFields = Field(default_factory=FormFields)
     identifiers: Identifiers = Field(default_factory=Identifiers)
+
+    @field_validator("submitted_at", mode="before")
+    @classmethod
+    def _submitted_at_text(cls, value: Any) -> Any:
+        return _iso_text(value, "submitted_at")
 
     @field_validator("submitted_at")
     @classmethod
@@ -105,8 +155,13 @@ class Event(BaseModel):
     identifiers: Identifiers = Field(default_factory=Identifiers)
     event_type: EventType
     event_time: datetime
-    url: str = Field("", max_length=512)
+    url: FreeUrl = Field("", max_length=512)
     dwell_seconds: float = Field(0.0, ge=0, le=86400)
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _event_time_text(cls, value: Any) -> Any:
+        return _iso_text(value, "event_time")
 
     @field_validator("event_time")
     @classmethod
@@ -118,6 +173,75 @@ class EventsRequest(BaseModel):
     model_config = STRICT
 
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReloadRequest(BaseModel):
+    """``POST /reload`` takes no fields (an empty body or ``{}``)."""
+
+    model_config = STRICT
+
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+
+
+def parse_request(model: type[RequestModel], body: bytes) -> RequestModel:
+    """Validate a request body as ``model``; raise pydantic's ``ValidationError``.
+
+    Besides the model's own rules, a key given twice in any JSON object is refused
+    (``json_duplicate_key`` at that key's location): JSON parsers keep the last value silently.
+    An empty body reads as ``{}``.
+    """
+    body = body or b"{}"
+    duplicates = list(_duplicate_keys(body))
+    if duplicates:
+        raise ValidationError.from_exception_data(model.__name__, [
+            InitErrorDetails(type=PydanticCustomError(
+                "json_duplicate_key", "the key is given more than once in this JSON object"),
+                loc=loc, input=None)
+            for loc in duplicates])
+    return model.model_validate_json(body)
+
+
+class _Repeated(dict):
+    """A JSON object read from pairs in which some key came more than once."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _duplicate_keys(body: bytes) -> Iterator[tuple[str | int, ...]]:
+    """Locations of keys repeated within one JSON object (none when the body is not JSON:
+    the model's validation reports that)."""
+    found = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        nonlocal found
+        obj = dict(items)
+        if len(obj) == len(items):
+            return obj
+        found = True
+        seen: set[str] = set()
+        repeated = _Repeated(obj)
+        repeated.repeated = tuple(dict.fromkeys(k for k, _ in items if k in seen or seen.add(k)))
+        return repeated
+
+    try:
+        tree = json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return
+    if found:
+        yield from _repeated_locations(tree, ())
+
+
+def _repeated_locations(node: Any, loc: tuple[str | int, ...]
+                        ) -> Iterator[tuple[str | int, ...]]:
+    if isinstance(node, dict):
+        for key in getattr(node, "repeated", ()):
+            yield (*loc, key)
+        for key, value in node.items():
+            yield from _repeated_locations(value, (*loc, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _repeated_locations(value, (*loc, index))
 
 
 class Reason(BaseModel):
@@ -151,9 +275,11 @@ class Prediction(BaseModel):
     model: ModelRef
     policy: str
     degraded: bool = Field(description="True when the answer rests on the request alone.")
-    degraded_reason: Literal["online_store_unavailable", "person_unknown"] | None = Field(
-        None, description="Why the answer is degraded: the online store could not be read, or "
-        "it holds no behaviour or orders of this person (e.g. a brand-new person)."
+    degraded_reason: Literal["online_store_unavailable", "online_store_reset",
+                             "person_unknown"] | None = Field(
+        None, description="Why the answer is degraded: the online store could not be read; it "
+        "lost its data (e.g. Redis restarted empty) and is not reloaded yet; or it holds no "
+        "behaviour or orders of this person (e.g. a brand-new person)."
     )
     scored_at: datetime
 

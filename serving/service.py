@@ -1,9 +1,12 @@
 """The BentoML service the CRM calls on form submission.
 
-``leadscore serve`` (or ``bentoml serve serving.service:LeadScoring`` with ``LEADSCORE_WORKDIR``
-and ``LEADSCORE_API_KEY`` set) runs it. Endpoints: ``POST /predict``, ``/predict_batch``,
-``/events``, ``/reload`` (Bearer key), and BentoML's ``/healthz``, ``/livez``, ``/readyz``,
-``/metrics`` and the OpenAPI docs at ``/docs`` and ``/docs.json`` (open). See docs/api.md.
+``leadscore serve`` (or ``python -m serving.launcher serving.service:LeadScoring`` with
+``LEADSCORE_WORKDIR`` and ``LEADSCORE_API_KEY`` set: ``bentoml serve`` with its Prometheus files
+on a RAM-backed folder of its own, see ``serving.launcher``) runs it. Endpoints: ``POST
+/predict``, ``/predict_batch``, ``/events``, ``/reload`` (Bearer key), ``/healthz``, ``/livez``,
+``/readyz``, ``/metrics`` (``serving.http_metrics``: one series per route, ``other`` for any other
+path) and the OpenAPI docs at ``/docs`` and ``/docs.json`` (``serving.openapi``; open).
+See docs/api.md.
 
 Settings are read when the service starts (not at import), so ``bentoml build`` can import this
 module without a key or a work folder. The service refuses to start without an API key.
@@ -11,15 +14,18 @@ module without a key or a work folder. The service refuses to start without an A
 Speed (``benchmarks/bench_serving.py``): a valid ``POST /predict`` or ``/predict_batch`` is
 answered by its fast route (``FAST_ROUTES``, ``serving.fast_routes``: the same validation,
 prediction and JSON as the API methods, without BentoML's per-request routing and parsing);
-invalid input and the no-model case fall through to the BentoML API methods, which answer and
-log them as before.
+the no-model case falls through to the BentoML API methods. Every API body is validated at the
+door (``serving.fast_routes``: 422 and one WARNING line naming the fields), so BentoML's routing
+only sees valid input.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,9 +37,12 @@ from starlette.responses import JSONResponse, Response
 from leadscore.config import get_settings
 from serving.auth import ApiKeyMiddleware, resolve_api_key
 from serving.fast_online_reader import OnlineStoreError
-from serving.fast_routes import FastRoute, FastRouteMiddleware
-from serving.http_guards import RequestGuardMiddleware
+from serving.fast_routes import FastRoute, FastRouteMiddleware, refusal, validating_route
+from serving.http_guards import HeaderLimitMiddleware, RequestGuardMiddleware, send_body
+from serving.http_metrics import RouteMetricsMiddleware
+from serving.log_writer import Receipt
 from serving.model_store import ModelUnavailableError
+from serving.openapi import service_openapi
 from serving.predictor import Predictor
 from serving.schemas import (
     BatchRequest,
@@ -42,7 +51,9 @@ from serving.schemas import (
     EventsRequest,
     EventsResponse,
     Prediction,
+    ReloadRequest,
     Submission,
+    parse_request,
 )
 
 logger = logging.getLogger("leadscore.service")
@@ -50,6 +61,14 @@ SERVICE_NAME = "lead-scoring"
 # POST /predict and /predict_batch answered by the request guard without BentoML's per-request
 # routing and parsing (see ``serving.fast_routes``); filled when the service starts
 FAST_ROUTES: dict[str, FastRoute] = {}
+# the API routes (metrics label them by name; every other path is "other")
+API_ROUTES = ("/predict", "/predict_batch", "/events", "/reload")
+# whether the answered predictions' records were on disk (fsync'd journal) before the answer;
+# see docs/api.md, "Durability of the prediction log"
+DURABLE_HEADER = b"x-leadscore-durable"
+DURABLE_WAIT_SECONDS = 2.0  # longer than this, the answer goes out marked not durable
+# what /readyz checks beyond the model: name → () -> (healthy, reason); filled at start-up
+READINESS: dict[str, Callable[[], tuple[bool, str | None]]] = {}
 INTERNAL_ERROR = json.dumps({"error": "An unexpected error has occurred, please check the "
                                       "server log."}, separators=(",", ":")).encode()
 
@@ -83,14 +102,67 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _json(body: bytes) -> Response:
+def _json(body: bytes, durable: bool | None = None) -> Response:
     """An answer as BentoML would send it (``model_dump_json`` of the output model), but with a
-    Content-Length instead of BentoML's chunked ``IterableResponse`` (fewer socket writes)."""
-    return Response(body, media_type="application/json")
+    Content-Length instead of BentoML's chunked ``IterableResponse`` (fewer socket writes);
+    with ``durable``, the ``x-leadscore-durable`` header."""
+    headers = None if durable is None else {DURABLE_HEADER.decode(): str(durable).lower()}
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _unavailable(message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=503)
+
+
+def _durable_header(durable: bool) -> list[tuple[bytes, bytes]]:
+    return [(DURABLE_HEADER, b"true" if durable else b"false")]
+
+
+async def _durable(receipt: Receipt | None, waits: bool) -> bool:
+    """Whether the records behind an answer are durable: the receipt's answer, awaited for at
+    most ``DURABLE_WAIT_SECONDS`` when the log writer fsyncs (``waits``); None: stored already."""
+    if receipt is None:
+        return True
+    if receipt.done():
+        return bool(receipt.result())
+    if not waits:
+        return False
+    try:
+        return bool(await asyncio.wait_for(asyncio.wrap_future(receipt), DURABLE_WAIT_SECONDS))
+    except TimeoutError:
+        return False
+
+
+def _durable_now(receipt: Receipt | None, waits: bool) -> bool:
+    """``_durable`` from a worker thread (BentoML's sync API methods)."""
+    if receipt is None:
+        return True
+    if not waits and not receipt.done():
+        return False
+    try:
+        return bool(receipt.result(timeout=DURABLE_WAIT_SECONDS))
+    except TimeoutError:
+        return False
+
+
+class ReadinessMiddleware:
+    """``GET /readyz``: 503 with the reason while a ``READINESS`` check fails (the prediction
+    log cannot be written …); otherwise BentoML answers (model loaded or not)."""
+
+    def __init__(self, app: Any, checks: dict[str, Callable[[], tuple[bool, str | None]]]
+                 ) -> None:
+        self.app = app
+        self.checks = checks
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/readyz":
+            reasons = [reason or name for name, check in list(self.checks.items())
+                       for ok, reason in [check()] if not ok]
+            if reasons:
+                body = json.dumps({"ready": False, "reasons": reasons}).encode()
+                await send_body(send, 503, body)
+                return
+        await self.app(scope, receive, send)
 
 
 @bentoml.service(
@@ -104,6 +176,9 @@ def _unavailable(message: str) -> JSONResponse:
     # OpenTelemetry middleware still made 4 non-recording spans per request); Prometheus
     # request metrics stay on (/metrics).
     logging={"access": {"enabled": False}},
+    # BentoML's request metrics label each request with its raw path (unbounded: any random
+    # path became a series); serving.http_metrics records them per route, "other" for the rest
+    metrics={"enabled": False},
     tracing={"sample_rate": 0.0, "excluded_urls": [r"/predict(_batch)?$"]},
 )
 class LeadScoring:
@@ -119,48 +194,68 @@ class LeadScoring:
             logger.error("serving without a model: %s", self.predictor.load_error)
         self._batch_limiter: anyio.CapacityLimiter | None = None
         FAST_ROUTES.clear()
-        FAST_ROUTES.update({"/predict": self._fast_predict, "/predict_batch": self._fast_batch})
+        FAST_ROUTES.update({"/predict": self._fast_predict, "/predict_batch": self._fast_batch,
+                            "/events": validating_route("/events", EventsRequest),
+                            "/reload": validating_route("/reload", ReloadRequest)})
+        READINESS.clear()
+        READINESS["prediction_log"] = self.predictor.log_status
+        self._waits = bool(getattr(self.predictor.log, "waits_for_durability", False))
         _freeze_heap()
 
     def __is_ready__(self) -> bool:
-        return self.predictor.ready()
+        return self.predictor.ready() and self.predictor.log_status()[0]
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
-        """Store every queued prediction-log record before the process ends."""
+        """Store the queued prediction-log records (a bounded drain: what is left stays in the
+        journal and is stored at the next start) before the process ends."""
         FAST_ROUTES.clear()
+        READINESS.clear()
         self.predictor.close()
 
     # ---- the fast routes: the same answers as the API methods below, parsed here -------------
-    async def _fast_predict(self, body: bytes) -> tuple[int, bytes] | None:
-        """``POST /predict`` inline on the event loop (~1 ms of CPU, no thread hop)."""
-        return self._answer("/predict", body, batch=False)
+    async def _fast_predict(self, body: bytes) -> tuple[int, bytes, list] | None:
+        """``POST /predict`` inline on the event loop (~1 ms of CPU, no thread hop), answered
+        once its record is durable (the journal's group commit, awaited off the loop)."""
+        return await self._durably(self._answer("/predict", body, batch=False))
 
-    async def _fast_batch(self, body: bytes) -> tuple[int, bytes] | None:
+    async def _fast_batch(self, body: bytes) -> tuple[int, bytes, list] | None:
         """``POST /predict_batch`` in a worker thread, one batch at a time (as BentoML runs a
         sync API), so that single predictions keep being answered meanwhile."""
         if self._batch_limiter is None:
             self._batch_limiter = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(self._answer, "/predict_batch", body, True,
-                                              limiter=self._batch_limiter)
+        return await self._durably(await anyio.to_thread.run_sync(
+            self._answer, "/predict_batch", body, True, limiter=self._batch_limiter))
 
-    def _answer(self, path: str, body: bytes, batch: bool) -> tuple[int, bytes] | None:
-        """(status, JSON) of a prediction request, or None to let BentoML answer it: invalid
-        input (422 with the fields, logged by BentoML) or no model (503)."""
+    async def _durably(self, answer: tuple[int, bytes, Receipt | None] | None
+                       ) -> tuple[int, bytes, list] | None:
+        """The answer with its ``x-leadscore-durable`` header, once the records are durable
+        (or known not to be)."""
+        if answer is None:
+            return None
+        status, body, receipt = answer
+        if status != 200:
+            return status, body, []
+        return status, body, _durable_header(await _durable(receipt, self._waits))
+
+    def _answer(self, path: str, body: bytes, batch: bool
+                ) -> tuple[int, bytes, Receipt | None] | None:
+        """(status, JSON, log receipt) of a prediction request, or None to let BentoML answer
+        it: invalid input (422 with the fields, logged by BentoML) or no model (503)."""
+        try:  # validated at the door first, whatever the state (422, one WARNING line)
+            submissions = (parse_request(BatchRequest, body).submissions if batch
+                           else [parse_request(Submission, body)])
+        except ValidationError as exc:
+            return *refusal(path, exc), None
         if not self.predictor.ready():
             return None
         try:
-            submissions = (BatchRequest.model_validate_json(body or b"{}").submissions if batch
-                           else [Submission.model_validate_json(body or b"{}")])
-        except ValidationError:
-            return None
-        try:
-            return 200, self.predictor.predict_json(submissions, batch=batch)
+            return 200, *self.predictor.predict_json_logged(submissions, batch=batch)
         except ModelUnavailableError:
             return None
         except Exception:  # as BentoML: logged, a 500 without details
             logger.exception("Exception on %s [POST]", path)
-            return 500, INTERNAL_ERROR
+            return 500, INTERNAL_ERROR, None
 
     def _report_model(self) -> None:
         model = self.predictor.model
@@ -179,9 +274,11 @@ class LeadScoring:
         if not self.predictor.ready():
             return self._no_model()
         try:
-            return _json(self.predictor.predict_json([Submission.model_construct(**fields)]))
+            body, receipt = self.predictor.predict_json_logged(
+                [Submission.model_construct(**fields)])
         except ModelUnavailableError:
             return self._no_model()
+        return _json(body, await _durable(receipt, self._waits))
 
     @bentoml.api(route="/predict_batch", input_spec=BatchRequest, output_spec=BatchResponse)
     def predict_batch(self, submissions: list[Submission]) -> BatchResponse | Response:
@@ -189,9 +286,10 @@ class LeadScoring:
         if not self.predictor.ready():
             return self._no_model()
         try:
-            return _json(self.predictor.predict_json(submissions, batch=True))
+            body, receipt = self.predictor.predict_json_logged(submissions, batch=True)
         except ModelUnavailableError:
             return self._no_model()
+        return _json(body, _durable_now(receipt, self._waits))
 
     @bentoml.api(route="/events", input_spec=EventsRequest, output_spec=EventsResponse)
     def events(self, events: list[Event]) -> EventsResponse | JSONResponse:
@@ -200,7 +298,8 @@ class LeadScoring:
             return self.predictor.push_events(events)
         except OnlineStoreError as exc:
             logger.warning("event push failed: %s", exc)
-            return _unavailable("the online feature store is unreachable; retry later")
+            return _unavailable(getattr(exc, "public_message",
+                                        "the online feature store is unreachable; retry later"))
         except Exception as exc:  # noqa: BLE001 - Feast/SQLite write errors: store trouble
             logger.warning("event push failed: %s", type(exc).__name__)
             return _unavailable("the online feature store could not be updated; retry later")
@@ -215,8 +314,14 @@ class LeadScoring:
                 "error": self.predictor.load_error}
 
 
-# the first added is the outermost: the key check, the guards (size, type, /docs), the fast routes
+# the first added is the outermost: request metrics (by route), the header cap, the key check,
+# the guards (body size, type, /docs, /docs.json), the fast routes (door validation)
+LeadScoring.add_asgi_middleware(RouteMetricsMiddleware, routes=API_ROUTES,
+                                service_name=SERVICE_NAME)
+LeadScoring.add_asgi_middleware(HeaderLimitMiddleware)
 LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key)
-LeadScoring.add_asgi_middleware(RequestGuardMiddleware)
+LeadScoring.add_asgi_middleware(
+    RequestGuardMiddleware, openapi=lambda: service_openapi(LeadScoring.openapi_spec.asdict()))
 LeadScoring.add_asgi_middleware(FastRouteMiddleware, routes=FAST_ROUTES,
                                 server_header=f"BentoML Service/{SERVICE_NAME}")
+LeadScoring.add_asgi_middleware(ReadinessMiddleware, checks=READINESS)

@@ -4,7 +4,9 @@
   probability by isotonic regression fitted on the train slice (monotone, so AUC equals the raw
   score's AUC, while log loss and calibration error become meaningful).
 - ``LogisticBaseline``: logistic regression on the same model features (one-hot categoricals,
-  median-imputed and standardised numerics).
+  median-imputed and standardised numerics); also a candidate that training may ship
+  (``training.model.BlendedLeadModel``), so it explains itself: ``contributions`` gives each
+  feature's part of the log-odds, as LightGBM's SHAP contributions do.
 """
 
 from __future__ import annotations
@@ -95,8 +97,52 @@ class LogisticBaseline:
         return frame
 
     def fit(self, df: pd.DataFrame, y: Sequence[float] | np.ndarray) -> LogisticBaseline:
-        self.pipeline.fit(self._frame(df), np.asarray(y, dtype=int))
+        frame = self._frame(df)
+        self.pipeline.fit(frame, np.asarray(y, dtype=int))
+        self._mean = self._design(frame).mean(axis=0)
+        self._source = self._output_sources()
         return self
+
+    def _design(self, frame: pd.DataFrame) -> np.ndarray:
+        """The fitted column transformer's output (the regression's inputs) as a dense array."""
+        z = self.pipeline.named_steps["columns"].transform(frame)
+        return np.asarray(z.toarray() if hasattr(z, "toarray") else z, dtype=float)
+
+    def _output_sources(self) -> np.ndarray:
+        """For each column of the design matrix, the position of its feature column."""
+        position = {name: i for i, name in enumerate(self.feature_columns)}
+        sources: list[int] = []
+        for name, transformer, columns in self.pipeline.named_steps["columns"].transformers_:
+            if name == "numeric":
+                sources += [position[c] for c in columns]
+            elif name == "categorical":
+                infrequent = getattr(transformer, "infrequent_categories_", None)
+                for i, column in enumerate(columns):
+                    width = len(transformer.categories_[i])
+                    if infrequent is not None and infrequent[i] is not None:
+                        width += 1 - len(infrequent[i])  # the rare ones share one column
+                    sources += [position[column]] * width
+        n_out = len(self.pipeline.named_steps["model"].coef_[0])
+        if len(sources) != n_out:
+            raise RuntimeError(f"design has {n_out} columns but {len(sources)} were traced")
+        return np.asarray(sources, dtype=int)
+
+    def contributions(self, df: pd.DataFrame) -> np.ndarray:
+        """Per-row log-odds contributions, one column per feature then the bias (the layout of
+        LightGBM's ``pred_contrib``): coefficient × (input − its training mean), one-hot
+        columns summed onto their feature; the bias is the log-odds at the training mean, so
+        each row sums to the model's log-odds (exact SHAP values of a linear model)."""
+        model = self.pipeline.named_steps["model"]
+        coef = model.coef_[0]
+        parts = (self._design(self._frame(df)) - self._mean) * coef
+        out = np.zeros((len(df), len(self.feature_columns) + 1))
+        np.add.at(out.T, self._source, parts.T)
+        out[:, -1] = float(model.intercept_[0] + coef @ self._mean)
+        return out
+
+    def log_odds(self, df: pd.DataFrame) -> np.ndarray:
+        """The model's log-odds per row."""
+        return np.asarray(self.pipeline.decision_function(self._frame(df)), dtype=float)
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Probability per row."""

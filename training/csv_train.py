@@ -7,11 +7,15 @@ missing, Yes/No → 0/1, text → pandas ``category`` for LightGBM's native hand
 * without ``--time``: seeded stratified 5-fold cross-validation. In each outer fold, 4
   stratified inner folds of the outer training part score every Optuna trial of LightGBM
   (mean inner-fold log loss with early stopping: one study per fold, nested); the tuned
-  LightGBM and a logistic regression are then fitted on the same inner folds, whose
-  out-of-fold predictions choose the blend weight and fit the calibrator; the test fold is
-  scored by the average of the inner models, blended and calibrated. Metrics are computed on
-  the pooled out-of-fold predictions.
-* with ``--time``: oldest 60% train, next 20% tune/calibrate, newest 20% test.
+  LightGBM, a default LightGBM and a logistic regression are then fitted on the same inner
+  folds, whose out-of-fold predictions choose the model to ship — tuned LightGBM, default
+  LightGBM, logistic regression or their blend (``training.selection.choose_model``, lowest
+  log loss) — and its calibration (identity unless a calibrator gains beyond noise,
+  ``training.calibration``); the test fold is scored by the chosen model, calibrated. Metrics
+  are computed on the pooled out-of-fold predictions.
+* with ``--time``: oldest 60% fit, next 20% tune, newest 20% test; the choice and the
+  calibration use forward-in-time predictions over the fit and tuning rows (each block
+  predicted by models fitted on the blocks before it).
 
 LightGBM also sees generic engineered features (``training.csv_features``: the share of each
 categorical value among the training part's rows), fitted without labels on the training part
@@ -30,6 +34,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import io
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +50,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from crm_data.export_files import DamagedFileError, decode_export, scan_csv
 from leadscore.config import Settings, get_settings
 from leadscore.schemas import PROBABILITY_CLIP
 from training.baselines import LogisticBaseline
@@ -53,6 +59,16 @@ from training.csv_features import FrequencyEncoder, fold_contributions, source_p
 from training.evaluate import classification_metrics, expected_calibration_error
 from training.leakage import GuardReport, run_guard
 from training.search_space import BASE_PARAMS
+from training.selection import (
+    BLEND,
+    DEFAULT_LIGHTGBM,
+    LABELS,
+    LOGISTIC,
+    TUNED,
+    ModelChoice,
+    choose_model,
+    cross_fitted_blend,
+)
 from training.split import time_split
 from training.tune import (
     DEFAULT_MAX_BIN,
@@ -69,7 +85,6 @@ NO_VALUES = {"no", "false", "n"}
 OUTER_FOLDS = 5
 INNER_FOLDS = 4
 TIME_FRACTIONS = (0.6, 0.2, 0.2)
-BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 MIN_ROWS_PER_CLASS = 20
 MAX_LISTED_VALUES = 10
 DEFAULT_LGBM_ROUNDS = 100  # LightGBM's own default number of boosting rounds
@@ -133,10 +148,17 @@ def _sniff_delimiter(sample: str) -> str:
         return ","
 
 
-def read_export(path: Path | str) -> pd.DataFrame:
-    """Read a CRM export: delimiter sniffed, UTF-8 (with BOM) or Latin-1, placeholders → NaN.
+def read_export(path: Path | str, encoding: str | None = None) -> pd.DataFrame:
+    """Read a CRM export: delimiter sniffed, placeholders → NaN.
 
-    Text cells are stripped; blank strings and ``Select``-style placeholders become missing.
+    The text is decoded strictly — UTF-8 (with or without BOM), or ``encoding`` when given
+    (``--encoding gbk``); never a silent fallback — and the file is refused, naming its line,
+    when it is damaged: undecodable bytes, NUL bytes, a row with more or fewer fields than the
+    header (a file cut mid-row), a quoted field left open at the end
+    (``crm_data.export_files``). A last row without its line end is read (real exports omit
+    it) and noted in ``frame.attrs["file_notes"]``: a cut inside the last field leaves nothing
+    else to see. Text cells are stripped; blank strings and ``Select``-style placeholders
+    become missing.
     """
     file = Path(path)
     if not file.exists():
@@ -145,25 +167,26 @@ def read_export(path: Path | str) -> pd.DataFrame:
         raise CsvTrainingError(f"CSV path {file} is not a file")
     if file.stat().st_size == 0:
         raise CsvTrainingError(f"CSV file {file} is empty")
-    frame: pd.DataFrame | None = None
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            with file.open(encoding=encoding) as handle:
-                sample = handle.read(65536)
-            frame = pd.read_csv(
-                file, sep=_sniff_delimiter(sample), encoding=encoding,
-                na_values=list(PLACEHOLDERS), keep_default_na=True, skipinitialspace=True,
-                low_memory=False,
-            )
-            break
-        except UnicodeDecodeError:
-            continue
-        except pd.errors.EmptyDataError:
-            raise CsvTrainingError(f"CSV file {file} is empty (no header row)") from None
-        except pd.errors.ParserError as exc:
-            raise CsvTrainingError(f"CSV file {file} cannot be parsed: {exc}") from None
-    if frame is None:
-        raise CsvTrainingError(f"CSV file {file} is neither UTF-8 nor Latin-1 text")
+    try:
+        text, _ = decode_export(file, file.read_bytes(), encoding)
+        delimiter = _sniff_delimiter(text[:65536])
+        _, starts = scan_csv(file, text, delimiter, skipinitialspace=True,
+                             require_final_newline=False)
+    except DamagedFileError as exc:
+        raise CsvTrainingError(f"CSV file {exc}") from None
+    notes = []
+    if starts and not text.endswith(("\n", "\r")):
+        notes.append(f"line {starts[-1]}, the last row, has no line end: if the file was cut "
+                     "short, that row is incomplete")
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text), sep=delimiter, na_values=list(PLACEHOLDERS),
+            keep_default_na=True, skipinitialspace=True, low_memory=False,
+        )
+    except pd.errors.EmptyDataError:
+        raise CsvTrainingError(f"CSV file {file} is empty (no header row)") from None
+    except pd.errors.ParserError as exc:
+        raise CsvTrainingError(f"CSV file {file} cannot be parsed: {exc}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if frame.empty:
         raise CsvTrainingError(f"CSV file {file} has a header but no data rows")
@@ -172,6 +195,7 @@ def read_export(path: Path | str) -> pd.DataFrame:
             stripped = frame[column].astype("string").str.strip()
             stripped = stripped.mask(stripped.isin(("",) + PLACEHOLDERS))
             frame[column] = stripped.astype(object).where(stripped.notna(), np.nan)
+    frame.attrs["file_notes"] = notes
     return frame
 
 
@@ -393,14 +417,6 @@ def _blend(p_lgbm: np.ndarray, p_linear: np.ndarray, weight: float) -> np.ndarra
     )
 
 
-def choose_blend_weight(y: np.ndarray, p_lgbm: np.ndarray, p_linear: np.ndarray) -> float:
-    """The LightGBM weight (grid 0..1) with the highest ROC-AUC on held-out predictions."""
-    scores = {w: roc_auc_score(y, _blend(p_lgbm, p_linear, w)) for w in BLEND_WEIGHTS}
-    best = max(scores.values())
-    # Prefer the weight closest to pure LightGBM among (near-)ties.
-    return max(w for w, s in scores.items() if s >= best - 1e-6)
-
-
 @dataclass
 class FoldResult:
     """What one evaluation split produced; index arrays are positions in the prepared data."""
@@ -415,6 +431,7 @@ class FoldResult:
     tuning: dict[str, Any]
     contributions: np.ndarray | None = None
     shap_idx: np.ndarray | None = None
+    choice: ModelChoice | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -424,6 +441,7 @@ class FoldResult:
             "calibration_rows": int(self.calibration_idx.size),
             "blend_weight_lightgbm": self.blend_weight,
             "calibrator": self.calibrator.to_dict(),
+            "model_choice": self.choice.to_dict() if self.choice else None,
             "tuning": self.tuning,
             "test_roc_auc": float(
                 roc_auc_score(self.predictions["y"], self.predictions["ours"])
@@ -599,6 +617,45 @@ def _fit_tuned_models(
     return held_out, test, contributions, shap_idx
 
 
+FORWARD_FIT_BLOCKS = 3  # time mode: the fit rows in blocks, then the validation rows
+
+
+def _forward_splits(fit_idx: np.ndarray, valid_idx: np.ndarray) -> list[tuple[np.ndarray,
+                                                                              np.ndarray]]:
+    """Forward chaining over the time-ordered fit rows (in ``FORWARD_FIT_BLOCKS`` blocks) and
+    then the validation rows: each block is predicted by models fitted on the blocks before."""
+    blocks = [*np.array_split(fit_idx, FORWARD_FIT_BLOCKS), valid_idx]
+    return [(np.concatenate(blocks[:k]), blocks[k]) for k in range(1, len(blocks))]
+
+
+def _choose_and_calibrate(
+    X: pd.DataFrame, y: np.ndarray, splits: Splits, held_out: dict[str, np.ndarray],
+    categorical: Sequence[str], seed: int, *, forward: bool,
+) -> tuple[ModelChoice, Calibrator, np.ndarray]:
+    """Choose among tuned LightGBM, default LightGBM, logistic regression and their blend on
+    the held-out rows of ``splits`` (training part only) and fit the chosen one's calibrator
+    there (identity unless a calibrator gains beyond noise; forward in time when
+    ``forward``). Returns the choice, the calibrator and the held-out row positions."""
+    held_rows = [held for _, held in splits]
+    calibration_idx = np.concatenate(held_rows)
+    blocks = np.concatenate([np.full(h.size, i) for i, h in enumerate(held_rows)])
+    default = np.concatenate([
+        default_lgbm_predict(X.iloc[fit], y[fit], X.iloc[held], categorical, seed)
+        for fit, held in splits])
+    y_held = y[calibration_idx]
+    candidates = {TUNED: held_out["lightgbm"][calibration_idx], DEFAULT_LIGHTGBM: default,
+                  LOGISTIC: held_out["linear"][calibration_idx]}
+    candidates[BLEND], weight = cross_fitted_blend(
+        y_held, candidates[TUNED], candidates[LOGISTIC], blocks)
+    scheme = (f"forward in time over {len(splits) + 1} blocks of the training part" if forward
+              else f"{len(splits)} inner folds of the training part")
+    choice = choose_model(y_held, candidates, scheme=scheme, blend_weight=weight, seed=seed)
+    calibrator = fit_calibrator(candidates[choice.chosen], y_held,
+                                blocks=blocks if forward else None, seed=seed)
+    order = np.argsort(calibration_idx)
+    return choice, calibrator, calibration_idx[order]
+
+
 def evaluate_split(
     X: pd.DataFrame, y: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray, *,
     fold: int, categorical: Sequence[str], n_trials: int, timeout: float | None, seed: int,
@@ -633,32 +690,32 @@ def evaluate_split(
     held_out, test, contributions, shap_idx = _fit_tuned_models(
         X, X_lgbm, y, splits, test_idx, params, rounds, categorical, seed
     )
-    calibration_idx = np.sort(np.concatenate([held for _, held in splits]))
-    weight = choose_blend_weight(
-        y[calibration_idx], held_out["lightgbm"][calibration_idx],
-        held_out["linear"][calibration_idx],
-    )
-    blended_held_out = _blend(
-        held_out["lightgbm"][calibration_idx], held_out["linear"][calibration_idx], weight
-    )
-    calibrator = fit_calibrator(blended_held_out, y[calibration_idx], seed=seed)
-    raw_test = _blend(test["lightgbm"], test["linear"], weight)
     X_train, X_test = X.iloc[train_idx], X.iloc[test_idx]
+    baseline_test = {
+        DEFAULT_LIGHTGBM: default_lgbm_predict(X_train, y[train_idx], X_test, categorical, seed),
+        LOGISTIC: logistic_predict(X_train, y[train_idx], X_test, categorical, seed),
+    }
+    if tuning_split is not None:  # time mode: forward-in-time predictions over a longer window
+        splits = _forward_splits(*tuning_split)
+        held_out = _fit_tuned_models(
+            X, X_lgbm, y, splits, test_idx, params, rounds, categorical, seed)[0]
+    choice, calibrator, calibration_idx = _choose_and_calibrate(
+        X, y, splits, held_out, categorical, seed, forward=tuning_split is not None)
+    weight = float(choice.blend_weight or 0.0)
+    raw_test = {TUNED: test["lightgbm"], BLEND: _blend(test["lightgbm"], test["linear"], weight),
+                **baseline_test}[choice.chosen]
     predictions = {
         "y": y[test_idx],
         "ours": calibrator.predict(raw_test),
-        "ours_uncalibrated": raw_test,
-        "lightgbm_default": default_lgbm_predict(
-            X_train, y[train_idx], X_test, categorical, seed
-        ),
-        "logistic_regression": logistic_predict(
-            X_train, y[train_idx], X_test, categorical, seed
-        ),
+        "ours_uncalibrated": np.asarray(raw_test, dtype=float),
+        "lightgbm_default": baseline_test[DEFAULT_LIGHTGBM],
+        "logistic_regression": baseline_test[LOGISTIC],
     }
     return FoldResult(
         fold=fold, test_idx=test_idx, tuning_idx=tuning_idx,
         calibration_idx=calibration_idx, predictions=predictions, calibrator=calibrator,
         blend_weight=weight, tuning=tuning, contributions=contributions, shap_idx=shap_idx,
+        choice=choice,
     )
 
 
@@ -713,7 +770,24 @@ def time_validate(
 # ---------------------------------------------------------------------------------------------
 
 MODEL_NAMES = ("ours", "ours_uncalibrated", "lightgbm_default", "logistic_regression")
-HEADLINE_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+HEADLINE_METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "calibration_slope",
+                    "calibration_intercept")
+
+
+def model_choice_summary(results: Sequence[FoldResult]) -> dict[str, Any]:
+    """Which candidate each split chose (on its training part), and a plain statement."""
+    chosen = [r.choice.chosen for r in results if r.choice is not None]
+    counts = {name: chosen.count(name) for name in dict.fromkeys(chosen)}
+    simple = [r.choice for r in results if r.choice is not None and r.choice.simple_model_wins]
+    statement = ", ".join(f"{LABELS.get(n, n)} in {c} of {len(chosen)} split(s)"
+                          for n, c in counts.items())
+    if simple:
+        statement = f"the simple model wins in {len(simple)} of {len(chosen)} split(s): " \
+                    + statement
+    return {"chosen": chosen, "counts": counts, "simple_model_wins": bool(simple),
+            "statement": statement,
+            "reasons": [r.choice.reason for r in results if r.choice is not None],
+            "rule": "lowest held-out log loss on the training part (never the test rows)"}
 
 
 def pooled_predictions(results: Sequence[FoldResult], n_rows: int) -> dict[str, np.ndarray]:
@@ -769,6 +843,10 @@ def _log_to_mlflow(
         metrics["ece_before_calibration"] = report["calibration"]["ece_before"]
         metrics["ece_after_calibration"] = report["calibration"]["ece_after"]
         mlflow.log_metrics(metrics)
+        choice = report.get("model_choice", {})
+        mlflow.set_tags({"chosen_models": ",".join(choice.get("chosen", [])),
+                         "simple_model_wins": str(choice.get("simple_model_wins", False)),
+                         "calibration_methods": ",".join(report["calibration"]["methods"])})
         mlflow.log_dict(report, "report.json")
         for path in plots.values():
             mlflow.log_artifact(str(path), artifact_path="plots")
@@ -794,6 +872,7 @@ def train_csv(
     progress: ProgressCallback | None = None,
     keep_predictions: bool = False,
     inner_folds: int = INNER_FOLDS,
+    encoding: str | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate on a CRM export; return the report (see the module docstring).
 
@@ -802,6 +881,7 @@ def train_csv(
     With ``keep_predictions`` the pooled out-of-fold predictions are returned under the
     private key ``_predictions`` (not JSON; for tests and benchmarks). ``inner_folds``
     (default 4) sets how many inner models per outer fold produce the calibration set.
+    ``encoding`` is the CSV's text encoding (default UTF-8; see ``read_export``).
     """
     if inner_folds < 2:
         raise CsvTrainingError(f"inner_folds must be at least 2, got {inner_folds}")
@@ -813,7 +893,8 @@ def train_csv(
     if not 0.5 < guard_threshold <= 1.0:
         raise CsvTrainingError(f"--guard-threshold must lie in (0.5, 1], got {guard_threshold}")
     file = Path(path)
-    frame = read_export(file)
+    frame = read_export(file, encoding)
+    file_notes = list(frame.attrs.get("file_notes", []))
     data = clean_export(frame, label, id_col, time_col, drop, allow)
     del frame
     if progress:
@@ -842,16 +923,17 @@ def train_csv(
             f"seeded stratified {OUTER_FOLDS}-fold cross-validation (seed {seed}); per outer "
             f"fold: frequency encoding fitted on the training part; {inner_folds} stratified "
             "inner folds of the training part score every Optuna trial (mean inner-fold log "
-            "loss); the tuned LightGBM and a logistic regression fitted on the same inner "
-            "folds give out-of-fold predictions that choose the blend weight and fit the "
-            "calibrator; the test fold is never seen"
+            "loss); the tuned LightGBM, a default LightGBM and a logistic regression fitted on "
+            "the same inner folds give out-of-fold predictions that choose the model to ship "
+            "(or their blend) and its calibration; the test fold is never seen"
         )
     else:
         results, windows = time_validate(
             X, data.y, data.times, categorical, n_trials=n_trials, timeout=timeout, seed=seed
         )
         protocol = (
-            "time split: oldest 60% fit, next 20% tune + blend + calibrate, newest 20% test"
+            "time split: oldest 60% fit, next 20% tune, newest 20% test; model choice and "
+            "calibration on forward-in-time predictions over the fit and tuning rows"
         )
         if progress:
             progress("time split")
@@ -859,12 +941,13 @@ def train_csv(
     y_eval = pooled["y"]
 
     comparison = {}
+    report_metrics = {}
     for name in MODEL_NAMES:
-        metrics = classification_metrics(y_eval, pooled[name])
-        comparison[name] = {key: metrics[key] for key in HEADLINE_METRICS}
+        report_metrics[name] = classification_metrics(y_eval, pooled[name])
+        comparison[name] = {key: report_metrics[name][key] for key in HEADLINE_METRICS}
     report: dict[str, Any] = {
         "source": {"file": file.name, "label": label, "id_column": id_col,
-                   "time_column": time_col, "seed": seed},
+                   "time_column": time_col, "seed": seed, "notes": file_notes},
         "data": {
             "rows_in_file": data.rows_in_file,
             "rows_without_label": data.rows_without_label,
@@ -895,9 +978,17 @@ def train_csv(
         "calibration": {
             "ece_before": expected_calibration_error(y_eval, pooled["ours_uncalibrated"]),
             "ece_after": expected_calibration_error(y_eval, pooled["ours"]),
+            "log_loss_before": comparison["ours_uncalibrated"]["log_loss"],
+            "log_loss_after": comparison["ours"]["log_loss"],
+            "slope_intercept_after": {k: report_metrics["ours"][k] for k in (
+                "calibration_slope", "calibration_intercept")},
+            "tiers_predicted_vs_observed": report_metrics["ours"]["tier_calibration"],
             "methods": [r.calibrator.method for r in results],
-            "fitted_on": "held-out predictions inside each training part (never the test rows)",
+            "selections": [r.calibrator.selection for r in results],
+            "fitted_on": "held-out predictions inside each training part (never the test rows); "
+                         "identity unless a calibrator gains beyond noise",
         },
+        "model_choice": model_choice_summary(results),
     }
 
     temp_dir = None

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from leadscore.schemas import PROBABILITY_CLIP, TIERS
@@ -138,6 +140,115 @@ def tier_table(y: Any, p: Any, cutoffs: Mapping[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def calibration_slope_intercept(y: Any, p: Any) -> dict[str, float | None]:
+    """Cox's calibration slope and intercept: the logistic fit ``y ~ a + b·logit(p)``.
+
+    A calibrated model has slope 1 and intercept 0; slope < 1 means predictions too extreme,
+    slope > 1 too timid. ``None`` for both when only one class occurs.
+    """
+    y_arr, p_arr = _as_arrays(y, p)
+    if not 0 < y_arr.sum() < y_arr.size:
+        return {"slope": None, "intercept": None}
+    x = logit(np.clip(p_arr, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)).reshape(-1, 1)
+    fit = LogisticRegression(C=np.inf, max_iter=1000).fit(x, y_arr.astype(int))
+    return {"slope": float(fit.coef_[0, 0]), "intercept": float(fit.intercept_[0])}
+
+
+def tier_calibration(y: Any, p: Any, cutoffs: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Predicted (mean probability) beside observed (conversion rate) per tier A–D."""
+    table = tier_table(y, p, cutoffs)
+    return [
+        {"tier": str(row.tier), "volume": int(row.volume),
+         "predicted": float(row.mean_score) if row.volume else None,
+         "observed": float(row.precision) if row.volume else None,
+         "gap": float(row.mean_score - row.precision) if row.volume else None}
+        for row in table.itertuples()
+    ]
+
+
+def paired_bootstrap(
+    y: Any, p_a: Any, p_b: Any, metric: str = "log_loss", *, n_boot: int = 1000,
+    confidence: float = 0.95, seed: int = 0,
+) -> dict[str, float | int]:
+    """``metric(a) − metric(b)`` on the same rows and its paired-bootstrap percentile interval.
+
+    ``metric`` is ``"log_loss"`` (mean per-row loss; negative favours ``a``) or ``"roc_auc"``
+    (positive favours ``a``). Both models are scored on the same resampled rows each time, so
+    the interval reflects the noise of the difference, not of each figure alone.
+    """
+    y_arr, a = _as_arrays(y, p_a)
+    _, b = _as_arrays(y, p_b)
+    if a.shape != b.shape:
+        raise ValueError(f"p_a has {a.size} values but p_b has {b.size}")
+    if metric not in {"log_loss", "roc_auc"}:
+        raise ValueError(f"metric {metric!r} is not 'log_loss' or 'roc_auc'")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if metric == "log_loss":
+        return bootstrap_mean(row_log_loss(y_arr, a) - row_log_loss(y_arr, b), n_boot=n_boot,
+                              confidence=confidence, seed=seed)
+    rng = np.random.default_rng(seed)
+    n = y_arr.size
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        if 0 < y_arr[idx].sum() < n:
+            values.append(roc_auc_score(y_arr[idx], a[idx]) - roc_auc_score(y_arr[idx], b[idx]))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return {"difference": float(roc_auc_score(y_arr, a) - roc_auc_score(y_arr, b)),
+            "low": float(low), "high": float(high), "confidence": confidence,
+            "n_boot": len(values)}
+
+
+def bootstrap_mean(
+    values: Any, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> dict[str, float | int]:
+    """Mean of per-row ``values`` (e.g. paired log-loss differences) and its bootstrap
+    percentile interval."""
+    diff = np.asarray(values, dtype=float).ravel()
+    if diff.size == 0 or np.isnan(diff).any():
+        raise ValueError("values must be a non-empty array without NaN")
+    rng = np.random.default_rng(seed)
+    n = diff.size
+    draws: list[np.ndarray] = []
+    chunk = max(1, 2_000_000 // n)  # bound the memory of the index matrix
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        draws.append(diff[idx].mean(axis=1))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.concatenate(draws), [tail, 1 - tail])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high),
+            "confidence": confidence, "n_boot": int(n_boot)}
+
+
+def bootstrap_interval(
+    y: Any, p: Any, metric: str = "roc_auc", *, n_boot: int = 1000, confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``metric`` (``"roc_auc"`` or ``"log_loss"``) of one model and its bootstrap interval."""
+    y_arr, p_arr = _as_arrays(y, p)
+    score = (roc_auc_score if metric == "roc_auc"
+             else lambda yy, pp: float(row_log_loss(yy, pp).mean()))
+    rng = np.random.default_rng(seed)
+    n = y_arr.size
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        if 0 < y_arr[idx].sum() < n:
+            values.append(score(y_arr[idx], p_arr[idx]))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return {"value": float(score(y_arr, p_arr)), "low": float(low), "high": float(high)}
+
+
+def row_log_loss(y: Any, p: Any) -> np.ndarray:
+    """Per-row log loss (probabilities clipped as everywhere in the product)."""
+    y_arr = np.asarray(y, dtype=float).ravel()
+    p_arr = np.clip(np.asarray(p, dtype=float).ravel(), PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return -(y_arr * np.log(p_arr) + (1 - y_arr) * np.log1p(-p_arr))
+
+
 def default_cutoffs(p: Any) -> dict[str, float]:
     """Quantile cut-offs putting the top 10% of scores in A, the next 20% in B, 30% in C."""
     p_arr = np.asarray(p, dtype=float).ravel()
@@ -156,7 +267,8 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 def classification_metrics(
     y: Any, p: Any, cutoffs: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
-    """ROC-AUC, PR-AUC, log loss, Brier, ECE, gains and tiers of one set of predictions.
+    """ROC-AUC, PR-AUC, log loss, Brier, ECE, calibration slope/intercept, gains, tiers and
+    predicted vs observed per tier of one set of predictions.
 
     Without ``cutoffs`` the tiers use :func:`default_cutoffs` (score quantiles), and the
     cut-offs used are returned under ``cutoffs``. AUCs are NaN-free only when both classes
@@ -166,6 +278,7 @@ def classification_metrics(
     used_cutoffs = dict(cutoffs) if cutoffs is not None else default_cutoffs(p_arr)
     both_classes = 0 < y_arr.sum() < y_arr.size
     clipped = np.clip(p_arr, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    cox = calibration_slope_intercept(y_arr, p_arr)
     return {
         "n": int(y_arr.size),
         "positives": int(y_arr.sum()),
@@ -174,11 +287,14 @@ def classification_metrics(
         "log_loss": float(log_loss(y_arr, clipped, labels=[0, 1])),
         "brier": float(brier_score_loss(y_arr, p_arr)),
         "ece": expected_calibration_error(y_arr, p_arr),
+        "calibration_slope": cox["slope"],
+        "calibration_intercept": cox["intercept"],
         "mean_prediction": float(p_arr.mean()),
         "base_rate": float(y_arr.mean()),
         "cutoffs": {tier: float(value) for tier, value in used_cutoffs.items()},
         "gains": _records(gains_table(y_arr, p_arr)),
         "tiers": _records(tier_table(y_arr, p_arr, used_cutoffs)),
+        "tier_calibration": tier_calibration(y_arr, p_arr, used_cutoffs),
     }
 
 

@@ -1,6 +1,8 @@
 """The packaged lead-conversion model: LightGBM booster + calibrator + feature contract.
 
-``LeadConversionModel`` is an ``mlflow.pyfunc.PythonModel``. It holds everything serving needs
+``LeadConversionModel`` is an ``mlflow.pyfunc.PythonModel``; ``BlendedLeadModel`` packages the
+other models training may choose (``training.selection``): the logistic regression alone, or
+its blend with LightGBM on the logit scale. It holds everything serving needs
 to reproduce training exactly: the booster as a model string, the fitted calibrator, the ordered
 feature list, the categorical levels (pandas category dtypes are rebuilt with the same
 categories in the same order, so category codes match training) and the reason texts.
@@ -23,6 +25,7 @@ import lightgbm as lgb  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.special import expit  # noqa: E402
 
 from training.explain import REASON_TEMPLATES, top_reasons  # noqa: E402
 
@@ -193,3 +196,128 @@ class LeadConversionModel(mlflow.pyfunc.PythonModel):
                 }
             )
         return rows
+
+
+class BlendedLeadModel(mlflow.pyfunc.PythonModel):
+    """A logistic regression, or its blend with LightGBM, calibrated, with per-lead reasons.
+
+    Log-odds = ``weight`` × LightGBM's margin + (1 − ``weight``) × the logistic regression's
+    log-odds; ``weight`` 0 is the logistic regression alone (no booster). Contributions blend
+    the same way (LightGBM's SHAP values, the linear model's exact ones), so a row's reasons
+    add up to its log-odds. It has no ``booster`` attribute: the service scores it through
+    ``predict_with_reasons`` on a frame (``serving.scoring.FastScorer``'s general path).
+    """
+
+    def __init__(
+        self,
+        linear: Any,
+        calibrator: Any,
+        feature_columns: Sequence[str],
+        levels: Mapping[str, Sequence[str]],
+        weight: float = 0.0,
+        model_string: str | None = None,
+        reason_templates: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"blend weight must lie in [0, 1], got {weight}")
+        if weight > 0 and not model_string:
+            raise ValueError("a blend with LightGBM weight > 0 needs the booster's model string")
+        self.linear = linear
+        self.calibrator = calibrator
+        self.feature_columns = list(feature_columns)
+        self.levels = {k: list(v) for k, v in levels.items()}
+        self.weight = float(weight)
+        self.model_string = model_string if weight > 0 else None
+        self.reason_templates = dict(reason_templates or REASON_TEMPLATES)
+        self.metadata = dict(metadata or {})
+        self._lightgbm: lgb.Booster | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lightgbm"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    @property
+    def kind(self) -> str:
+        """``"logistic_regression"`` or ``"blend"``."""
+        return "blend" if self.weight > 0 else "logistic_regression"
+
+    def _booster(self) -> lgb.Booster | None:
+        if self.model_string and self._lightgbm is None:
+            self._lightgbm = lgb.Booster(model_str=self.model_string)
+        return self._lightgbm
+
+    def load_context(self, context: Any) -> None:
+        """Build the booster (if any) once when MLflow loads the model."""
+        self._booster()
+
+    def prepare(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Input frame → LightGBM input (see :func:`prepare_features`); checks the contract."""
+        return prepare_features(df, self.feature_columns, self.levels)
+
+    def _parts(self, df: pd.DataFrame, contributions: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        prepared = self.prepare(df)  # the same contract checks as the LightGBM model
+        frame = df[self.feature_columns]
+        log_odds = (1 - self.weight) * self.linear.log_odds(frame)
+        contrib = ((1 - self.weight) * self.linear.contributions(frame)
+                   if contributions else None)
+        booster = self._booster()
+        if booster is not None:
+            log_odds = log_odds + self.weight * np.asarray(
+                booster.predict(prepared, raw_score=True), dtype=float)
+            if contrib is not None:
+                contrib = contrib + self.weight * np.asarray(
+                    booster.predict(prepared, pred_contrib=True), dtype=float)
+        return log_odds, contrib
+
+    def raw_scores(self, df: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated probabilities (the blend's log-odds through the logistic function)."""
+        return expit(self._parts(df, contributions=False)[0])
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """Calibrated conversion probabilities."""
+        return np.asarray(self.calibrator.predict(self.raw_scores(df)), dtype=float)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        """MLflow entry point: a frame with one ``probability`` column (calibrated)."""
+        return pd.DataFrame(
+            {"probability": self.predict_proba(model_input)}, index=model_input.index
+        )
+
+    def contributions(self, df: pd.DataFrame) -> np.ndarray:
+        """Per-row contributions in log-odds (one column per feature, then the bias)."""
+        contrib = self._parts(df, contributions=True)[1]
+        assert contrib is not None
+        return contrib
+
+    def predict_with_reasons(self, df: pd.DataFrame, top_k: int = 3) -> list[dict[str, Any]]:
+        """Probability, raw score and the ``top_k`` positive and negative reasons per row."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        log_odds, contrib = self._parts(df, contributions=True)
+        assert contrib is not None
+        raw = expit(log_odds)
+        probability = np.asarray(self.calibrator.predict(raw), dtype=float)
+        rows: list[dict[str, Any]] = []
+        for position in range(len(df)):
+            reasons = top_reasons(
+                contrib[position, : len(self.feature_columns)], self.feature_columns,
+                df.iloc[position][self.feature_columns].to_dict(), top_k=top_k,
+                templates=self.reason_templates,
+            )
+            rows.append({
+                "probability": float(probability[position]),
+                "raw_score": float(raw[position]),
+                "positive_reasons": reasons["positive"],
+                "negative_reasons": reasons["negative"],
+            })
+        return rows
+
+
+PackagedModel = LeadConversionModel | BlendedLeadModel  # what training may register and serve

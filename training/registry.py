@@ -1,21 +1,28 @@
 """MLflow tracking set-up, model registration and the champion/challenger promotion gate.
 
 Every trained model becomes a new version of ``settings.model_name`` with the alias
-``challenger``. The alias ``champion`` moves to it only when it beats the current champion on
-*this run's* test slice (the newest leads), both models scoring the very same rows:
+``challenger``. The alias ``champion`` moves to it only on evidence, judged on *this run's* test
+slice (the newest leads), both models scoring the very same rows:
 
-1. lower log loss wins (log loss judges both ranking and calibration, which routing by
-   probability cut-offs needs);
-2. when the two log losses differ by at most ``LOG_LOSS_TIE`` (absolute), the higher ROC-AUC
-   wins; equal AUCs keep the current champion (no churn without evidence).
+1. per lead, the challenger's log loss minus the champion's (log loss judges both ranking and
+   calibration, which routing by probability cut-offs needs); its mean and a 95% interval from
+   a seeded paired bootstrap over the test leads (``BOOTSTRAP_RESAMPLES`` resamples);
+2. the challenger is promoted when the whole interval lies below zero (better beyond noise);
+3. or, when the champion is older than ``champion_max_age_days``, when the interval's upper end
+   stays within ``promotion_margin`` (a share of the champion's test log loss): a newer model
+   that is no worse beyond the margin replaces an old one;
+4. otherwise the champion stays (no churn without evidence).
 
 The first model of a name becomes champion. A champion that cannot score the current test slice
-(e.g. its features no longer exist) is replaced, and the reason says so.
+(e.g. its features no longer exist) is replaced, and the reason says so. The decision, the
+difference and its interval are set as tags of the new version when it is created (one
+transaction: a version never exists without them).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,13 +39,20 @@ from leadscore.schemas import CHAMPION_ALIAS, PROBABILITY_CLIP
 
 CHAMPION = CHAMPION_ALIAS
 CHALLENGER = "challenger"
-LOG_LOSS_TIE = 1e-4
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+_BOOTSTRAP_CELLS = 4_000_000  # resampled indices held at once (32 MB)
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def point_mlflow_at(settings: Settings) -> str:
     """Point this process's MLflow client at ``settings.tracking_uri`` (tracking and registry)
-    without leaving ``MLFLOW_*_URI`` in the environment; returns the URI."""
+    without leaving ``MLFLOW_*_URI`` in the environment; returns the URI. An embedded store
+    moved or copied from another work folder is rebased onto this one first
+    (``training.artifact_store``)."""
+    from training.artifact_store import relocate_artifact_store
+
+    relocate_artifact_store(settings)
     uri = settings.tracking_uri
     # mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would make
     # every later Settings (another workdir) resolve to this store: restore the environment.
@@ -82,7 +96,11 @@ def champion_uri(model_name: str) -> str:
 
 @dataclass
 class PromotionDecision:
-    """Whether the challenger becomes champion, and why (with the numbers compared)."""
+    """Whether the challenger becomes champion, and why (with the numbers compared).
+
+    ``log_loss_difference`` is the challenger's mean test log loss minus the champion's and
+    ``interval`` its 95% paired-bootstrap interval (None without a champion to compare with).
+    """
 
     promote: bool
     reason: str
@@ -90,12 +108,38 @@ class PromotionDecision:
     champion: dict[str, float | None] | None = None
     champion_version: str | None = None
     rule: str = (
-        "lower test log loss wins; within 1e-4 the higher ROC-AUC wins; ties keep the champion"
+        "paired bootstrap of the test log-loss difference (challenger - champion): promote when "
+        "its 95% interval lies below zero, or when the champion is older than the maximum age "
+        "and the interval's upper end is within the margin"
     )
+    log_loss_difference: float | None = None
+    interval: tuple[float, float] | None = None
+    resamples: int | None = None
+    champion_age_days: float | None = None
+    max_age_days: float | None = None
+    margin: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else list(self.interval)
+        return out
+
+    def tags(self) -> dict[str, str]:
+        """The model-version tags that record this decision."""
+        tags = {
+            "promotion_decision": "promote" if self.promote else "keep champion",
+            "promotion_reason": self.reason,
+            "promotion_rule": self.rule,
+            "champion_before": str(self.champion_version),
+        }
+        if self.log_loss_difference is not None and self.interval is not None:
+            tags["log_loss_difference"] = f"{self.log_loss_difference:.6g}"
+            tags["log_loss_difference_ci95"] = f"{self.interval[0]:.6g} .. {self.interval[1]:.6g}"
+            tags["bootstrap_resamples"] = str(self.resamples)
+        if self.champion_age_days is not None:
+            tags["champion_age_days"] = f"{self.champion_age_days:.2f}"
+        return tags
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
@@ -107,14 +151,55 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | None]:
     }
 
 
+def _row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    clipped = np.clip(p, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return -(y * np.log(clipped) + (1 - y) * np.log1p(-clipped))
+
+
+def paired_bootstrap(
+    y: Any, p_challenger: Any, p_champion: Any, *, resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0, confidence: float = CONFIDENCE,
+) -> tuple[float, tuple[float, float]]:
+    """Mean log-loss difference (challenger - champion) on the same rows and its percentile
+    interval from ``resamples`` paired bootstrap resamples of the rows (seeded; vectorised in
+    blocks of at most ``_BOOTSTRAP_CELLS`` indices)."""
+    y_arr = np.asarray(y, dtype=float).ravel()
+    new, old = (np.asarray(p, dtype=float).ravel() for p in (p_challenger, p_champion))
+    if not y_arr.size or new.size != y_arr.size or old.size != y_arr.size:
+        raise ValueError(f"the gate needs both models' predictions on the same {y_arr.size} "
+                         f"test rows, got {new.size} and {old.size}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    diff = _row_log_loss(y_arr, new) - _row_log_loss(y_arr, old)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    block = max(1, _BOOTSTRAP_CELLS // diff.size)
+    for start in range(0, resamples, block):
+        rows = rng.integers(0, diff.size, size=(min(block, resamples - start), diff.size))
+        means[start:start + rows.shape[0]] = diff[rows].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(diff.mean()), (float(low), float(high))
+
+
 def decide_promotion(
     y: Any,
     p_challenger: Any,
     p_champion: Any | None,
     champion_version: str | None = None,
     champion_error: str | None = None,
+    *,
+    champion_age_days: float | None = None,
+    max_age_days: float | None = None,
+    margin: float = 0.0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> PromotionDecision:
-    """Apply the gate (module docstring) to both models' predictions on the same rows."""
+    """Apply the gate (module docstring) to both models' predictions on the same rows.
+
+    ``margin`` is a share of the champion's test log loss; it applies only when
+    ``champion_age_days`` exceeds ``max_age_days`` (None: never).
+    """
     y_arr = np.asarray(y, dtype=float).ravel()
     new = _scores(y_arr, np.asarray(p_challenger, dtype=float).ravel())
     if p_champion is None:
@@ -124,28 +209,43 @@ def decide_promotion(
             True,
             f"champion v{champion_version} cannot score this test slice ({champion_error}); "
             "replaced",
-            new, None, champion_version,
+            new, None, champion_version, champion_age_days=champion_age_days,
         )
     old = _scores(y_arr, np.asarray(p_champion, dtype=float).ravel())
-    delta = new["log_loss"] - old["log_loss"]
-    if delta < -LOG_LOSS_TIE:
-        promote, why = True, f"lower test log loss ({new['log_loss']:.5f} < {old['log_loss']:.5f})"
-    elif delta > LOG_LOSS_TIE:
-        promote, why = False, (
-            f"higher test log loss ({new['log_loss']:.5f} > {old['log_loss']:.5f})"
-        )
+    difference, (low, high) = paired_bootstrap(y_arr, p_challenger, p_champion,
+                                               resamples=resamples, seed=seed)
+    allowed = margin * float(old["log_loss"] or 0.0)
+    old_enough = (max_age_days is not None and champion_age_days is not None
+                  and champion_age_days > max_age_days)
+    numbers = (f"log-loss difference {difference:+.5f}, 95% interval [{low:+.5f}, {high:+.5f}] "
+               f"over {y_arr.size} test leads")
+    if high < 0:
+        promote, why = True, f"better beyond noise: {numbers} lies below zero"
+    elif old_enough and high <= allowed:
+        promote, why = True, (
+            f"champion is {champion_age_days:.0f} days old (over {max_age_days:g}) and the "
+            f"challenger is no worse beyond the margin: {numbers}, upper end within "
+            f"{margin:.1%} of the champion's log loss ({allowed:.5f})")
     else:
-        auc_new, auc_old = new["roc_auc"] or 0.0, old["roc_auc"] or 0.0
-        promote = auc_new > auc_old
-        why = (
-            f"log losses tie within {LOG_LOSS_TIE} ({new['log_loss']:.5f} vs "
-            f"{old['log_loss']:.5f}); ROC-AUC {auc_new:.4f} vs {auc_old:.4f}"
-        )
-    verdict = "beats" if promote else "does not beat"
+        promote = False
+        why = (f"worse beyond noise: {numbers} lies above zero" if low > 0
+               else f"not better beyond noise: {numbers} includes zero")
+        if old_enough:
+            why += (f"; the champion is {champion_age_days:.0f} days old, but the upper end "
+                    f"exceeds the {margin:.1%} margin ({allowed:.5f})")
+    verdict = "beats" if promote and high < 0 else "replaces" if promote else "does not beat"
     return PromotionDecision(
         promote, f"challenger {verdict} champion v{champion_version}: {why}", new, old,
-        champion_version,
+        champion_version, log_loss_difference=difference, interval=(low, high),
+        resamples=resamples, champion_age_days=champion_age_days, max_age_days=max_age_days,
+        margin=margin,
     )
+
+
+def version_age_days(version: ModelVersion, now: float | None = None) -> float:
+    """Days since ``version`` was registered."""
+    seconds = (now if now is not None else time.time()) - version.creation_timestamp / 1000
+    return max(seconds, 0.0) / 86_400
 
 
 def champion_predictions(
@@ -170,6 +270,23 @@ def champion_predictions(
     return str(current.version), np.asarray(probabilities, dtype=float), None
 
 
+def champion_params(client: MlflowClient, model_name: str) -> tuple[str | None, dict[str, str]]:
+    """(champion version, the tuned parameters its training run logged as ``best_<name>``),
+    for warm-starting the next study; ``(None, {})`` without a champion, and ``{}`` when its
+    run is gone or logged none."""
+    current = alias_version(client, model_name, CHAMPION)
+    if current is None:
+        return None, {}
+    run_id = (current.tags or {}).get("run_id") or current.run_id
+    try:
+        params = client.get_run(run_id).data.params if run_id else {}
+    except MlflowException:
+        params = {}
+    prefix = "best_"
+    return str(current.version), {k[len(prefix):]: v for k, v in params.items()
+                                  if k.startswith(prefix)}
+
+
 def register_and_gate(
     client: MlflowClient,
     model_name: str,
@@ -180,10 +297,12 @@ def register_and_gate(
     tags: dict[str, str] | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Register ``model_uri`` as a new version, alias it ``challenger`` and, when the decision
-    says so and ``promote`` is on, move ``champion`` to it. Returns (version, promoted)."""
-    version = mlflow.register_model(model_uri, model_name, tags=tags or {})
-    client.set_model_version_tag(model_name, version.version, "run_id", run_id)
-    client.set_model_version_tag(model_name, version.version, "promotion_reason", decision.reason)
+    says so and ``promote`` is on, move ``champion`` to it. Returns (version, promoted).
+
+    The decision's tags (reason, difference, interval) are written with the version in one
+    registry transaction, so no version exists without them."""
+    version_tags = {**(tags or {}), "run_id": run_id, **decision.tags()}
+    version = mlflow.register_model(model_uri, model_name, tags=version_tags)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     promoted = bool(decision.promote and promote)
     if promoted:

@@ -2,11 +2,15 @@
 
 The pipeline on the point-in-time training set (one row per lead, built by Feast):
 
-1. split by time (train on older leads, tune and calibrate on the next slice, test on the
-   newest slice);
+1. split by time (train on older leads, tune on the next slice, test on the newest slice),
+   with an embargo of one conversion window before the test slice and
+   ``validation_embargo_days`` before the validation slice (``training.split``);
 2. Optuna/TPE tuning of LightGBM with pruning (one nested MLflow run per trial);
-3. refit with the best parameters (early stopping on validation), calibrate on validation;
-4. evaluate the model and both baselines on the test slice with the same metrics;
+3. refit with the best parameters (early stopping on validation); choose the model to ship
+   among tuned LightGBM, default LightGBM, logistic regression and their blend, and its
+   calibration (identity unless a calibrator gains beyond noise), both on forward-in-time
+   predictions over the train and validation slices (``training.selection``);
+4. evaluate the shipped model, every candidate and the rule score on the test slice;
 5. log the packaged model (signature, input example, feature-service version, data window),
    register it, alias it ``challenger`` and apply the champion gate (``training.registry``);
 6. write the report, the hold-out scores for routing and, for a new champion only, the drift
@@ -36,19 +40,31 @@ from mlflow.tracking import MlflowClient
 
 from leadscore.config import Settings
 from training.baselines import fit_baselines
-from training.calibration import fit_calibrator
 from training.drift_reference import write_reference
-from training.evaluate import assign_tiers, classification_metrics, compare_models
-from training.explain import REASON_TEMPLATES
-from training.model import LeadConversionModel, categorical_levels, prepare_features
+from training.evaluate import assign_tiers, compare_models
+from training.model import PackagedModel, categorical_levels, prepare_features
 from training.model import signature_frame as model_signature_frame
 from training.plots import calibration_plot, gains_plot, shap_summary_plot
 from training.registry import (
+    CHAMPION,
     PromotionDecision,
+    alias_version,
+    champion_params,
     champion_predictions,
     decide_promotion,
     register_and_gate,
     setup_tracking,
+    version_age_days,
+)
+from training.selection import (
+    BLEND,
+    DEFAULT_LIGHTGBM,
+    LOGISTIC,
+    TUNED,
+    blend,
+    choose_and_calibrate,
+    package_model,
+    train_default_lightgbm,
 )
 from training.split import TimeSplit, time_split
 from training.tune import make_datasets, study_name_for, train_booster, tune_lgbm
@@ -59,10 +75,12 @@ ID_COLUMNS = ("lead_id", "person_id")
 NON_FEATURE_COLUMNS = frozenset({*ID_COLUMNS, *TIME_COLUMNS, LABEL_COLUMN,
                                  "created_timestamp", "label_timestamp"})
 DEFAULT_CUTOFFS: dict[str, float] = {"A": 0.35, "B": 0.15, "C": 0.05}
-MODEL_KEY = "lightgbm"
+MODEL_KEY = "shipped"  # the chosen model, calibrated; candidates keep their own names
+RULE_SCORE = "rule_score"
 REFERENCE_MAX_ROWS = 20_000
 SHAP_MAX_ROWS = 5_000
 MIN_ROWS = 200
+MIN_SLICE_ROWS = 50  # fewest rows a slice may keep after the embargo
 
 Progress = Callable[[str], None]
 
@@ -263,7 +281,8 @@ def _pip_requirements() -> list[str]:
 
 # ---- outputs ------------------------------------------------------------------------------
 def _metrics_table(comparison: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece")
+    keys = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "calibration_slope",
+            "calibration_intercept")
     return {name: {k: metrics[k] for k in keys} for name, metrics in comparison.items()}
 
 
@@ -296,7 +315,7 @@ def _write_holdout(settings: Settings, test: pd.DataFrame, split_time_column: st
     return path
 
 
-def _reference_frame(inputs: TrainingInputs, split: TimeSplit, model: LeadConversionModel,
+def _reference_frame(inputs: TrainingInputs, split: TimeSplit, model: PackagedModel,
                      cutoffs: Mapping[str, float], seed: int) -> pd.DataFrame:
     """Drift reference: a sample (≤ 20k) of validation+test rows with probability and tier."""
     recent = pd.concat([split.valid, split.test], ignore_index=True)
@@ -323,7 +342,7 @@ class PublishedModel:
 
 def publish_model(
     settings: Settings,
-    model: LeadConversionModel,
+    model: PackagedModel,
     test: pd.DataFrame,
     y_test: np.ndarray,
     p_test: np.ndarray,
@@ -333,8 +352,10 @@ def publish_model(
 ) -> PublishedModel:
     """Log ``model`` in the active run, register it and apply the champion gate on ``test``.
 
-    The current champion scores the same ``test`` rows; the decision and its reason are set as
-    run tags and model-version tags.
+    The current champion scores the same ``test`` rows; the gate (``training.registry``) takes
+    its age and ``settings.champion_max_age_days`` / ``promotion_margin``, bootstraps with
+    ``settings.seed``; the decision, the difference and its interval are set as run tags and
+    model-version tags.
     """
     features, levels = model.feature_columns, model.levels
     example = model_signature_frame(test.head(5), features, levels)
@@ -347,19 +368,27 @@ def publish_model(
     client = MlflowClient()
     champion_version, p_champion, champion_error = champion_predictions(
         client, settings.model_name, test)
-    decision = decide_promotion(y_test, p_test, p_champion, champion_version, champion_error)
+    current = alias_version(client, settings.model_name, CHAMPION)
+    decision = decide_promotion(
+        y_test, p_test, p_champion, champion_version, champion_error,
+        champion_age_days=version_age_days(current) if current is not None else None,
+        max_age_days=settings.champion_max_age_days, margin=settings.promotion_margin,
+        seed=settings.seed,
+    )
+    version_tags = {"feature_service_version": feature_service_version}
     if not promote:
         decision.extra["promotion_disabled"] = True
+        version_tags["promotion_disabled"] = "--no-promote"
     run_id = mlflow.active_run().info.run_id
     registered, promoted = register_and_gate(
         client, settings.model_name, model_info.model_uri, run_id, decision, promote,
-        tags={"feature_service_version": feature_service_version},
+        tags=version_tags,
     )
     version = str(registered.version)
     reason = decision.reason if promote else f"--no-promote: {decision.reason}"
     mlflow.set_tags({
-        "model_version": version, "promoted": str(promoted),
-        "promotion_reason": reason, "champion_before": str(champion_version),
+        **{k: v for k, v in decision.tags().items() if k != "promotion_rule"},
+        "model_version": version, "promoted": str(promoted), "promotion_reason": reason,
     })
     if decision.champion is not None:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in decision.champion.items()
@@ -405,7 +434,11 @@ def train_model(
     frame = inputs.frame.copy()
     time_column = time_column_of(frame)
     frame[time_column] = pd.to_datetime(frame[time_column], utc=True)
-    split = time_split(frame, time_column)
+    # embargo: no label used for training or validation may close inside the test period
+    split = time_split(frame, time_column,
+                       gap=pd.Timedelta(days=settings.conversion_window_days),
+                       valid_gap=pd.Timedelta(days=settings.validation_embargo_days),
+                       min_rows=MIN_SLICE_ROWS)
     for name, part in (("train", split.train), ("validation", split.valid),
                        ("test", split.test)):
         if part[LABEL_COLUMN].nunique() < 2:
@@ -418,8 +451,10 @@ def train_model(
                                 for p in (split.train, split.valid, split.test))
 
     setup_tracking(settings)
-    study_name = study_name_for(settings.model_name, inputs.feature_service_version)
     windows = split.windows()
+    embargo = split.embargo()
+    study_name = study_name_for(settings.model_name, inputs.feature_service_version, windows)
+    warm_version, warm_params = champion_params(MlflowClient(), settings.model_name)
     with mlflow.start_run(run_name=f"train-{datetime.now(UTC):%Y%m%dT%H%M%S}") as run:
         run_id = run.info.run_id
         mlflow.set_tags({
@@ -437,6 +472,9 @@ def train_model(
             "valid_start": windows["valid"]["start"], "valid_end": windows["valid"]["end"],
             "test_start": windows["test"]["start"], "test_end": windows["test"]["end"],
             "trials_requested": trials, "timeout_s": timeout, "tuning_workers": workers,
+            "embargo_days": embargo["gap_days"],
+            "embargo_dropped_before_valid": embargo["rows_dropped"]["before_valid"],
+            "embargo_dropped_before_test": embargo["rows_dropped"]["before_test"],
         })
 
         say(f"tuning LightGBM ({trials} trials, {workers} process(es))")
@@ -444,8 +482,9 @@ def train_model(
         tuning = tune_lgbm(
             dtrain, dvalid, n_trials=trials, timeout=timeout, storage=storage_url,
             study_name=study_name, seed=settings.seed, max_rounds=max_rounds,
-            callbacks=[TrialLogger(settings, run_id)], workers=workers,
+            callbacks=[TrialLogger(settings, run_id)], workers=workers, warm_start=warm_params,
         )
+        tuning.warm_start["champion_version"] = warm_version
         mlflow.log_params({f"best_{k}": v for k, v in tuning.best_params.items()
                            if k not in {"objective", "verbosity", "n_jobs"}})
         mlflow.log_metrics({"best_valid_log_loss": tuning.best_log_loss,
@@ -453,36 +492,50 @@ def train_model(
                             "trials_complete": tuning.n_complete,
                             "trials_pruned": tuning.n_pruned})
 
-        say("refitting the best model and calibrating on the validation slice")
+        say("refitting the best model")
         booster = train_booster(tuning.best_params, dtrain, dvalid, max_rounds=max_rounds)
-        raw_valid = booster.predict(x_valid, num_iteration=booster.best_iteration)
-        calibrator = fit_calibrator(raw_valid, y_valid, method="auto", seed=settings.seed)
-        model = LeadConversionModel(
-            model_string=booster.model_to_string(num_iteration=booster.best_iteration),
-            calibrator=calibrator, feature_columns=features, levels=levels,
-            reason_templates=REASON_TEMPLATES,
+        rounds = int(booster.best_iteration or max_rounds)
+        say("choosing the model and its calibration forward in time over the training period")
+        selection = choose_and_calibrate(split, features, cats, tuning.best_params, rounds,
+                                         settings.seed)
+        choice, calibrator = selection.choice, selection.calibrator
+        baselines = fit_baselines(split.train, y_train, features, cats, seed=settings.seed)
+        default_booster = train_default_lightgbm(x_train, y_train, cats, settings.seed)
+        model = package_model(
+            choice, calibrator, booster=booster, default_booster=default_booster,
+            linear=baselines[LOGISTIC], features=features, levels=levels,
             metadata={"feature_service_version": inputs.feature_service_version,
-                      "trained_at": datetime.now(UTC).isoformat()},
+                      "trained_at": datetime.now(UTC).isoformat(),
+                      "model_kind": choice.chosen},
         )
         raw_test = model.raw_scores(split.test)
         p_test = model.predict_proba(split.test)
+        if choice.simple_model_wins:
+            say(f"the simple model wins: {choice.reason}")
 
         say("evaluating against the baselines on the test slice")
-        baselines = fit_baselines(split.train, y_train, features, cats, seed=settings.seed)
-        predictions = {MODEL_KEY: p_test}
-        predictions |= {name: b.predict_proba(split.test) for name, b in baselines.items()}
+        tuned_test = booster.predict(x_test, num_iteration=booster.best_iteration)
+        linear_test = baselines[LOGISTIC].predict_proba(split.test)
+        predictions = {MODEL_KEY: p_test, f"{MODEL_KEY}_uncalibrated": raw_test,
+                       TUNED: tuned_test, DEFAULT_LIGHTGBM: default_booster.predict(x_test),
+                       LOGISTIC: linear_test,
+                       BLEND: blend(tuned_test, linear_test, choice.blend_weight or 0.0),
+                       RULE_SCORE: baselines[RULE_SCORE].predict_proba(split.test)}
         comparison = compare_models(y_test, predictions, cutoffs)
-        uncalibrated = classification_metrics(y_test, raw_test, cutoffs)
+        uncalibrated = comparison[f"{MODEL_KEY}_uncalibrated"]
         for name, metrics in _metrics_table(comparison).items():
             mlflow.log_metrics({f"test_{k}_{name}": v for k, v in metrics.items()
                                 if v is not None})
         mlflow.log_metrics({"test_ece_uncalibrated": uncalibrated["ece"],
-                            "test_log_loss_uncalibrated": uncalibrated["log_loss"]})
+                            "test_log_loss_uncalibrated": uncalibrated["log_loss"],
+                            **{f"inner_log_loss_{name}": c["log_loss"]
+                               for name, c in choice.candidates.items()}})
+        mlflow.set_tags({"chosen_model": choice.chosen, "calibration": calibrator.method,
+                         "simple_model_wins": str(choice.simple_model_wins)})
 
         with tempfile.TemporaryDirectory() as tmp:
             plots_dir = Path(tmp)
-            calibration_plot(y_test, {**predictions, f"{MODEL_KEY} (uncalibrated)": raw_test},
-                             plots_dir / "calibration.png")
+            calibration_plot(y_test, predictions, plots_dir / "calibration.png")
             gains_plot(y_test, predictions, plots_dir / "gains.png")
             shap_rows = split.test.sample(min(SHAP_MAX_ROWS, len(split.test)),
                                           random_state=settings.seed)
@@ -516,12 +569,23 @@ def train_model(
             "promotion": {**decision.to_dict(), "reason": reason},
             "feature_service_version": inputs.feature_service_version,
             "data_windows": windows,
+            "embargo": embargo,
             "feature_columns": features,
             "categorical_columns": cats,
             "tuning": tuning.to_dict(),
-            "calibration": calibrator.to_dict(),
+            "chosen_model": choice.chosen,
+            "simple_model_wins": choice.simple_model_wins,
+            "model_choice": choice.to_dict(),
+            "calibration": {**calibrator.to_dict(), "fitted_on": (
+                f"{selection.rows} out-of-time predictions of the chosen model over "
+                f"{selection.blocks} blocks of the training period (never the test slice)")},
             "ece_before_calibration": uncalibrated["ece"],
             "ece_after_calibration": comparison[MODEL_KEY]["ece"],
+            "calibration_check": {
+                name: {key: comparison[name][key] for key in (
+                    "ece", "log_loss", "calibration_slope", "calibration_intercept",
+                    "tier_calibration")}
+                for name in (MODEL_KEY, f"{MODEL_KEY}_uncalibrated")},
             "cutoffs": cutoffs,
             "test_metrics": comparison,
             "test_metrics_uncalibrated": uncalibrated,
@@ -547,15 +611,24 @@ def train_model(
         "promoted": promoted,
         "promotion_reason": reason,
         "champion_before": champion_version,
+        "log_loss_difference": decision.log_loss_difference,
+        "log_loss_difference_interval": (None if decision.interval is None
+                                         else list(decision.interval)),
+        "embargo": embargo,
         "metrics": _metrics_table(comparison),
         "ece_before_calibration": uncalibrated["ece"],
         "ece_after_calibration": comparison[MODEL_KEY]["ece"],
         "calibration_method": calibrator.method,
+        "calibration_selection": calibrator.selection,
+        "chosen_model": choice.chosen,
+        "simple_model_wins": choice.simple_model_wins,
+        "choice_reason": choice.reason,
         "trials_complete": tuning.n_complete,
         "trials_pruned": tuning.n_pruned,
         "tuning_seconds": round(tuning.seconds, 2),
         "tuning_workers": tuning.workers,
         "study_name": tuning.study_name,
+        "warm_start": tuning.warm_start,
         "report_path": str(report_file),
         "seconds": report["seconds"],
     }

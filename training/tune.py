@@ -18,10 +18,17 @@ sample the same first parameter sets). The workers are plain ``python`` subproce
 can use them; each spends a few seconds on imports before its first trial, so extra workers pay
 off when trials take seconds or more. SQLite (WAL, 60 s busy timeout) takes a few workers on
 one machine; PostgreSQL takes workers on many machines.
+
+One study per training window: ``study_name_for`` names the study after the model, the
+feature-service version and the data window (train/validation/test boundaries), so that trials
+scored on an older validation slice never compete with the current ones; rerunning the same
+window resumes its study. ``warm_start`` (the champion's tuned parameters) is enqueued as the
+study's first trial when it fits the search space (``fit_to_space``), before any worker starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -30,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +80,7 @@ class TuningResult:
     trial_values: list[float] = field(default_factory=list)
     workers: int = 1
     trials_by_worker: dict[int, int] = field(default_factory=dict)
+    warm_start: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-trial values)."""
@@ -88,13 +96,71 @@ class TuningResult:
             "seconds": round(self.seconds, 2),
             "workers": self.workers,
             "trials_by_worker": {str(k): v for k, v in sorted(self.trials_by_worker.items())},
+            "warm_start": self.warm_start,
         }
 
 
-def study_name_for(model_name: str, feature_service_version: str) -> str:
-    """Study name derived from the model and the feature-service version (storage-safe)."""
+def study_name_for(
+    model_name: str, feature_service_version: str,
+    windows: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """Study name from the model, the feature-service version and, given ``windows`` (as
+    ``TimeSplit.windows()``), the data window: first and last day plus a short hash of every
+    slice boundary, so another window (or another embargo) gets its own study. Storage-safe."""
     raw = f"{model_name}__{feature_service_version}"
+    if windows:
+        boundaries = "|".join(f"{name}:{windows[name]['start']}/{windows[name]['end']}"
+                              for name in ("train", "valid", "test"))
+        digest = hashlib.sha256(boundaries.encode()).hexdigest()[:10]
+        first = pd.Timestamp(str(windows["train"]["start"])).strftime("%Y%m%d")
+        last = pd.Timestamp(str(windows["test"]["end"])).strftime("%Y%m%d")
+        raw += f"__{first}-{last}-{digest}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw)
+
+
+def search_space() -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distributions ``suggest_lgbm_params`` samples (read from one in-memory trial)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest_lgbm_params(trial)
+    return dict(trial.distributions)
+
+
+def _in_space(value: Any, dist: optuna.distributions.BaseDistribution) -> Any:
+    """``value`` (a number or its text, as MLflow stores parameters) as the distribution's
+    type; raises ``ValueError`` when it lies outside."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        for choice in dist.choices:
+            if value == choice or str(value) == str(choice):
+                return choice
+        raise ValueError(f"{value!r} is not one of {list(dist.choices)}")
+    number = float(value)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        if not number.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
+        number = int(number)
+        if (number - dist.low) % dist.step:
+            raise ValueError(f"{number} is off the step {dist.step} from {dist.low}")
+    if not dist.low <= number <= dist.high:
+        raise ValueError(f"{number} lies outside [{dist.low}, {dist.high}]")
+    return number
+
+
+def fit_to_space(params: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
+    """(the search-space values of ``params``, why) — None when ``params`` lack a searched
+    parameter or hold a value outside its range; other keys (fixed LightGBM parameters) are
+    ignored."""
+    if not params:
+        return None, "no previous champion parameters"
+    fitted: dict[str, Any] = {}
+    for name, dist in search_space().items():
+        if name not in params:
+            return None, f"the champion's parameters lack {name!r} (another search space)"
+        try:
+            fitted[name] = _in_space(params[name], dist)
+        except (TypeError, ValueError) as exc:
+            return None, f"the champion's {name!r} does not fit the search space: {exc}"
+    return fitted, "the champion's parameters fit the search space"
 
 
 def make_datasets(
@@ -386,6 +452,7 @@ def tune_lgbm(
     report_every: int = 10,
     callbacks: Sequence[TrialCallback] = (),
     workers: int = 1,
+    warm_start: Mapping[str, Any] | None = None,
 ) -> TuningResult:
     """Run (or resume) the study and return the best trial's parameters and round count.
 
@@ -393,7 +460,8 @@ def tune_lgbm(
     persistent ``storage`` an existing study of the same name is continued, and the best trial
     may come from an earlier run of it. ``workers`` > 1 runs that many processes on the study
     (module docstring; needs a persistent ``storage`` and picklable ``callbacks``); it is capped
-    at ``n_trials``.
+    at ``n_trials``. ``warm_start`` parameters that fit the search space are enqueued as the
+    next trial (once per study: a resumed study does not run them again).
     """
     if n_trials < 1:
         raise ValueError(f"trials must be at least 1, got {n_trials}")
@@ -414,6 +482,10 @@ def tune_lgbm(
         load_if_exists=True, **_sampler_and_pruner(options, 0),
     )
     known = {t.number for t in study.trials}
+    warm, why = fit_to_space(warm_start)
+    if warm is not None:
+        study.enqueue_trial(warm, user_attrs={"warm_start": True}, skip_if_exists=True)
+    warm_info = {"enqueued": warm is not None, "reason": why, "params": warm}
     shares = split_trials(n_trials, workers)
     started = time.perf_counter()
     deadline = None if timeout is None else time.time() + timeout
@@ -461,6 +533,7 @@ def tune_lgbm(
         trial_values=[float(t.value) for t in complete],
         workers=workers,
         trials_by_worker=dict(by_worker),
+        warm_start=warm_info,
     )
 
 

@@ -130,8 +130,9 @@ def test_calibrator_improves_ece_on_held_out_rows() -> None:
     assert after < 0.03
     assert calibrator.method in {"isotonic", "sigmoid"}
     losses = calibrator.to_dict()["cv_log_loss"]
-    assert {"isotonic", "sigmoid", "uncalibrated"} <= losses.keys()
+    assert {"isotonic", "sigmoid", "identity"} <= losses.keys()
     assert losses[calibrator.method] == min(losses["isotonic"], losses["sigmoid"])
+    assert calibrator.evidence[calibrator.method]["high"] < 0  # a gain beyond noise
 
 
 def test_calibrator_chooses_sigmoid_for_a_pure_logit_distortion() -> None:
@@ -151,6 +152,59 @@ def test_calibrator_is_picklable_clipped_and_forcible() -> None:
     assert np.all(out >= 1e-6) and np.all(out <= 1 - 1e-6)
     np.testing.assert_allclose(out, calibrator.predict([0.0, 0.5, 1.0]))
     json.dumps(restored.to_dict())
+
+
+def test_calibration_keeps_identity_when_the_scores_are_already_calibrated() -> None:
+    """No calibrator is fitted unless it gains beyond noise: calibrated scores stay as they
+    are (before: isotonic or sigmoid was always chosen, and made them worse)."""
+    rng = np.random.default_rng(21)
+    p = rng.beta(1, 9, 2000)
+    y = (rng.random(2000) < p).astype(int)
+    calibrator = fit_calibrator(p, y)
+    assert calibrator.method == "identity", calibrator.selection
+    assert "no calibrator gains beyond noise" in calibrator.selection
+    np.testing.assert_allclose(calibrator.predict(p), np.clip(p, 1e-6, 1 - 1e-6))
+    assert {"isotonic", "sigmoid"} == set(calibrator.evidence)
+
+
+def test_calibration_compares_forward_in_time_with_blocks() -> None:
+    p_fit, y_fit = _miscalibrated(2400, seed=8)
+    blocks = np.repeat(np.arange(4), 600)
+    calibrator = fit_calibrator(p_fit, y_fit, blocks=blocks)
+    assert calibrator.scheme == "forward in time over 4 blocks"
+    assert calibrator.method == "sigmoid"
+    with pytest.raises(ValueError, match="blocks has 3 values"):
+        fit_calibrator(p_fit, y_fit, blocks=[0, 1, 2])
+
+
+def test_calibration_slope_intercept_and_tiers_predicted_vs_observed() -> None:
+    from training.evaluate import calibration_slope_intercept, classification_metrics
+
+    p, y = _miscalibrated(4000, seed=9)  # true logit = logit(p) / 3: slope 1/3
+    cox = calibration_slope_intercept(y, p)
+    assert cox["slope"] == pytest.approx(1 / 3, abs=0.05)
+    metrics = classification_metrics(y, p, {"A": 0.5, "B": 0.2, "C": 0.05})
+    assert metrics["calibration_slope"] == pytest.approx(cox["slope"])
+    tiers = {t["tier"]: t for t in metrics["tier_calibration"]}
+    assert set(tiers) == {"A", "B", "C", "D"}
+    top = tiers["A"]
+    assert top["predicted"] > top["observed"]  # too extreme at the top
+    assert top["gap"] == pytest.approx(top["predicted"] - top["observed"])
+
+
+def test_paired_bootstrap_interval_of_a_difference() -> None:
+    from training.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    truth = rng.beta(1, 5, 3000)
+    y = (rng.random(3000) < truth).astype(int)
+    noisy = np.clip(truth + rng.normal(0, 0.1, 3000), 0.001, 0.999)
+    better = paired_bootstrap(y, truth, noisy, n_boot=300)
+    assert better["high"] < 0 < -better["low"]  # truth has the lower log loss, beyond noise
+    same = paired_bootstrap(y, truth, truth, n_boot=50)
+    assert same["difference"] == 0 and same["low"] == same["high"] == 0
+    auc = paired_bootstrap(y, truth, noisy, metric="roc_auc", n_boot=200)
+    assert auc["low"] > 0
 
 
 def test_calibrator_rejects_bad_input() -> None:

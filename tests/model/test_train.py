@@ -35,6 +35,10 @@ from training.train import load_training_inputs, publish_model, train_model
 
 
 # ---- end to end: train, register, gate, report ---------------------------------------------
+def windows_rows(report: dict, name: str) -> int:
+    return int(report["data_windows"][name]["rows"])
+
+
 def _weak_model(settings: Settings, frame: pd.DataFrame) -> LeadConversionModel:
     """A near-useless model on the real features: trained on shuffled labels, 3 rounds."""
     inputs = load_training_inputs(settings)
@@ -107,16 +111,31 @@ def test_report_schema_and_side_by_side_metrics(trained: dict) -> None:
                 "ece_before_calibration", "ece_after_calibration", "cutoffs", "test_metrics",
                 "metrics_side_by_side", "outputs"):
         assert key in report, key
-    assert set(report["test_metrics"]) == {"lightgbm", "rule_score", "logistic_regression"}
+    assert set(report["test_metrics"]) == {
+        "shipped", "shipped_uncalibrated", "tuned_lightgbm", "default_lightgbm",
+        "logistic_regression", "blend", "rule_score"}
     for metrics in report["test_metrics"].values():
-        assert {"roc_auc", "pr_auc", "log_loss", "brier", "ece", "gains", "tiers"} <= set(metrics)
+        assert {"roc_auc", "pr_auc", "log_loss", "brier", "ece", "gains", "tiers",
+                "calibration_slope", "calibration_intercept", "tier_calibration"} <= set(metrics)
+    # the choice: made on out-of-time rows of the training period, every candidate side by side
+    choice = report["model_choice"]
+    assert choice["chosen"] == report["chosen_model"] == summary["chosen_model"]
+    assert set(choice["candidates"]) == {"tuned_lightgbm", "default_lightgbm",
+                                         "logistic_regression", "blend"}
+    assert choice["rows"] > windows_rows(report, "valid")  # a longer window than validation
+    assert report["calibration"]["method"] in {"identity", "isotonic", "sigmoid"}
+    assert "gain_over_identity" in report["calibration"]
+    for name in ("shipped", "shipped_uncalibrated"):
+        check = report["calibration_check"][name]
+        assert {"ece", "calibration_slope", "calibration_intercept"} <= set(check)
+        assert [t["tier"] for t in check["tier_calibration"]] == ["A", "B", "C", "D"]
     assert report["cutoffs"] == {"A": 0.35, "B": 0.15, "C": 0.05}
     windows = report["data_windows"]
     assert windows["train"]["end"] < windows["valid"]["start"] < windows["test"]["start"]
     assert report["promotion"]["rule"].startswith("lower test log loss")
     # the model beats the practitioners' score on this data
     side = report["metrics_side_by_side"]
-    assert side["lightgbm"]["roc_auc"] > side["rule_score"]["roc_auc"]
+    assert side["shipped"]["roc_auc"] > side["rule_score"]["roc_auc"]
     holdout = pd.read_parquet(settings.reports_dir / "holdout_scored.parquet")
     assert {"lead_id", "person_id", "created_at", "probability", "funnel_step",
             "rule_score"} <= set(holdout.columns)

@@ -259,6 +259,38 @@ def test_older_rows_never_overwrite_newer_ones(tmp_path: Path):
     _assert_served(_read(store, ids), _expected(pd.concat([current, newer])))
 
 
+def test_full_reload_overwrites_newer_rows(tmp_path: Path):
+    """A full reload gives back exactly the offline rows, whatever was written since (the
+    service's lead recorder writes rows newer than the build's)."""
+    ids = [f"lead-{i:03d}" for i in range(10)]
+    offline = _lead_rows(ids, T0, seed=3)
+    store, _ = _make_store(tmp_path, offline)
+    materialize_fast(store, T0 - timedelta(days=1), T0 + timedelta(hours=1))
+    newer = _lead_rows(ids[:4], T0 + timedelta(minutes=5), seed=5)
+    write_frame_fast(store, "lead_features", newer)
+    materialize_fast(store, T0 - timedelta(days=1), T0 + timedelta(hours=1))
+    _assert_served(_read(store, ids), _expected(pd.concat([offline, newer])))  # newer win
+    materialize_fast(store, T0 - timedelta(days=1), T0 + timedelta(hours=1), overwrite=True)
+    _assert_served(_read(store, ids), _expected(offline))
+
+
+def test_a_connection_notices_its_file_was_deleted(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    """A deleted online-store file reads as a missing store, not as the unlinked file's rows."""
+    ids = [f"lead-{i:03d}" for i in range(5)]
+    store, _ = _make_store(tmp_path, _lead_rows(ids, T0, seed=8))
+    materialize_fast(store, T0 - timedelta(days=1), T0 + timedelta(hours=1))
+    online = store._get_provider().online_store
+    conn = online._get_conn(store.config)
+    path = Path(online._get_db_path(store.config))
+    for name in path.parent.glob(path.name + "*"):
+        name.unlink()
+    monkeypatch.setattr(fast, "FILE_CHECK_SECONDS", 0.0)
+    assert online._get_conn(store.config) is not conn  # reopened on the path
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        _read(store, ids)
+
+
 def test_incremental_materialization_overwrites_with_newer_rows(tmp_path: Path):
     ids = [f"lead-{i:03d}" for i in range(12)]
     first = _lead_rows(ids, T0, seed=6)

@@ -1,6 +1,7 @@
 """The serving fast paths equal the reference implementations they replace.
 
-* ``serving.fast_calibration.fast_calibration`` vs ``Calibrator.predict`` (both methods);
+* ``serving.fast_calibration.fast_calibration`` vs ``Calibrator.predict`` (every method training
+  can choose: identity, sigmoid, isotonic);
 * ``FastScorer.reasons`` (ranking on the whole matrix) vs ``training.explain.top_reasons`` per row;
 * ``features.request._map_unique`` small-input path vs the pandas ``factorize`` path;
 * ``features.history.at_request_time`` / ``snapshots_at`` (a batch's histories at their
@@ -30,7 +31,7 @@ from training.calibration import fit_calibrator
 from training.explain import top_reasons
 
 
-@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+@pytest.mark.parametrize("method", ["identity", "sigmoid", "isotonic"])
 def test_fast_calibration_equals_calibrator(method: str) -> None:
     rng = np.random.default_rng(7)
     raw = rng.beta(1, 8, 600)

@@ -9,8 +9,9 @@ import pytest
 from tests.synthetic import synthetic_training_set
 from training.explain import reason_text, top_reasons
 from training.model import FeatureInputError, categorical_levels, prepare_features
-from training.registry import decide_promotion
-from training.split import time_split
+from training.registry import decide_promotion, paired_bootstrap
+from training.split import InsufficientDataError, time_split
+from training.tune import fit_to_space, study_name_for
 
 
 # ---- time split -----------------------------------------------------------------------------
@@ -46,21 +47,170 @@ def test_time_split_rejects_bad_input_with_clear_messages() -> None:
         time_split(frame, "created_at", fractions=(0.5, 0.2, 0.2))
 
 
+# ---- embargo ----------------------------------------------------------------------------------
+GAP = pd.Timedelta(days=30)
+
+
+def test_embargo_keeps_every_label_window_out_of_the_next_slice() -> None:
+    frame = synthetic_training_set(3000)  # 150 days of leads
+    plain = time_split(frame, "created_at")
+    split = time_split(frame, "created_at", gap=GAP)
+    # the validation labels close before the test period; the test slice is the same leads
+    assert split.valid["created_at"].max() + GAP <= split.test["created_at"].min()
+    assert split.train["created_at"].max() + GAP <= split.valid["created_at"].min()
+    assert split.test["lead_id"].tolist() == plain.test["lead_id"].tolist()
+    assert len(split.valid) == pytest.approx(len(plain.valid), abs=5)
+    embargo = split.embargo()
+    dropped = embargo["rows_dropped"]
+    assert dropped["before_test"] > 0 and dropped["before_valid"] > 0
+    kept = len(split.train) + len(split.valid) + len(split.test)
+    assert kept + dropped["before_test"] + dropped["before_valid"] == len(frame)
+    assert embargo["gap_days"] == 30 and embargo["valid_gap_days"] == 30
+    assert embargo["valid_to_test_days"] >= 30 and embargo["train_to_valid_days"] >= 30
+    # no gap: nothing dropped, slices adjacent
+    assert plain.embargo()["rows_dropped"] == {"before_valid": 0, "before_test": 0}
+
+
+def test_embargo_before_test_only_and_window_closing_on_the_boundary() -> None:
+    frame = synthetic_training_set(3000)
+    split = time_split(frame, "created_at", gap=GAP, valid_gap=pd.Timedelta(0))
+    assert split.embargo()["rows_dropped"]["before_valid"] == 0
+    assert split.valid["created_at"].max() + GAP <= split.test["created_at"].min()
+    assert split.train["created_at"].max() < split.valid["created_at"].min()
+    # a label window that closes exactly when the next slice starts is kept
+    days = pd.to_datetime(["2026-01-01"] * 6 + ["2026-01-05"] * 2 + ["2026-01-11"] * 2, utc=True)
+    tiny = pd.DataFrame({"created_at": days, "x": range(10)})
+    cut = time_split(tiny, "created_at", fractions=(0.6, 0.2, 0.2), gap=pd.Timedelta(days=6),
+                     valid_gap=pd.Timedelta(days=4))
+    assert (len(cut.train), len(cut.valid), len(cut.test)) == (6, 2, 2)
+    assert cut.embargo()["rows_dropped"] == {"before_valid": 0, "before_test": 0}
+
+
+def test_embargo_refuses_when_too_little_data_remains() -> None:
+    frame = synthetic_training_set(3000)
+    with pytest.raises(InsufficientDataError, match=r"train slice empty .*embargo \(100 days"):
+        time_split(frame, "created_at", gap=pd.Timedelta(days=100))
+    with pytest.raises(InsufficientDataError, match="train slice with .* rows .at least 2000"):
+        time_split(frame, "created_at", gap=GAP, min_rows=2000)
+    with pytest.raises(ValueError, match="gap must not be negative"):
+        time_split(frame, "created_at", gap=-GAP)
+
+
 # ---- promotion gate (pure) ------------------------------------------------------------------
+def _labels_and_good(n: int = 1400, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(-2.5, 1.5, n)
+    p = 1 / (1 + np.exp(-logit))
+    return (rng.random(n) < p).astype(int), p
+
+
 def test_gate_promotes_first_model_and_better_models_only() -> None:
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, 2000)
-    good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.1, y.size), 0.01, 0.99)
-    bad = np.full(y.size, 0.5)
+    y, good = _labels_and_good()
+    bad = np.full(y.size, y.mean())  # base rate only
     assert decide_promotion(y, good, None).promote
-    assert decide_promotion(y, good, bad, champion_version="1").promote
+    better = decide_promotion(y, good, bad, champion_version="1")
+    assert better.promote and "better beyond noise" in better.reason
+    assert better.interval is not None and better.interval[1] < 0
     worse = decide_promotion(y, bad, good, champion_version="1")
-    assert not worse.promote and "does not beat" in worse.reason
-    tie = decide_promotion(y, good, good.copy(), champion_version="1")
-    assert not tie.promote and "tie" in tie.reason
+    assert not worse.promote and "does not beat" in worse.reason and worse.interval[0] > 0
     broken = decide_promotion(y, good, None, champion_version="3",
                               champion_error="KeyError: 'old_feature'")
     assert broken.promote and "cannot score" in broken.reason
+
+
+def test_gate_keeps_the_champion_against_an_equal_challenger() -> None:
+    """Same predictions plus noise: the old 1e-4 rule promoted whichever came out lower."""
+    y, good = _labels_and_good()
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        noisy = np.clip(good * np.exp(rng.normal(0, 0.03, y.size)), 1e-4, 0.999)
+        decision = decide_promotion(y, noisy, good, champion_version="1", seed=trial)
+        low, high = decision.interval
+        assert low < decision.log_loss_difference < high
+        if not decision.promote:
+            assert "not better beyond noise" in decision.reason or "worse" in decision.reason
+        else:  # promoted only when the whole interval is below zero
+            assert high < 0
+    same = decide_promotion(y, good, good.copy(), champion_version="1")
+    assert not same.promote and same.interval == (0.0, 0.0)
+
+
+def test_gate_replaces_an_old_champion_within_the_margin_only() -> None:
+    y, good = _labels_and_good()
+    rng = np.random.default_rng(3)
+    equal = np.clip(good * np.exp(rng.normal(0, 0.03, y.size)), 1e-4, 0.999)
+    young = decide_promotion(y, equal, good, "4", champion_age_days=5, max_age_days=30,
+                             margin=0.01)
+    old = decide_promotion(y, equal, good, "4", champion_age_days=45, max_age_days=30,
+                           margin=0.01)
+    assert not young.promote
+    assert old.promote and "45 days old" in old.reason and "replaces champion v4" in old.reason
+    worse = np.clip(good * 1.6, 1e-4, 0.999)
+    stale_but_worse = decide_promotion(y, worse, good, "4", champion_age_days=45,
+                                       max_age_days=30, margin=0.01)
+    assert not stale_but_worse.promote and "exceeds the 1.0% margin" in stale_but_worse.reason
+
+
+def test_gate_is_seeded_and_its_tags_carry_the_interval() -> None:
+    y, good = _labels_and_good()
+    other = np.clip(good * 1.1, 1e-4, 0.999)
+    first = decide_promotion(y, other, good, "2", seed=11)
+    again = decide_promotion(y, other, good, "2", seed=11)
+    assert first.interval == again.interval and first.resamples == 1000
+    tags = first.tags()
+    assert {"promotion_decision", "promotion_reason", "promotion_rule", "champion_before",
+            "log_loss_difference", "log_loss_difference_ci95", "bootstrap_resamples"} <= set(tags)
+    low, high = (float(v) for v in tags["log_loss_difference_ci95"].split(" .. "))
+    assert low == pytest.approx(first.interval[0], rel=1e-5)
+    assert high == pytest.approx(first.interval[1], rel=1e-5)
+    assert "log_loss_difference" not in decide_promotion(y, good, None).tags()
+    with pytest.raises(ValueError, match="same 1400 test rows"):
+        paired_bootstrap(y, good[:-1], good)
+
+
+def test_bootstrap_blocks_give_the_plain_resampling() -> None:
+    """Blocks of resamples (memory bound) draw the same indices as one big draw."""
+    import training.registry as registry
+
+    y, good = _labels_and_good(300)
+    other = np.clip(good * 1.2, 1e-4, 0.999)
+    whole = paired_bootstrap(y, other, good, seed=5)
+    saved = registry._BOOTSTRAP_CELLS
+    try:
+        registry._BOOTSTRAP_CELLS = 300 * 7  # 7 resamples per block
+        blocked = paired_bootstrap(y, other, good, seed=5)
+    finally:
+        registry._BOOTSTRAP_CELLS = saved
+    assert blocked == whole
+
+
+# ---- study per window, warm start -------------------------------------------------------------
+def test_study_name_follows_the_data_window_and_the_feature_version() -> None:
+    frame = synthetic_training_set(3000)
+    windows = time_split(frame, "created_at", gap=GAP).windows()
+    later = time_split(frame.iloc[100:], "created_at", gap=GAP).windows()
+    name = study_name_for("lead-conversion", "svc@abc", windows)
+    assert name == study_name_for("lead-conversion", "svc@abc", windows)
+    assert name != study_name_for("lead-conversion", "svc@abc", later)
+    assert name != study_name_for("lead-conversion", "svc@def", windows)
+    assert name.startswith("lead-conversion__svc-abc__20260101-")
+    assert len(name) < 100 and all(c.isalnum() or c in "_.-" for c in name)
+
+
+def test_champion_parameters_fit_the_search_space_or_are_refused() -> None:
+    logged = {"learning_rate": "0.05", "num_leaves": "31", "min_child_samples": "20",
+              "feature_fraction": "0.8", "bagging_fraction": "0.9", "lambda_l1": "1e-05",
+              "lambda_l2": "0.001", "min_split_gain": "0.0", "cat_smooth": "10.0",
+              "bagging_freq": "1", "seed": "42"}  # as MLflow stores them: text
+    fitted, why = fit_to_space(logged)
+    assert fitted is not None, why
+    assert fitted["num_leaves"] == 31 and isinstance(fitted["num_leaves"], int)
+    assert fitted["learning_rate"] == 0.05 and "seed" not in fitted
+    out, why = fit_to_space({**logged, "num_leaves": "4096"})
+    assert out is None and "'num_leaves'" in why and "outside" in why
+    out, why = fit_to_space({k: v for k, v in logged.items() if k != "cat_smooth"})
+    assert out is None and "lack 'cat_smooth'" in why
+    assert fit_to_space(None)[0] is None and fit_to_space({})[0] is None
 
 
 # ---- model packaging --------------------------------------------------------------------------
