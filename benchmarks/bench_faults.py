@@ -434,11 +434,150 @@ def _record(i: int) -> Any:
         features={"x": i})
 
 
+def _store_persons(workdir: Path, count: int) -> list[tuple[str, str]]:
+    """(first lead, made-up phone) of ``count`` persons with recent behaviour, each phone
+    linked to its person in One ID's table (as One ID would after a form), so new leads with
+    the phone reach a person with history."""
+    import pandas as pd
+
+    from crm_data.identity import IDENTIFIER_PERSON_FILE, LEAD_PERSON_FILE
+    from leadscore.config import Settings
+    from leadscore.identifiers import hash_identifier
+
+    settings = Settings().with_workdir(workdir)
+    behaviour = pd.read_parquet(settings.features_dir / "person_behaviour.parquet",
+                                columns=["person_id", "snap_events_30d"])
+    active = set(behaviour.loc[behaviour["snap_events_30d"] > 0, "person_id"].astype(str))
+    leads = pd.read_parquet(settings.identity_dir / LEAD_PERSON_FILE)
+    leads = leads[leads["person_id"].astype(str).isin(active)].sort_values("lead_id")
+    firsts = leads.drop_duplicates("person_id").head(count)
+    chosen, rows = [], []
+    for i, (lead, person) in enumerate(zip(firsts["lead_id"], firsts["person_id"],
+                                           strict=True)):
+        phone = f"1390000{i + 1:04d}"
+        id_hash, _ = hash_identifier("phone", phone, settings.hash_salt)
+        rows.append({"id_hash": id_hash, "id_type": "phone", "person_id": str(person)})
+        chosen.append((str(lead), phone))
+    path = settings.identity_dir / IDENTIFIER_PERSON_FILE
+    pd.concat([pd.read_parquet(path), pd.DataFrame(rows)], ignore_index=True).to_parquet(
+        path, index=False)
+    return chosen
+
+
+def store_lost(ctx: FaultContext) -> dict[str, Any]:
+    """The online store lost under load (the embedded SQLite file, its WAL and SHM deleted: what
+    a Redis restart without persistence is to the production profile), then recovered with
+    ``leadscore features materialize`` (it notices the lost epoch and reloads in full).
+
+    Besides ``--rate`` load, persons with history are probed every 50 ms with new leads (the
+    lead recorder sees them). ``wrong``: answers after the loss that say ``degraded: false``
+    while the person's features are incomplete (fewer prior leads or another intent than
+    before the loss) — and the first answer after the reload must equal the one of before
+    exactly, else it counts too. ``recovery_s``: from the start of the reload to that answer.
+    """
+    workdir = ctx.scratch("store-lost")
+    persons = _store_persons(workdir, 5)
+    _materialize(workdir, full=True)  # the online rows of the build, nothing recorded since
+    service = ctx.serve(workdir, "store-lost")
+    base = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+    url, headers = service.url, {"Authorization": f"Bearer {KEY}"}
+    client = httpx.Client(base_url=url, headers=headers, timeout=10)
+
+    def ask(lead: str, phone: str | None = None) -> dict[str, Any]:
+        body = submission(lead) | {"submitted_at": base,
+                                   "identifiers": {"phone": phone} if phone else {}}
+        answer = client.post("/predict", json=body)
+        answer.raise_for_status()
+        return answer.json()
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        keys = ("probability", "tier", "tags", "reasons", "degraded")
+        return all(a[k] == b[k] for k in keys)
+
+    reference = {lead: ask(lead) for lead, _ in persons}
+    asked: list[str] = list(reference)
+    wrong, degraded_reset, probes = 0, 0, 0
+    wrong_seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def probe_new_leads() -> None:
+        nonlocal wrong, degraded_reset, probes
+        i = 0
+        while not stop.is_set():
+            for lead, phone in persons:
+                new_lead = f"L-lost-{i}-{uuid.uuid4().hex[:6]}"
+                answer = ask(new_lead, phone)
+                asked.append(new_lead)
+                ref = reference[lead]
+                probes += 1
+                degraded_reset += answer["degraded_reason"] == "online_store_reset"
+                intent, ref_intent = answer["tags"]["intent_score"], ref["tags"]["intent_score"]
+                if not answer["degraded"] and (
+                        answer["tags"]["prior_leads"] < ref["tags"]["prior_leads"]
+                        or abs(intent - ref_intent) > 1e-9 * max(1.0, abs(ref_intent))):
+                    wrong += 1
+                    wrong_seen.append({k: answer["tags"][k] for k in (
+                        "prior_leads", "intent_score", "days_since_last_touch")})
+            i += 1
+            stop.wait(0.05)
+
+    load = ctx.load(url)
+    try:
+        time.sleep(1.0)
+        online = workdir / "feature_repo" / "data"
+        for path in online.glob("online_store.db*"):
+            path.unlink()
+        prober = threading.Thread(target=probe_new_leads, daemon=True)
+        prober.start()
+        time.sleep(max(ctx.args.duration / 2, 2.0))
+        stop.set()
+        prober.join(timeout=30)
+        reload_started = time.monotonic()
+        _materialize(workdir)  # incremental: it notices the lost epoch and reloads in full
+        recovery = None
+        while time.monotonic() - reload_started < 60:
+            after = {lead: ask(lead) for lead, _ in persons}
+            if all(same(after[lead], reference[lead]) for lead in after):
+                recovery = round(time.monotonic() - reload_started, 2)
+                break
+            if any(not a["degraded"] for a in after.values()):
+                wrong += sum(not same(after[k], reference[k]) for k in after)
+                break
+            time.sleep(0.05)
+        load.stop()
+        seen = load.join()
+    finally:
+        stop.set()
+        client.close()
+        service.stop()
+    answered = set(seen.answered) | set(asked)
+    lost = answered - logged_lead_ids(workdir)
+    return {"answered": len(answered), "wrong": wrong, "lost": len(lost),
+            "recovery_s": recovery,
+            "notes": (f"probes of persons with history during the loss: {probes}, "
+                      f"online_store_reset {degraded_reset}; load errors {seen.errors or 0}"),
+            "detail": {"wrong": wrong_seen[:10]}}
+
+
+def _materialize(workdir: Path, full: bool = False) -> None:
+    """``leadscore features materialize`` up to the end of the demo's own online load."""
+    from leadscore.config import Settings
+    from pipelines.demo import replay_start
+
+    end = replay_start(Settings().with_workdir(workdir)).isoformat()
+    command = [str(Path(sys.executable).parent / "leadscore"), "features", "materialize",
+               "--workdir", str(workdir), "--end", end, *(["--full"] if full else [])]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"materialize failed: {done.stderr[-400:]}")
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill9_under_load": kill9_under_load,
     "log_unwritable": log_unwritable,
     "postgres_down": postgres_down,
-    # "store_lost": store_lost,
+    "store_lost": store_lost,
     # "disk_full": disk_full,
     # "metrics_flood": metrics_flood,
 }

@@ -52,10 +52,13 @@ def materialize_command(
         "--end", help="Load snapshots up to this ISO timestamp (UTC if no zone); default now.")
     ] = None,
     full: Annotated[bool, typer.Option(
-        "--full", help="Reload every snapshot, not only those after the last load: after the "
-        "online store lost its data (e.g. Redis restarted without persistence).")] = False,
+        "--full", help="Reload every snapshot, overwriting what the online store holds "
+        "(rows the service recorded since the build included), then mark the store loaded. "
+        "A run that finds the store lost its data (e.g. Redis restarted without persistence) "
+        "does this by itself.")] = False,
 ) -> None:
-    """Load the online store incrementally up to --end (--full: everything again)."""
+    """Load the online store incrementally up to --end (--full, or a store that lost its
+    data: everything again; the service answers degraded until the load has finished)."""
     from features.build import materialize
 
     settings = settings_for(workdir)

@@ -136,9 +136,14 @@ def train_command(
         f"model [bold]{summary['model_name']}[/] v{summary['model_version']} "
         f"({'champion' if summary['promoted'] else 'challenger'}): {summary['promotion_reason']}"
     )
+    if summary.get("simple_model_wins"):
+        console.print(f"[bold]the simple model wins and ships:[/] {summary['chosen_model']}")
+    console.print(f"model choice: {summary['choice_reason']}", soft_wrap=True)
     console.print(f"ECE {summary['ece_before_calibration']:.4f} → "
-                  f"{summary['ece_after_calibration']:.4f} after "
-                  f"{summary['calibration_method']} calibration")
+                  f"{summary['ece_after_calibration']:.4f} after calibration "
+                  f"({summary['calibration_selection']})", soft_wrap=True)
+    console.print(f"embargo: {summary['embargo_days']:g} days (the conversion window) before "
+                  f"the test slice; {summary['embargo_rows_dropped']} leads in the gaps left out")
     if summary["tuning_workers"] > 1:
         console.print(f"tuning: {summary['trials_complete']} trials complete in study "
                       f"{summary['study_name']} by {summary['tuning_workers']} processes")
@@ -219,6 +224,14 @@ def train_csv_command(
             f"{name:22s} roc_auc={values['roc_auc']:.4f} pr_auc={values['pr_auc']:.4f} "
             f"log_loss={values['log_loss']:.4f} ece={values['ece']:.4f}"
         )
+    choice = result.get("model_choice", {})
+    if choice:
+        console.print(("[bold]" if choice["simple_model_wins"] else "") + "model choice: "
+                      + ("[/]" if choice["simple_model_wins"] else "")
+                      + escape(choice["statement"]), soft_wrap=True)
+    console.print(f"calibration: {', '.join(result['calibration']['methods'])} "
+                  f"(ECE {result['calibration']['ece_before']:.4f} → "
+                  f"{result['calibration']['ece_after']:.4f})")
     dropped = result["guard"]["dropped"]
     console.print(f"guard dropped: {', '.join(dropped) if dropped else 'nothing'}")
     return 0

@@ -141,8 +141,11 @@ class LogisticBaseline:
         return out
 
     def log_odds(self, df: pd.DataFrame) -> np.ndarray:
-        """The model's log-odds per row."""
-        return np.asarray(self.pipeline.decision_function(self._frame(df)), dtype=float)
+        """The model's log-odds per row, summed row by row (not by a matrix product), so a
+        row's value does not depend on the rows scored with it (single = batch, bit for bit)."""
+        model = self.pipeline.named_steps["model"]
+        design = self._design(self._frame(df))
+        return (design * model.coef_[0]).sum(axis=1) + float(model.intercept_[0])
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Probability per row."""

@@ -160,7 +160,8 @@ def fit_calibrator(
 
     ``method="auto"`` keeps isotonic regression or Platt scaling only when its out-of-sample
     log loss beats identity's with a paired-bootstrap ``confidence`` interval of the per-row
-    difference lying wholly below 0 (the better one when both do), else identity; the kept
+    difference lying wholly below 0 — and, forward in time, a gain on the newest block too —
+    (the better one when both qualify), else identity; the kept
     calibrator is refitted on all rows. ``"identity"``, ``"isotonic"`` or ``"sigmoid"``
     force a method (the losses are still reported). ``blocks`` (time-ordered block numbers,
     one per row) makes the comparison forward in time.
@@ -183,10 +184,15 @@ def fit_calibrator(
                                       confidence=confidence, seed=seed)
             evidence[m] = {"log_loss_difference": interval["difference"],
                            "low": interval["low"], "high": interval["high"]}
+            if block_arr is not None:  # under drift an old gain may not hold: the newest too
+                newest = block_arr[rows] == block_arr[rows].max()
+                evidence[m]["newest_block_difference"] = float(
+                    (per_row[m] - per_row[IDENTITY])[newest].mean())
     if method != "auto":
         chosen, selection = method, "forced"
     else:
-        gaining = [m for m in METHODS if m in evidence and evidence[m]["high"] < 0]
+        gaining = [m for m in METHODS if m in evidence and evidence[m]["high"] < 0
+                   and evidence[m].get("newest_block_difference", -1.0) < 0]
         if gaining:
             chosen = min(gaining, key=lambda m: losses[m])
             e = evidence[chosen]

@@ -699,6 +699,10 @@ def evaluate_split(
         splits = _forward_splits(*tuning_split)
         held_out = _fit_tuned_models(
             X, X_lgbm, y, splits, test_idx, params, rounds, categorical, seed)[0]
+        # the test rows are scored by models fitted on the whole training part (fit + tuning
+        # rows), as the baselines are, not on the older fit rows alone
+        test = _fit_tuned_models(X, X_lgbm, y, [(np.sort(train_idx), tuning_split[1])],
+                                 test_idx, params, rounds, categorical, seed)[1]
     choice, calibrator, calibration_idx = _choose_and_calibrate(
         X, y, splits, held_out, categorical, seed, forward=tuning_split is not None)
     weight = float(choice.blend_weight or 0.0)

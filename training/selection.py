@@ -28,6 +28,7 @@ LOGISTIC = "logistic_regression"
 BLEND = "blend"
 CANDIDATES = (TUNED, DEFAULT_LIGHTGBM, LOGISTIC, BLEND)
 SIMPLE = frozenset({DEFAULT_LIGHTGBM, LOGISTIC})
+TIE = 1e-9  # log losses this close are equal (a blend of weight 0 is the logistic regression)
 BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
 LABELS = {TUNED: "tuned LightGBM", DEFAULT_LIGHTGBM: "default LightGBM",
           LOGISTIC: "logistic regression", BLEND: "blend of tuned LightGBM and logistic regression"}
@@ -133,7 +134,8 @@ def choose_model(
     if not names:
         raise ValueError("choose_model needs at least one candidate")
     losses = {n: float(row_log_loss(y_arr, predictions[n]).mean()) for n in names}
-    chosen = min(names, key=lambda n: (losses[n], names.index(n)))
+    best = min(losses.values())
+    chosen = next(n for n in names if losses[n] <= best + TIE)  # ties: earlier in ``order``
     table: dict[str, dict[str, Any]] = {}
     for name in names:
         p = np.asarray(predictions[name], dtype=float)

@@ -614,7 +614,8 @@ def train_model(
         "log_loss_difference": decision.log_loss_difference,
         "log_loss_difference_interval": (None if decision.interval is None
                                          else list(decision.interval)),
-        "embargo": embargo,
+        "embargo_days": embargo["gap_days"],
+        "embargo_rows_dropped": sum(embargo["rows_dropped"].values()),
         "metrics": _metrics_table(comparison),
         "ece_before_calibration": uncalibrated["ece"],
         "ece_after_calibration": comparison[MODEL_KEY]["ece"],

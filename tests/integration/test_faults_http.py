@@ -271,7 +271,11 @@ def _tmpfs(where: Path, size: str) -> Iterator[Path]:
 
 def _fill(folder: Path) -> None:
     """Write into ``folder`` until its file system is full."""
-    with open(folder / "filler", "wb") as fh:  # noqa: PTH123
+    try:
+        fh = open(folder / "filler", "wb")  # noqa: PTH123, SIM115 - closed below
+    except OSError:
+        return  # full already
+    with fh:
         for size in (1 << 20, 4096, 512):
             chunk = b"\0" * size
             try:
@@ -296,8 +300,8 @@ def test_full_work_folder_does_not_crash_the_worker(service_workdir: ServiceWork
     """Work folder on a full tmpfs, then random paths and predictions: the same worker keeps
     answering /healthz quickly and its metrics files are not in the work folder."""
     source = service_workdir.settings.workdir
-    used = sum(f.stat().st_size for f in source.rglob("*") if f.is_file())
-    with _tmpfs(tmp_path / "full", f"{used // 2**20 + 24}m") as mount:
+    used = sum(f.stat().st_blocks * 512 for f in source.rglob("*") if f.is_file())
+    with _tmpfs(tmp_path / "full", f"{used // 2**20 + 64}m") as mount:
         workdir = mount / "work"
         shutil.copytree(source, workdir, symlinks=True)
         _fill(mount)

@@ -175,7 +175,7 @@ def test_reload_swaps_without_failing_requests(predictor: Predictor) -> None:
 
 def test_background_log_writer_stores_everything(tmp_path: Path) -> None:
     log = SqlitePredictionLog(tmp_path / "log.sqlite")
-    writer = BackgroundLogWriter(log, max_queued_batches=4)  # small queue: back-pressure
+    writer = BackgroundLogWriter(log)  # no journal: held in memory until stored
     now = datetime.now(UTC)
 
     def record(i: int) -> PredictionRecord:

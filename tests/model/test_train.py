@@ -101,6 +101,14 @@ def test_worse_model_does_not_move_the_champion(trained: dict) -> None:
                              filter_string=f"tags.model_version = '{worse.version}'")[0]
     assert run.data.tags["promoted"] == "False"
     assert run.data.tags["promotion_reason"] == worse.reason
+    # the decision, the difference and its interval are on the registry version
+    tags = client.get_model_version(settings.model_name, worse.version).tags
+    assert tags["promotion_decision"] == "keep champion"
+    assert tags["promotion_reason"] == worse.reason
+    assert tags["champion_before"] == champion_before
+    low, high = (float(v) for v in tags["log_loss_difference_ci95"].split(" .. "))
+    assert 0 < low <= float(tags["log_loss_difference"]) <= high  # worse beyond noise
+    assert worse.decision.interval == pytest.approx((low, high), rel=1e-5)
 
 
 def test_report_schema_and_side_by_side_metrics(trained: dict) -> None:
@@ -132,7 +140,12 @@ def test_report_schema_and_side_by_side_metrics(trained: dict) -> None:
     assert report["cutoffs"] == {"A": 0.35, "B": 0.15, "C": 0.05}
     windows = report["data_windows"]
     assert windows["train"]["end"] < windows["valid"]["start"] < windows["test"]["start"]
-    assert report["promotion"]["rule"].startswith("lower test log loss")
+    assert report["promotion"]["rule"].startswith("paired bootstrap")
+    # the embargo: validation labels close one conversion window before the test period
+    embargo = report["embargo"]
+    assert embargo["gap_days"] == settings.conversion_window_days
+    assert embargo["valid_to_test_days"] >= settings.conversion_window_days
+    assert embargo["rows_dropped"]["before_test"] > 0
     # the model beats the practitioners' score on this data
     side = report["metrics_side_by_side"]
     assert side["shipped"]["roc_auc"] > side["rule_score"]["roc_auc"]
@@ -221,3 +234,60 @@ def test_drift_reference_is_the_champions_and_only_a_champion_writes_it(trained:
     with pytest.raises(DriftInputError, match=f"the champion is version {champion}"):
         load_reference(settings)
     meta_path.write_bytes(before)
+
+
+def test_each_window_has_its_own_study_warm_started_with_the_champion(trained: dict) -> None:
+    """A retrain on another window tunes in a new study whose first trial is the champion's."""
+    import optuna
+
+    from training.registry import champion_params
+    from training.tune import search_space
+
+    settings, summary = trained["settings"], trained["summary"]
+    path = settings.data_dir / "training_set.parquet"
+    original = path.read_bytes()
+    client = MlflowClient(settings.tracking_uri)
+    champion_version, logged = champion_params(client, settings.model_name)
+    assert champion_version == summary["model_version"]
+    try:  # the next window: the newest 150 leads are not labelled yet
+        trained["frame"].iloc[:-150].to_parquet(path, index=False)
+        later = train_model(settings, trials=2, max_rounds=50, promote=False)
+    finally:
+        path.write_bytes(original)
+    assert later["study_name"] != summary["study_name"]
+    assert later["warm_start"]["enqueued"], later["warm_start"]
+    assert later["warm_start"]["champion_version"] == champion_version
+    study = optuna.load_study(study_name=later["study_name"], storage=settings.optuna_storage)
+    first = min(study.trials, key=lambda t: t.number)
+    space = search_space()
+    assert set(first.params) == set(space)
+    for name, value in first.params.items():
+        assert value == pytest.approx(float(logged[name])), name
+    assert first.user_attrs.get("warm_start") is True
+    # the first window's study holds only its own trials
+    earlier = optuna.load_study(study_name=summary["study_name"],
+                                storage=settings.optuna_storage)
+    assert all(t.user_attrs.get("warm_start") is not True for t in earlier.trials)
+
+
+def test_old_champion_is_replaced_by_an_equal_challenger_within_the_margin(
+        tmp_path: Path) -> None:
+    """The same model published again: kept while the champion is young, replaced once the
+    champion is older than ``champion_max_age_days`` (its interval is then within the margin)."""
+    settings = Settings().with_workdir(tmp_path)
+    settings.ensure_dirs()
+    frame = synthetic_training_set(1500)
+    frame.to_parquet(settings.data_dir / "training_set.parquet", index=False)
+    first = _publish_weak(settings, frame)
+    assert first.promoted
+    young = _publish_weak(settings, frame)
+    assert not young.promoted and "not better beyond noise" in young.reason
+    assert young.decision.log_loss_difference == 0.0
+    old = _publish_weak(settings.with_(champion_max_age_days=0), frame)
+    assert old.promoted and "days old" in old.reason and "within 1.0%" in old.reason
+    client = MlflowClient(settings.tracking_uri)
+    assert str(alias_version(client, settings.model_name, CHAMPION).version) == old.version
+    tags = client.get_model_version(settings.model_name, old.version).tags
+    assert tags["promotion_decision"] == "promote"
+    assert tags["champion_before"] == young.decision.champion_version == first.version
+    assert float(tags["champion_age_days"]) >= 0

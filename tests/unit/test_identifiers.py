@@ -56,3 +56,41 @@ def test_unknown_type_is_an_error() -> None:
 )
 def test_email_domain_type(raw: object, kind: str) -> None:
     assert email_domain_type(raw) == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        ("winter-math-2026", "winter-math-2026"),  # years and dates stay
+        ("promo 2026-11-22", "promo 2026-11-22"),
+        ("call +86 139 1234 5678 now", "call [phone] now"),
+        ("13977778888", "[phone]"),
+        ("mail a.b@qq.com or a.b%40qq.com", "mail [email] or [email]"),
+        ("wechat: zhang_san88", "wechat: [wechat]"),
+        ("微信 zhangsan_88", "微信 [wechat]"),
+        ("from wxid_abc123xyz", "from [wechat]"),
+        ("wechat campaign", "wechat campaign"),  # a label without an id-like token stays
+        ("Hangzhou", "Hangzhou"),
+    ],
+)
+def test_scrub_text(text: str, scrubbed: str) -> None:
+    from leadscore.identifiers import scrub_text
+
+    assert scrub_text(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    ("url", "scrubbed"),
+    [
+        ("/pay?phone=13977778888&email=a@b.com", "/pay"),
+        ("/trial/math#wxid_abc123", "/trial/math"),
+        ("https://user:pw@shop.example.com/u/a@b.com/x?t=1", "https://shop.example.com/u/[email]/x"),
+        ("/user/13912345678/profile", "/user/[phone]/profile"),
+        ("wechat://article/exam-tips", "wechat://article/exam-tips"),
+        ("", ""),
+    ],
+)
+def test_scrub_url(url: str, scrubbed: str) -> None:
+    from leadscore.identifiers import scrub_url
+
+    assert scrub_url(url) == scrubbed
