@@ -272,18 +272,17 @@ def _tmpfs(where: Path, size: str) -> Iterator[Path]:
 def _fill(folder: Path) -> None:
     """Write into ``folder`` until its file system is full."""
     try:
-        fh = open(folder / "filler", "wb")  # noqa: PTH123, SIM115 - closed below
+        fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
     except OSError:
         return  # full already
-    with fh:
+    try:
         for size in (1 << 20, 4096, 512):
             chunk = b"\0" * size
-            try:
+            with contextlib.suppress(OSError):
                 while True:
-                    fh.write(chunk)
-                    fh.flush()
-            except OSError:
-                continue
+                    os.write(fd, chunk)
+    finally:
+        os.close(fd)
 
 
 def _workers(service: ServedService) -> list[psutil.Process]:

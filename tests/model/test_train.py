@@ -291,3 +291,21 @@ def test_old_champion_is_replaced_by_an_equal_challenger_within_the_margin(
     assert tags["promotion_decision"] == "promote"
     assert tags["champion_before"] == young.decision.champion_version == first.version
     assert float(tags["champion_age_days"]) >= 0
+
+
+def test_too_short_a_history_for_the_embargo_is_refused_before_any_run(tmp_path: Path) -> None:
+    """40 days of leads and a 30-day conversion window: the validation slice cannot hold 50
+    leads whose labels close before the test period; nothing reaches MLflow."""
+    from training.split import InsufficientDataError
+
+    settings = Settings().with_workdir(tmp_path)
+    settings.ensure_dirs()
+    frame = synthetic_training_set(1000)
+    start = frame["created_at"].min()
+    frame["created_at"] = start + (frame["created_at"] - start) * (40 / 150)
+    frame.to_parquet(settings.data_dir / "training_set.parquet", index=False)
+    refused = r"leaves the (train|validation) slice .*embargo \(30 days before test"
+    with pytest.raises(InsufficientDataError, match=refused):
+        train_model(settings, trials=1, max_rounds=20)
+    assert not (settings.mlruns_dir / "mlflow.db").exists()
+    assert not (settings.reports_dir / "training_report.json").exists()
