@@ -7,10 +7,11 @@ service's ``/metrics``) live in a folder of their own, made for this start under
 folder (``--metrics-root``; default ``/dev/shm``, else the system temp folder) and removed at
 exit — not in ``$BENTOML_HOME`` under the work folder, where a full disk made a write to a mapped
 page kill the worker with SIGBUS, and BentoML restarted it every few seconds, silently. Before
-anything starts, ``prepare_metrics_dir`` checks that the folder can hold ``METRICS_MIN_BYTES``
-(allocated, then freed); when it cannot, the launcher prints one line naming the folder and exits
-with ``EXIT_CANNOT_START`` (2). It stays one process (BentoML's arbiter runs in it), so SIGTERM
-or SIGINT sent to it stop the whole server.
+anything starts it checks that the metrics folder can hold ``METRICS_MIN_BYTES`` and the work
+folder ``WORKDIR_MIN_BYTES`` (allocated, then freed): when one cannot, it prints one line naming
+the folder and exits with ``EXIT_CANNOT_START`` (2) rather than starting workers that fail and
+are restarted forever. It stays one process (BentoML's arbiter runs in it), so SIGTERM or
+SIGINT sent to it stop the whole server.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ RAM_ROOT = Path("/dev/shm")
 METRICS_PREFIX = "leadscore-metrics-"
 # what the metrics files may need: a few 1 MiB sparse files per worker, a handful of pages used
 METRICS_MIN_BYTES = 16 * 1024 * 1024
+# what the service writes in the work folder as it starts (feature store config, log files)
+WORKDIR_MIN_BYTES = 8 * 1024 * 1024
 EXIT_CANNOT_START = 2
 
 
@@ -45,8 +48,8 @@ class ServiceStartError(RuntimeError):
     """The service did not become ready; the message carries the tail of its log."""
 
 
-class MetricsDirError(RuntimeError):
-    """The folder for Prometheus' files cannot be made or cannot hold them."""
+class NoRoomError(RuntimeError):
+    """A folder the server writes at start (metrics, work folder) cannot be made or is full."""
 
 
 def default_metrics_root() -> Path:
@@ -74,29 +77,54 @@ def _remove_stale(root: Path) -> None:
 
 def prepare_metrics_dir(root: Path | None = None, need: int = METRICS_MIN_BYTES) -> Path:
     """A fresh folder for this start's Prometheus files under ``root``, checked to hold
-    ``need`` bytes; raise ``MetricsDirError`` (naming the folder) otherwise."""
+    ``need`` bytes; raise ``NoRoomError`` (naming the folder) otherwise."""
     root = Path(root) if root is not None else default_metrics_root()
     _remove_stale(root)
     try:
         path = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-", dir=root))
     except OSError as exc:
-        raise MetricsDirError(
+        raise NoRoomError(
             f"cannot create the metrics folder in {root}: {exc.strerror or exc}") from None
-    probe = path / ".space-check"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        check_room(path, need)
+    except NoRoomError as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise NoRoomError(f"the metrics folder {root} {exc}; free space there or choose "
+                          "another with --metrics-root") from None
+    return path
+
+
+def check_room(folder: Path, need: int) -> None:
+    """Allocate ``need`` bytes in ``folder`` and free them again; raise ``NoRoomError``
+    ("cannot hold N MiB (reason)") when the file system cannot."""
+    probe = folder / f".leadscore-space-check-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.posix_fallocate(fd, 0, need)
         finally:
             os.close(fd)
     except OSError as exc:
-        shutil.rmtree(path, ignore_errors=True)
-        raise MetricsDirError(
-            f"the metrics folder {root} cannot hold {need // 2**20} MiB "
-            f"({exc.strerror or exc}); free space there or choose another with --metrics-root"
-        ) from None
-    probe.unlink(missing_ok=True)
-    return path
+        raise NoRoomError(f"cannot hold {need // 2**20} MiB ({exc.strerror or exc})") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def check_workdir_room(need: int = WORKDIR_MIN_BYTES) -> None:
+    """The work folder of the settings must have room for what the service writes at start
+    (feature store config, prediction log); raise ``NoRoomError`` naming it otherwise. Settings
+    that do not load are left for the service to report."""
+    from leadscore.config import ConfigError, get_settings
+
+    try:
+        workdir = get_settings().workdir
+    except ConfigError:
+        return
+    if workdir.is_dir():
+        try:
+            check_room(workdir, need)
+        except NoRoomError as exc:
+            raise NoRoomError(f"the work folder {workdir} {exc}; free space there") from None
 
 
 def launch_command(target: str = SERVICE_TARGET, host: str = "127.0.0.1", port: int = 3000,
@@ -125,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     # until BentoML's arbiter installs its own handlers: a stop request still cleans up
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
+        check_workdir_room()
         metrics = prepare_metrics_dir(args.metrics_root)
-    except MetricsDirError as exc:
+    except NoRoomError as exc:
         print(f"leadscore serve: cannot start: {exc}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_START
     try:
