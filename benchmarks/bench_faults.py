@@ -31,6 +31,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -573,13 +574,159 @@ def _materialize(workdir: Path, full: bool = False) -> None:
         raise RuntimeError(f"materialize failed: {done.stderr[-400:]}")
 
 
+def _random_paths(n: int, seed: int = 14) -> list[str]:
+    """Paths a scanner or a careless client sends: phone-like, e-mail-like, random, long."""
+    rng = random.Random(seed)
+    paths = []
+    for i in range(n):
+        phone = f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}"
+        paths.append(rng.choice([
+            f"/{phone}", f"/u/+86{phone}/profile", f"/lead/{phone}?phone={phone}",
+            f"/x{uuid.UUID(int=rng.getrandbits(128)).hex}", f"/mail/user{i}@example.com",
+            f"/wp-admin/{i}/setup.php", f"/predict/{i}", f"/{'a' * rng.randrange(50, 400)}{i}",
+        ]))
+    return paths
+
+
+def _flood(url: str, paths: list[str], connections: int = 4) -> dict[str, int]:
+    """GET every path without a key from ``connections`` keep-alive threads; status → count."""
+    host, port = url.removeprefix("http://").split(":")
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def worker(first: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        for path in paths[first::connections]:
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                status = str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                status = type(exc).__name__
+            with lock:
+                counts[status] = counts.get(status, 0) + 1
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return counts
+
+
+def metrics_flood(ctx: FaultContext) -> dict[str, Any]:
+    """10,000 unauthenticated GETs to random (phone-like …) paths: ``/metrics`` size and
+    ``/predict`` p99 at ``--rate`` before and after, and path text leaked onto ``/metrics``
+    (counted as ``wrong``)."""
+    workdir = ctx.scratch("metrics-flood")
+    service = ctx.serve(workdir, "metrics-flood")
+    try:
+        ctx.load(service.url, duration=2.0).join()  # warm-up
+        _flood(service.url, ["/warm-up-path"], connections=1)
+        size_before = len(httpx.get(service.url + "/metrics", timeout=30).content)
+        before = ctx.load(service.url).join()
+        paths = _random_paths(10_000)
+        started = time.monotonic()
+        statuses = _flood(service.url, paths)
+        flood_s = time.monotonic() - started
+        page = httpx.get(service.url + "/metrics", timeout=30).text
+        after = ctx.load(service.url).join()
+    finally:
+        service.stop()
+    leaked = sum(path.split("?")[0] in page for path in paths)
+    b, a = before.latency(), after.latency()
+    return {
+        "answered": len(before.answered) + len(after.answered), "wrong": leaked,
+        "notes": (f"/metrics {size_before:,} → {len(page.encode()):,} bytes; /predict p50/p99 ms "
+                  f"{b['p50_ms']}/{b['p99_ms']} → {a['p50_ms']}/{a['p99_ms']}; flood "
+                  f"{len(paths):,} GETs in {flood_s:.1f} s {statuses}"),
+        "detail": {"metrics_bytes": [size_before, len(page.encode())], "before": b, "after": a,
+                   "flood_statuses": statuses},
+    }
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, size_mb: int) -> Any:
+    """A tmpfs of ``size_mb`` MiB at ``where`` (raises RuntimeError when mounting fails)."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                           str(where)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Write into ``folder`` until its file system is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+
+
+def _worker_pids(service: ServedService) -> set[int]:
+    """Process ids of the service's workers (children of the launcher)."""
+    done = subprocess.run(["pgrep", "-P", str(service.process.pid)], capture_output=True,
+                          text=True, check=False)
+    return {int(pid) for pid in done.stdout.split()}
+
+
+def disk_full(ctx: FaultContext) -> dict[str, Any]:
+    """The work folder's disk (a tmpfs mounted here) fills up under load, then 2,000 random
+    paths arrive: worker restarts, /healthz latency, then room again: seconds until /readyz is
+    200, and answered predictions missing from the log once the service has stopped."""
+    used = sum(f.stat().st_blocks * 512 for f in ctx.workdir.rglob("*") if f.is_file())
+    with contextlib.ExitStack() as stack:
+        try:
+            mount = stack.enter_context(_tmpfs(ctx.root / "disk-full-mount",
+                                               used // 2**20 + 64))
+        except RuntimeError as exc:
+            return {"notes": f"skipped: {exc}"}
+        workdir = mount / "work"
+        shutil.copytree(ctx.workdir, workdir, symlinks=True,
+                        ignore=shutil.ignore_patterns("bench_*.log", "journal"))
+        service = ctx.serve(workdir, "disk-full")
+        try:
+            workers = _worker_pids(service)
+            load = ctx.load(service.url)
+            time.sleep(0.2 + 0.3 * ctx.args.duration)
+            _fill(mount)
+            flood = _flood(service.url, _random_paths(2_000, seed=5))
+            seen = load.join()
+            health = probe(service.url, "/healthz", timeout=5)
+            restarted = _worker_pids(service) != workers
+            (mount / "filler").unlink()
+            freed = time.monotonic()
+            ready = wait_for(service.url, "/readyz", 200, timeout=60)
+            recovery = None if ready is None else round(time.monotonic() - freed, 2)
+        finally:
+            service.stop()
+        lost = set(seen.answered) - logged_lead_ids(workdir)
+    return {
+        "answered": len(seen.answered), "lost": len(lost), "recovery_s": recovery,
+        "notes": (f"worker restarted: {restarted}; /healthz after the flood: {health[0]} in "
+                  f"{health[1] * 1000:.0f} ms; load errors {seen.errors}; flood {flood}"),
+    }
+
+
 SCENARIOS: dict[str, Scenario] = {
     "kill9_under_load": kill9_under_load,
     "log_unwritable": log_unwritable,
     "postgres_down": postgres_down,
     "store_lost": store_lost,
-    # "disk_full": disk_full,
-    # "metrics_flood": metrics_flood,
+    "disk_full": disk_full,
+    "metrics_flood": metrics_flood,
 }
 
 

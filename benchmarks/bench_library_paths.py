@@ -17,6 +17,11 @@ figure, ratio, the target the twin was built for, whether the library path meets
   Platt ``LogisticRegression``) vs ``serving.fast_calibration``;
 * scores and SHAP contributions: LightGBM ``predict`` + ``predict(pred_contrib=True)`` vs
   ``serving.fast_treeshap.TreeTables``;
+* the logistic regression (alone or in a blend): the fitted scikit-learn pipeline's
+  ``predict_proba`` + ``LogisticBaseline.contributions`` on a frame vs
+  ``serving.fast_linear.FastLinear``; its note gives the in-process ``predict_json`` floors
+  (one submission, a batch) with a LightGBM model and with a blend built from the same work
+  folder (``blend_floors``);
 * routing of ``POST /predict`` and ``/predict_batch`` through the service's ASGI app in process:
   BentoML's own routing and input parsing vs the fast route (``serving.fast_routes``).
 
@@ -384,10 +389,100 @@ def serving_rows(workdir: Path, calls: int, batch: int, batch_repeats: int,
                            repeats, warmup=2)
         rows.append(serving_row(f"scores + SHAP, {len(x_batch):,} rows", lib, twin,
                                 single=False))
+    # 5. the logistic regression: scikit-learn's pipeline vs the linear twin, and the floors
+    rows.extend(linear_rows(settings, predictor, features, calls, repeats, singles, batches,
+                            serving_row))
     predictor.close()
 
-    # 5. routing: BentoML's routing and parsing vs the request guard's fast route
+    # 6. routing: BentoML's routing and parsing vs the request guard's fast route
     rows.extend(routing_rows(calls, batch, repeats, noise, record))
+    return rows
+
+
+def models_of_both_kinds(settings: Any, champion: Any) -> tuple[Any, Any]:
+    """(a LightGBM model, a blend) from the champion: its booster (a default LightGBM when it
+    has none) and calibrator; the blend is the champion when it is one (with a booster), else
+    weight 0.5 with a logistic regression fitted on the work folder's training set."""
+    import pandas as pd
+
+    from training.baselines import LogisticBaseline
+    from training.model import BlendedLeadModel, LeadConversionModel, prepare_features
+    from training.selection import train_default_lightgbm
+
+    features, levels = champion.feature_columns, champion.levels
+    common = {"calibrator": champion.calibrator, "feature_columns": features,
+              "levels": levels, "reason_templates": champion.reason_templates}
+    frame = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    model_string = champion.model_string or train_default_lightgbm(
+        prepare_features(frame, features, levels), frame["label"].to_numpy(), list(levels),
+        0).model_to_string()
+    lightgbm = LeadConversionModel(model_string=model_string, **common)
+    if getattr(champion, "weight", 0) > 0:
+        return lightgbm, champion
+    linear = getattr(champion, "linear", None) or LogisticBaseline(
+        features, list(levels)).fit(frame, frame["label"])
+    return lightgbm, BlendedLeadModel(linear, weight=0.5, model_string=model_string, **common)
+
+
+def linear_rows(settings: Any, predictor: Any, features: dict[str, list[Any]], calls: int,
+                repeats: int, singles: list[Any], batches: list[list[Any]],
+                serving_row: Callable[..., Row]) -> list[Row]:
+    """The logistic regression's library path vs ``FastLinear`` (1 row, a batch), and the
+    in-process floors of a LightGBM model and a blend, measured call by call in turn."""
+    import pandas as pd
+
+    from serving.fast_linear import FastLinear
+    from serving.model_store import LoadedModel
+    from serving.scoring import FastScorer
+
+    loaded = predictor.model
+    lightgbm, blend = models_of_both_kinds(settings, loaded.python_model)
+    linear = blend.linear
+    fast = FastLinear.from_baseline(linear)
+    if fast is None:
+        return []
+    one = [{c: [v[i]] for c, v in features.items()} for i in range(len(features[fast.columns[0]]))]
+
+    def library(columns: dict[str, list[Any]]) -> None:
+        frame = pd.DataFrame(columns)  # the general path's frame
+        linear.predict_proba(frame)
+        linear.contributions(frame)
+
+    progress(f"logistic regression of one row × {calls} and of {len(one)}: scikit-learn "
+             "pipeline vs FastLinear")
+    lib, twin = paired(lambda i: library(one[i % len(one)]),
+                       lambda i: fast.predict(one[i % len(one)]), calls)
+    rows = [serving_row("logistic regression, 1 row: scikit-learn pipeline predict_proba + "
+                        "contributions vs FastLinear", lib, twin, single=True)]
+    lib, twin = paired(lambda i: library(features), lambda i: fast.predict(features), repeats,
+                       warmup=2)
+    rows.append(serving_row(f"logistic regression, {len(one):,} rows", lib, twin,
+                            single=False))
+
+    kinds = {kind: LoadedModel(model, loaded.name, loaded.version, loaded.source,
+                               FastScorer(model))
+             for kind, model in (("lightgbm", lightgbm), ("blend", blend))}
+
+    def served(kind: str, subs: list[Any], batch: bool) -> Callable[[int], object]:
+        def call(i: int) -> object:
+            predictor._model = kinds[kind]
+            return predictor.predict_json(subs[i] if batch else [subs[i]], batch=batch)
+        return call
+
+    progress(f"in-process floors, LightGBM vs blend (weight {blend.weight:g}): one submission "
+             f"× {calls}, a batch × {repeats}")
+    lgb_one, blend_one = paired(served("lightgbm", singles, False), served("blend", singles, False),
+                                calls)
+    lgb_many, blend_many = paired(served("lightgbm", batches, True),
+                                  served("blend", batches, True), min(repeats, len(batches) - 1),
+                                  warmup=1)
+    predictor._model = loaded
+    FLOORS.update(blend_floors={
+        "blend_weight": blend.weight, "single_p50_ms": [p(lgb_one, 50), p(blend_one, 50)],
+        "batch_p50_ms": [p(lgb_many, 50), p(blend_many, 50)], "order": ["lightgbm", "blend"]})
+    rows[-1].note = (f"predict_json floors LightGBM vs blend (weight {blend.weight:g}): 1 "
+                     f"submission {p(lgb_one, 50)} vs {p(blend_one, 50)} ms, batch "
+                     f"{p(lgb_many, 50)} vs {p(blend_many, 50)} ms p50")
     return rows
 
 

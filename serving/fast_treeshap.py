@@ -439,24 +439,28 @@ class TreeTables:
         left &= self.real  # padding never sets a bit
         return np.einsum("ntw,w->nt", left.view(np.uint8), self.pow2)
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probability as ``booster.predict``, contributions rows × features, no bias).
+    def predict(self, x: np.ndarray, raw_score: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(probability as ``booster.predict``, or with ``raw_score`` the margin as
+        ``booster.predict(raw_score=True)``; contributions rows × features, no bias).
 
         Large batches run as two halves on two threads (numpy releases the GIL in the array
         work), as LightGBM's own ``predict`` used both cores for them. Every row's values are
         those of scoring it alone (the same sums in the same order).
         """
         if len(x) < PARALLEL_ROWS:
-            return self._predict(x)
+            return self._predict(x, raw_score)
         half = len(x) // 2
-        parts = list(_pool().map(self._predict, (x[:half], x[half:])))
+        parts = list(_pool().map(functools.partial(self._predict, raw_score=raw_score),
+                                 (x[:half], x[half:])))
         return (np.concatenate([p for p, _ in parts]),
                 np.concatenate([c for _, c in parts], axis=0))
 
-    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, x: np.ndarray, raw_score: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
         index = self._tree_index(x)  # trees × rows
         margin = np.ascontiguousarray(np.take(self.leaf_values, index).T).sum(axis=1)
-        probability = 1.0 / (1.0 + np.exp(-self.sigmoid * margin))
+        probability = margin if raw_score else 1.0 / (1.0 + np.exp(-self.sigmoid * margin))
         slots = np.take(self.contrib_table, index, axis=0)  # trees × rows × u_max
         # per row and feature, the sum of its slots in tree order (``bincount`` adds in input
         # order, here tree by tree): one row gives the bits it gives inside any batch

@@ -11,13 +11,15 @@ anything starts it checks that the metrics folder can hold ``METRICS_MIN_BYTES``
 folder ``WORKDIR_MIN_BYTES`` (allocated, then freed): when one cannot, it prints one line naming
 the folder and exits with ``EXIT_CANNOT_START`` (2) rather than starting workers that fail and
 are restarted forever. It stays one process (BentoML's arbiter runs in it), so SIGTERM or
-SIGINT sent to it stop the whole server.
+SIGINT sent to it stop the whole server; its workers die with it even when it is killed with
+SIGKILL (``die_with_server``, called by the service as it starts).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -42,6 +44,10 @@ METRICS_MIN_BYTES = 16 * 1024 * 1024
 # what the service writes in the work folder as it starts (feature store config, log files)
 WORKDIR_MIN_BYTES = 8 * 1024 * 1024
 EXIT_CANNOT_START = 2
+# set by the launcher for its workers (BentoML starts each in a session of its own, so a
+# signal to the launcher's process group does not reach them): see ``die_with_server``
+LAUNCHER_PID_ENV = "SERVING_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1
 
 
 class ServiceStartError(RuntimeError):
@@ -137,6 +143,18 @@ def launch_command(target: str = SERVICE_TARGET, host: str = "127.0.0.1", port: 
     return command
 
 
+def die_with_server() -> None:
+    """In a worker of this launcher (Linux): be killed when the launcher dies, even by
+    SIGKILL, so that no orphan worker keeps serving and holding the port. A no-op elsewhere
+    (an in-process app, another OS)."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(launcher):  # the launcher died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -164,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # where ``bentoml serve`` points PROMETHEUS_MULTIPROC_DIR for its workers
         BentoMLContainer.prometheus_multiproc_dir.set(str(metrics))
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         cli.main(args=["serve", args.target, "--host", args.host, "--port", str(args.port)],
                  prog_name="bentoml", standalone_mode=False)
     finally:
@@ -235,7 +254,8 @@ class ServedService:
         )
 
     def stop(self) -> None:
-        """Stop gracefully (SIGINT: BentoML runs the shutdown hooks), then for good."""
+        """Stop gracefully (SIGINT: BentoML runs the shutdown hooks), then for good (SIGKILL;
+        the workers die with the launcher)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:

@@ -6,8 +6,13 @@
 features as float64 (missing → NaN), categorical features as the code of their training level
 (the position in ``model.levels[column]``, unseen or missing → NaN), exactly the codes LightGBM
 derives from the pandas categories. Probabilities and reasons equal ``predict_with_reasons``
-(tests compare them); a model that is not a ``LeadConversionModel`` goes through its own
-``predict_with_reasons`` on a frame.
+(tests compare them).
+
+A ``BlendedLeadModel`` (the logistic regression alone, or its blend with LightGBM) takes the
+same path: its log-odds are ``weight`` × the booster's margin + (1 − ``weight``) × the linear
+log-odds from ``serving.fast_linear.FastLinear`` (the fast twin of the fitted scikit-learn
+pipeline), its contributions blend the same way, then its calibrator and the same reasons. Any
+other model goes through its own ``predict_with_reasons`` on a frame.
 
 Per-call overhead that does not depend on the batch is kept out of the request: the calibrator's
 map is precomputed (``serving.fast_calibration``, the fast twin of scikit-learn's ``predict``),
@@ -26,8 +31,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 from serving.fast_calibration import fast_calibration
+from serving.fast_linear import FastLinear, as_number, as_numbers, is_missing
 from serving.fast_treeshap import TreeTables
 from training.explain import top_reasons
 from training.model import FeatureInputError
@@ -41,21 +48,39 @@ class FastScorer:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.fast = all(
-            hasattr(model, name)
-            for name in ("booster", "calibrator", "feature_columns", "levels", "reason_templates")
-        )
-        if not self.fast:
+        self.fast = False
+        # a ``BlendedLeadModel``: the linear twin, and the booster when its weight is > 0
+        self.linear: FastLinear | None = None
+        self.weight = 1.0
+        self.linear_numbers: np.ndarray | None = None  # its numeric columns in ``matrix``
+        common = ("calibrator", "feature_columns", "levels", "reason_templates")
+        if not all(hasattr(model, name) for name in common):
             return
+        if hasattr(model, "linear") and hasattr(model, "weight"):
+            linear = FastLinear.from_baseline(model.linear)
+            if linear is None or linear.columns != list(model.feature_columns):
+                return
+            self.linear, self.weight = linear, float(model.weight)
+            booster = model.lightgbm if self.weight > 0 else None
+        elif hasattr(model, "booster"):
+            booster = model.booster  # built once, here, not on the first request
+        else:
+            return
+        self.fast = True
         self.columns: list[str] = list(model.feature_columns)
         self.codes: dict[str, dict[str, float]] = {
             column: {str(level): float(i) for i, level in enumerate(levels)}
             for column, levels in model.levels.items()
         }
-        self.booster = model.booster  # built once, here, not on the first request
+        self.booster = booster
         self.calibrate = fast_calibration(model.calibrator) or model.calibrator.predict
         # scores and SHAP contributions by table lookup (None: LightGBM's own predict)
-        self.tables = TreeTables.build(self.booster)
+        self.tables = TreeTables.build(booster) if booster is not None else None
+        if self.linear is not None and not any(c in self.codes
+                                               for c in self.linear.numeric_columns):
+            position = {name: j for j, name in enumerate(self.columns)}
+            self.linear_numbers = np.array(
+                [position[c] for c in self.linear.numeric_columns], dtype=np.intp)
 
     def matrix(self, features: dict[str, Sequence[Any]]) -> np.ndarray:
         """The booster's input for a batch given as columns (name → values)."""
@@ -74,21 +99,21 @@ class FastScorer:
                 get = codes.get
                 out[:, j] = [
                     get(v, math.nan) if type(v) is str
-                    else math.nan if _missing(v) else get(str(v), math.nan)
+                    else math.nan if is_missing(v) else get(str(v), math.nan)
                     for v in values
                 ]
             else:
-                out[:, j] = _numbers(column, values, n)
+                out[:, j] = as_numbers(column, values, n)
         return out
 
     def _value(self, column: str, value: Any) -> float:
         """One cell of ``matrix``: the level's code, or the number."""
         codes = self.codes.get(column)
         if codes is not None:
-            return math.nan if _missing(value) else codes.get(str(value), math.nan)
+            return math.nan if is_missing(value) else codes.get(str(value), math.nan)
         if type(value) is float:
             return value
-        return _number(column, value)
+        return as_number(column, value)
 
     def score(self, features: dict[str, Sequence[Any]], top_k: int = 3) -> list[dict[str, Any]]:
         """Per row: ``probability`` (calibrated), ``raw_score``, positive and negative reasons."""
@@ -96,10 +121,15 @@ class FastScorer:
             import pandas as pd
 
             return self.model.predict_with_reasons(pd.DataFrame(dict(features)), top_k=top_k)
-        x = self.matrix(features)
-        if len(x) == 0:
-            return []
-        raw, contrib = self.booster_output(x)
+        if self.linear is None:
+            x = self.matrix(features)
+            if len(x) == 0:
+                return []
+            raw, contrib = self.booster_output(x)
+        else:
+            raw, contrib = self.blend_output(features)
+            if len(raw) == 0:
+                return []
         probability = np.asarray(self.calibrate(raw), dtype=float)
         width = len(self.columns)
         reasons = self.reasons(contrib[:, :width], features, top_k)
@@ -109,17 +139,42 @@ class FastScorer:
             for p, r, why in zip(probability.tolist(), raw.tolist(), reasons, strict=True)
         ]
 
-    def booster_output(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``booster.predict`` of the rows and their SHAP contributions (bias column last,
-        when LightGBM computed them), from the tree tables when the model has them."""
+    def booster_output(self, x: np.ndarray, raw_score: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """``booster.predict`` of the rows (with ``raw_score``, the margin) and their SHAP
+        contributions (bias column last, when LightGBM computed them), from the tree tables
+        when the model has them."""
         if self.tables is not None:
-            return self.tables.predict(x)
+            return self.tables.predict(x, raw_score=raw_score)
         threads = 1 if len(x) < 64 else 0  # no thread start-up cost for small batches
-        raw = np.asarray(self.booster.predict(x, num_threads=threads), dtype=float).ravel()
+        raw = np.asarray(self.booster.predict(x, raw_score=raw_score, num_threads=threads),
+                         dtype=float).ravel()
         contrib = np.asarray(
             self.booster.predict(x, pred_contrib=True, num_threads=threads), dtype=float
         )
         return raw, contrib
+
+    def blend_output(self, features: dict[str, Sequence[Any]]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """A ``BlendedLeadModel``'s uncalibrated probabilities and contributions (rows ×
+        features, no bias), computed as its ``_parts``: (1 − weight) × the linear part, plus
+        weight × the booster's margin and SHAP values when the weight is > 0."""
+        assert self.linear is not None
+        numbers = x = None
+        if self.booster is not None or self.linear_numbers is not None:
+            x = self.matrix(features)  # checks every column as the LightGBM path does
+            if self.linear_numbers is not None:
+                numbers = x[:, self.linear_numbers]
+        log_odds, linear = self.linear.predict(features, numbers)
+        width = len(self.columns)
+        keep = 1 - self.weight
+        log_odds = keep * log_odds
+        contrib = keep * linear[:, :width]
+        if self.booster is not None and x is not None and len(x):
+            margin, shap = self.booster_output(x, raw_score=True)
+            log_odds = log_odds + self.weight * margin
+            contrib = contrib + self.weight * shap[:, :width]
+        return expit(log_odds), contrib
 
     def reasons(self, contrib: np.ndarray, features: dict[str, Sequence[Any]], top_k: int
                 ) -> list[dict[str, list[dict[str, Any]]]]:
@@ -180,31 +235,3 @@ class FastScorer:
         return reason["value"], reason["text"]
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _numbers(column: str, values: Sequence[Any], n: int) -> np.ndarray | list[float]:
-    """A numeric column as floats (None → NaN); the per-value path names a bad value."""
-    if not any(issubclass(t, str | bytes) for t in set(map(type, values))):
-        try:
-            out = np.asarray(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            pass
-        else:
-            if out.shape == (n,):
-                return out
-    return [_number(column, v) for v in values]
-
-
-def _number(column: str, value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool | int | float | np.number):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise FeatureInputError(
-            f"feature column {column!r} must be numeric; got {value!r}"
-        ) from None

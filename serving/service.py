@@ -40,6 +40,7 @@ from serving.fast_online_reader import OnlineStoreError
 from serving.fast_routes import FastRoute, FastRouteMiddleware, refusal, validating_route
 from serving.http_guards import HeaderLimitMiddleware, RequestGuardMiddleware, send_body
 from serving.http_metrics import RouteMetricsMiddleware
+from serving.launcher import die_with_server
 from serving.log_writer import Receipt
 from serving.model_store import ModelUnavailableError
 from serving.openapi import service_openapi
@@ -185,6 +186,7 @@ class LeadScoring:
     """Conversion probability, tier, follow-up channel and reasons for CRM form submissions."""
 
     def __init__(self) -> None:
+        die_with_server()  # a worker of serving.launcher ends with it, even on SIGKILL
         settings = get_settings()
         _api_key()  # no key, no service: fail at start-up with a clear message
         self.predictor = Predictor.from_settings(settings)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,45 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 RULE_SCORE_COLUMN = "rule_score"
 PROBABILITY_CLIP = 1e-6
+MISSING_LEVEL = "missing"  # what a missing categorical value becomes before one-hot encoding
+
+
+@dataclass(frozen=True)
+class CategoricalTerms:
+    """One categorical column's part of the fitted pipeline: its one-hot block (design columns
+    ``start``–``stop``) as the fitted encoder outputs it for each level it knows
+    (``blocks[levels[level]]``) and for a level it never saw (``blocks[-1]``)."""
+
+    column: str
+    start: int
+    stop: int
+    levels: dict[str, int]
+    blocks: np.ndarray
+
+
+@dataclass(frozen=True)
+class LinearTerms:
+    """The fitted logistic regression pipeline's parameters, read from its scikit-learn steps.
+
+    Numeric column ``numeric_columns[i]`` becomes design column ``numeric_index[i]``:
+    ``(x if present else fill[i] - mean[i]) / scale[i]`` (imputer median, scaler mean and
+    scale); categorical columns become one-hot blocks (``categorical``, missing values as
+    ``missing_level``). Log-odds = ``design @ coef + intercept``; contributions centre the design
+    on ``design_mean`` (the training mean) and their bias is ``bias``.
+    """
+
+    feature_columns: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
+    numeric_index: np.ndarray
+    fill: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    categorical: tuple[CategoricalTerms, ...]
+    coef: np.ndarray
+    design_mean: np.ndarray
+    intercept: float
+    bias: float
+    missing_level: str = MISSING_LEVEL
 
 
 class RuleScoreBaseline:
@@ -90,7 +130,8 @@ class LogisticBaseline:
             raise ValueError(f"logistic baseline input lacks column(s) {missing}")
         frame = df[self.feature_columns].copy()
         for column in self.categorical_columns:
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), "missing")
+            frame[column] = frame[column].astype(object).where(frame[column].notna(),
+                                                               MISSING_LEVEL)
             frame[column] = frame[column].astype(str)
         for column in self.numeric_columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
@@ -137,8 +178,63 @@ class LogisticBaseline:
         parts = (self._design(self._frame(df)) - self._mean) * coef
         out = np.zeros((len(df), len(self.feature_columns) + 1))
         np.add.at(out.T, self._source, parts.T)
-        out[:, -1] = float(model.intercept_[0] + coef @ self._mean)
+        out[:, -1] = self._bias()
         return out
+
+    def _bias(self) -> float:
+        """The contributions' bias: the log-odds at the training mean of the design."""
+        model = self.pipeline.named_steps["model"]
+        return float(model.intercept_[0] + model.coef_[0] @ self._mean)
+
+    def terms(self) -> LinearTerms:
+        """The fitted parameters (``LinearTerms``) for a fast twin of ``log_odds`` and
+        ``contributions`` (``serving.fast_linear``): read from the fitted imputer, scaler,
+        encoder and regression, nothing refitted. Each one-hot block is the fitted pipeline's
+        own output for a probe row per known level and one unknown level, so infrequent levels
+        and unknown ones come out as the encoder treats them."""
+        if not hasattr(self, "_source"):
+            raise ValueError("the logistic baseline is not fitted")
+        model = self.pipeline.named_steps["model"]
+        coef = np.asarray(model.coef_[0], dtype=float)
+        columns_step = self.pipeline.named_steps["columns"]
+        position = {name: i for i, name in enumerate(self.feature_columns)}
+        numeric_index = np.array([int(np.flatnonzero(self._source == position[c])[0])
+                                  for c in self.numeric_columns], dtype=np.intp)
+        fill = mean = scale = np.zeros(0)
+        if self.numeric_columns:
+            numeric = columns_step.named_transformers_["numeric"]
+            imputer, scaler = numeric.steps[0][1], numeric.steps[-1][1]
+            fill = np.asarray(imputer.statistics_, dtype=float)
+            mean = np.asarray(scaler.mean_, dtype=float)
+            scale = np.asarray(scaler.scale_, dtype=float)
+        categorical: list[CategoricalTerms] = []
+        if self.categorical_columns:
+            encoder = columns_step.named_transformers_["categorical"]
+            known = [[str(level) for level in levels] for levels in encoder.categories_]
+            probes: list[dict[str, Any]] = []
+            base = {c: 0.0 for c in self.numeric_columns}
+            base.update({c: levels[0] for c, levels in zip(self.categorical_columns, known,
+                                                           strict=True)})
+            for column, levels in zip(self.categorical_columns, known, strict=True):
+                unknown = "unknown level " + "?" * (1 + max(map(len, levels)))
+                probes += [{**base, column: level} for level in [*levels, unknown]]
+            design = self._design(self._frame(pd.DataFrame(probes)))
+            row = 0
+            for column, levels in zip(self.categorical_columns, known, strict=True):
+                where = np.flatnonzero(self._source == position[column])
+                start, stop = int(where[0]), int(where[-1]) + 1
+                if stop - start != len(where):
+                    raise RuntimeError(f"one-hot block of {column!r} is not contiguous")
+                blocks = design[row:row + len(levels) + 1, start:stop].copy()
+                categorical.append(CategoricalTerms(
+                    column, start, stop, {level: i for i, level in enumerate(levels)}, blocks))
+                row += len(levels) + 1
+        return LinearTerms(
+            feature_columns=tuple(self.feature_columns),
+            numeric_columns=tuple(self.numeric_columns), numeric_index=numeric_index,
+            fill=fill, mean=mean, scale=scale, categorical=tuple(categorical), coef=coef,
+            design_mean=np.asarray(self._mean, dtype=float),
+            intercept=float(model.intercept_[0]), bias=self._bias())
 
     def log_odds(self, df: pd.DataFrame) -> np.ndarray:
         """The model's log-odds per row, summed row by row (not by a matrix product), so a

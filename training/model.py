@@ -204,8 +204,8 @@ class BlendedLeadModel(mlflow.pyfunc.PythonModel):
     Log-odds = ``weight`` × LightGBM's margin + (1 − ``weight``) × the logistic regression's
     log-odds; ``weight`` 0 is the logistic regression alone (no booster). Contributions blend
     the same way (LightGBM's SHAP values, the linear model's exact ones), so a row's reasons
-    add up to its log-odds. It has no ``booster`` attribute: the service scores it through
-    ``predict_with_reasons`` on a frame (``serving.scoring.FastScorer``'s general path).
+    add up to its log-odds. The service scores it without pandas (``serving.scoring.FastScorer``
+    with ``serving.fast_linear``); it has no ``booster`` attribute (see ``lightgbm``).
     """
 
     def __init__(
@@ -250,6 +250,11 @@ class BlendedLeadModel(mlflow.pyfunc.PythonModel):
         if self.model_string and self._lightgbm is None:
             self._lightgbm = lgb.Booster(model_str=self.model_string)
         return self._lightgbm
+
+    @property
+    def lightgbm(self) -> lgb.Booster | None:
+        """The blend's LightGBM booster (built on first use), or None when ``weight`` is 0."""
+        return self._booster()
 
     def load_context(self, context: Any) -> None:
         """Build the booster (if any) once when MLflow loads the model."""

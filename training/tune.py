@@ -483,9 +483,13 @@ def tune_lgbm(
     )
     known = {t.number for t in study.trials}
     warm, why = fit_to_space(warm_start)
+    enqueued = False
     if warm is not None:
         study.enqueue_trial(warm, user_attrs={"warm_start": True}, skip_if_exists=True)
-    warm_info = {"enqueued": warm is not None, "reason": why, "params": warm}
+        enqueued = len(study.get_trials(deepcopy=False)) > len(known)
+        if not enqueued:
+            why = "the champion's parameters already ran in this study (same window)"
+    warm_info = {"enqueued": enqueued, "reason": why, "params": warm}
     shares = split_trials(n_trials, workers)
     started = time.perf_counter()
     deadline = None if timeout is None else time.time() + timeout

@@ -37,7 +37,12 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
-from serving.launcher import EXIT_CANNOT_START, default_metrics_root, free_port
+from serving.launcher import (
+    EXIT_CANNOT_START,
+    default_metrics_root,
+    free_port,
+    prepare_metrics_dir,
+)
 from serving.schemas import BatchRequest, EventsRequest, Submission, parse_request
 from tests.integration.service_fixtures import (
     API_KEY,
@@ -329,6 +334,7 @@ def test_disk_full_while_serving_does_not_crash_the_worker(service_workdir: Serv
                 assert time.monotonic() - started < 2
                 assert http.get("/metrics").status_code == 200
             assert [p.pid for p in _workers(service)] == [worker[0].pid], "the worker restarted"
+            (workdir.parent / "filler").unlink()  # room again: the shutdown can store its log
         finally:
             service.stop()
         assert not metrics_dir.exists(), "the metrics folder outlived the service"
@@ -363,6 +369,16 @@ def test_no_room_at_start_is_one_line_and_exit_2(service_workdir: ServiceWorkdir
             assert not any(metrics_root.iterdir()), list(metrics_root.iterdir())
 
 
+def test_metrics_folders_of_dead_launchers_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"leadscore-metrics-{dead}-abc"
+    (stale / "sub").mkdir(parents=True)
+    mine = prepare_metrics_dir(tmp_path)
+    assert mine.is_dir() and not stale.exists()
+    assert prepare_metrics_dir(tmp_path).is_dir() and mine.exists()  # a live launcher's stays
+
+
 # ---- 4: leadscore serve and SIGTERM --------------------------------------------------------
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -374,7 +390,7 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_stopping_leadscore_serve_stops_the_server(service_workdir: ServiceWorkdir,
                                                    tmp_path: Path, stop_signal: int) -> None:
     port = free_port()

@@ -1,7 +1,9 @@
 """The in-process scoring path: its fast pieces agree with the reference paths; faults degrade.
 
 References: ``features.online.online_features`` (Feast's ``get_online_features``),
-``LeadConversionModel.predict_with_reasons`` and ``routing.control.route_with_control``.
+``LeadConversionModel.predict_with_reasons`` / ``BlendedLeadModel.predict_with_reasons`` (each
+kind of model training may ship, whichever the work folder's training chose) and
+``routing.control.route_with_control``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from leadscore.config import Settings
 from routing.control import route_with_control
 from serving.fast_online_reader import OnlineFeatureReader, OnlineStoreError
 from serving.log_writer import BackgroundLogWriter
-from serving.model_store import ModelUnavailableError
+from serving.model_store import LoadedModel, ModelUnavailableError
 from serving.predictor import DEGRADED_STORE, IdentityMaps, Predictor
 from serving.schemas import Submission
 from tests.integration.service_fixtures import (
@@ -38,6 +40,49 @@ def predictor(service_workdir: ServiceWorkdir) -> Predictor:
     assert built.ready(), built.load_error
     yield built
     built.close()
+
+
+MODEL_KINDS = ["lightgbm", "blend", "logistic_regression"]
+
+
+def _model_of_kind(settings: Settings, champion, kind: str):  # noqa: ANN001, ANN202
+    """A packaged model of ``kind`` from the work folder's champion and training set: its
+    booster (or a default LightGBM when the champion has none), its calibrator and a logistic
+    regression fitted on the training set."""
+    from training.baselines import LogisticBaseline
+    from training.model import BlendedLeadModel, LeadConversionModel, prepare_features
+    from training.selection import train_default_lightgbm
+
+    features, levels = champion.feature_columns, champion.levels
+    common = {"calibrator": champion.calibrator, "feature_columns": features,
+              "levels": levels, "reason_templates": champion.reason_templates}
+    frame = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    model_string = champion.model_string
+    if model_string is None:
+        booster = train_default_lightgbm(prepare_features(frame, features, levels),
+                                         frame["label"].to_numpy(), list(levels), 0)
+        model_string = booster.model_to_string()
+    if kind == "lightgbm":
+        return LeadConversionModel(model_string=model_string, **common)
+    linear = LogisticBaseline(features, list(levels)).fit(frame, frame["label"])
+    if kind == "blend":
+        return BlendedLeadModel(linear, weight=0.6, model_string=model_string, **common)
+    return BlendedLeadModel(linear, weight=0.0, **common)
+
+
+@pytest.fixture(params=MODEL_KINDS)
+def model_kind(request: pytest.FixtureRequest, predictor: Predictor,
+               service_workdir: ServiceWorkdir) -> str:
+    """The predictor serving a model of each kind (its loaded champion swapped for the test)."""
+    from serving.scoring import FastScorer
+
+    loaded = predictor.model
+    assert loaded is not None
+    model = _model_of_kind(service_workdir.settings, loaded.python_model, request.param)
+    predictor._model = LoadedModel(model, loaded.name, loaded.version, loaded.source,
+                                   FastScorer(model))
+    yield request.param
+    predictor._model = loaded
 
 
 def _persons(settings, n: int = 6) -> list[str]:  # noqa: ANN001
@@ -76,20 +121,24 @@ def test_reader_matches_feast_get_online_features(
 
 
 def test_fast_scorer_matches_predict_with_reasons(
-    predictor: Predictor, service_workdir: ServiceWorkdir
+    predictor: Predictor, service_workdir: ServiceWorkdir, model_kind: str
 ) -> None:
     model = predictor.model
-    assert model is not None and model.scorer.fast
+    assert model is not None and model.scorer.fast, model_kind
     frame = pd.read_parquet(service_workdir.settings.data_dir / "training_set.parquet").head(200)
     frame = frame[model.python_model.feature_columns]
     expected = model.python_model.predict_with_reasons(frame, top_k=3)
-    got = model.scorer.score({c: frame[c].tolist() for c in frame.columns}, top_k=3)
+    columns = {c: frame[c].tolist() for c in frame.columns}
+    got = model.scorer.score(columns, top_k=3)
     assert [g["probability"] for g in got] == pytest.approx(
         [e["probability"] for e in expected], abs=1e-12)
     for g, e in zip(got, expected, strict=True):
         for side in ("positive_reasons", "negative_reasons"):
             assert [r["text"] for r in g[side]] == [r["text"] for r in e[side]]
             assert [r["contribution"] for r in g[side]] == [r["contribution"] for r in e[side]]
+    singles = [model.scorer.score({c: [v[i]] for c, v in columns.items()}, top_k=3)[0]
+               for i in range(0, 200, 9)]
+    assert singles == got[::9]
 
 
 def test_routing_matches_route_with_control(predictor: Predictor) -> None:
@@ -202,7 +251,7 @@ def test_background_log_writer_stores_everything(tmp_path: Path) -> None:
         writer.append([record(9999)])
 
 
-def test_predict_floor_is_milliseconds(predictor: Predictor) -> None:
+def test_predict_floor_is_milliseconds(predictor: Predictor, model_kind: str) -> None:
     sub = Submission.model_validate(submission("L-floor"))
     for _ in range(5):
         predictor.predict([sub])

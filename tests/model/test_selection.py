@@ -111,6 +111,7 @@ def test_blend_package_round_trips_through_mlflow(tmp_path) -> None:  # noqa: AN
     model = BlendedLeadModel(linear, calibrator, FEATURES, levels, weight=0.4,
                              model_string=booster.model_to_string())
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("blend-round-trip")  # not whichever experiment an earlier test set
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=model,
                                        input_example=split.test[FEATURES].head(3))

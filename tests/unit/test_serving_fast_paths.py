@@ -7,7 +7,9 @@
 * ``features.history.at_request_time`` / ``snapshots_at`` (a batch's histories at their
   request times, grouped) vs ``features.history.snapshot_at`` row by row, bit for bit;
 * ``TreeTables`` rank-based decisions vs float comparisons, and a batch's rows vs each row alone;
-* ``features.online.submission_requests`` vs ``features.online.submission_request``.
+* ``features.online.submission_requests`` vs ``features.online.submission_request``;
+* ``serving.fast_linear.FastLinear`` vs ``LogisticBaseline.log_odds`` / ``.contributions``, and
+  ``FastScorer`` on a ``BlendedLeadModel`` vs its ``predict_with_reasons``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from features import history as hist
 from features import request
 from features.online import submission_request, submission_requests
 from serving.fast_calibration import fast_calibration
+from serving.fast_linear import FastLinear
 from serving.scoring import FastScorer
+from training.baselines import LogisticBaseline
 from training.calibration import fit_calibrator
 from training.explain import top_reasons
+from training.model import (
+    BlendedLeadModel,
+    FeatureInputError,
+    categorical_levels,
+    prepare_features,
+)
 
 
 @pytest.mark.parametrize("method", ["identity", "sigmoid", "isotonic"])
@@ -217,3 +227,141 @@ def test_request_columns_equal_submission_request() -> None:
     assert list(got) == list(expected)
     for name in expected:
         assert [(type(v), v) for v in got[name]] == [(type(v), v) for v in expected[name]]
+
+
+# ---- the logistic regression and the blend ---------------------------------------------------
+NUMERIC = ["visits", "score", "empty", "constant", "flag"]
+CATEGORICAL = ["channel", "grade"]
+COLUMNS = ["channel", "visits", "score", "grade", "empty", "constant", "flag"]
+CHANNELS = ["sem", "seo", "feed", "app", "rare_a", "rare_b"]  # the rare ones: infrequent
+
+
+def _lead_frame(n: int, seed: int) -> pd.DataFrame:
+    """Leads with missing values, a column empty in training, a constant one, a 0/1 flag, rare
+    levels (grouped as infrequent by the encoder) and missing levels."""
+    rng = np.random.default_rng(seed)
+    channel = rng.choice(CHANNELS, n, p=[0.4, 0.3, 0.17, 0.11, 0.01, 0.01]).astype(object)
+    grade = rng.choice([f"G{i}" for i in range(1, 10)], n).astype(object)
+    grade[rng.random(n) < 0.1] = None
+    visits = rng.poisson(3, n).astype(float)
+    visits[rng.random(n) < 0.15] = np.nan
+    score = rng.normal(50, 10, n)
+    flag = rng.integers(0, 2, n)
+    logit = (-1.2 + 0.3 * np.nan_to_num(visits) - 0.04 * (score - 50) + 0.8 * flag
+             + np.where(channel == "seo", 0.6, 0.0) - np.where(grade == "G1", 0.7, 0.0))
+    return pd.DataFrame({
+        "channel": channel, "visits": visits, "score": score, "grade": grade,
+        "empty": np.full(n, np.nan), "constant": np.full(n, 3.0), "flag": flag,
+        "label": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int),
+    })
+
+
+def _probe_columns(seed: int, n: int = 300) -> dict[str, list]:
+    """Columns as the service sends them: Python values, ints and booleans for numbers,
+    missing values of every kind, unknown and rare levels, a level spelled like a number."""
+    rng = random.Random(seed)
+    frame = _lead_frame(n, seed + 100)
+    columns: dict[str, list] = {c: frame[c].tolist() for c in COLUMNS}
+    odd_numbers = [None, float("nan"), True, False, 0, 7, -2.5, 1e6, np.int64(4)]
+    odd_levels = [None, float("nan"), "missing", "never-seen", "rare_a", "rare_b", 3, "", "SEM"]
+    for i in range(n):
+        if rng.random() < 0.3:
+            for column in NUMERIC:
+                if rng.random() < 0.5:
+                    columns[column][i] = rng.choice(odd_numbers)
+            for column in CATEGORICAL:
+                if rng.random() < 0.5:
+                    columns[column][i] = rng.choice(odd_levels)
+    return columns
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[pd.DataFrame, LogisticBaseline]:
+    train = _lead_frame(1200, 0)
+    return train, LogisticBaseline(COLUMNS, CATEGORICAL).fit(train, train["label"])
+
+
+def test_fast_linear_equals_logistic_baseline(fitted) -> None:  # noqa: ANN001
+    _, baseline = fitted
+    fast = FastLinear.from_baseline(baseline)
+    assert fast is not None
+    encoder = baseline.pipeline.named_steps["columns"].named_transformers_["categorical"]
+    assert encoder.infrequent_categories_[0] is not None  # the rare channels are grouped
+    for seed in range(4):
+        columns = _probe_columns(seed)
+        frame = pd.DataFrame(columns)
+        log_odds, contrib = fast.predict(columns)
+        np.testing.assert_allclose(log_odds, baseline.log_odds(frame), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(contrib, baseline.contributions(frame), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(contrib.sum(axis=1), log_odds, rtol=0, atol=1e-9)
+        for i in range(0, 300, 7):  # one row alone gives the bits it gives in the batch
+            one_odds, one_contrib = fast.predict({c: [v[i]] for c, v in columns.items()})
+            assert one_odds[0] == log_odds[i]
+            np.testing.assert_array_equal(one_contrib[0], contrib[i])
+    empty_odds, empty_contrib = fast.predict({c: [] for c in COLUMNS})
+    assert empty_odds.shape == (0,) and empty_contrib.shape == (0, len(COLUMNS) + 1)
+
+
+def test_fast_linear_refuses_bad_input_naming_the_column(fitted) -> None:  # noqa: ANN001
+    _, baseline = fitted
+    fast = FastLinear.from_baseline(baseline)
+    assert fast is not None
+    columns = {c: v[:2] for c, v in _probe_columns(0).items()}
+    with pytest.raises(FeatureInputError, match="'score'"):
+        fast.predict({**columns, "score": [1.0, "high"]})
+    with pytest.raises(FeatureInputError, match="grade"):
+        fast.predict({c: v for c, v in columns.items() if c != "grade"})
+    assert FastLinear.from_baseline(LogisticBaseline(COLUMNS, CATEGORICAL)) is None  # unfitted
+
+
+def _blend(fitted, weight: float, num_leaves: int, method: str) -> BlendedLeadModel:  # noqa: ANN001
+    import lightgbm as lgb
+
+    train, baseline = fitted
+    levels = categorical_levels(train, CATEGORICAL)
+    model_string = None
+    if weight > 0:
+        data = lgb.Dataset(prepare_features(train, COLUMNS, levels), train["label"],
+                           categorical_feature=CATEGORICAL)
+        booster = lgb.train({"objective": "binary", "num_leaves": num_leaves, "verbose": -1,
+                             "min_data_in_leaf": 10, "seed": 1, "num_threads": 1}, data,
+                            num_boost_round=30)
+        model_string = booster.model_to_string()
+    raw = np.random.default_rng(3).beta(1, 4, 800)
+    y = (np.random.default_rng(4).random(800) < raw).astype(int)
+    calibrator = fit_calibrator(raw, y, method=method)
+    return BlendedLeadModel(baseline, calibrator, COLUMNS, levels, weight=weight,
+                            model_string=model_string)
+
+
+def _reasons(answer: dict) -> list:
+    return [[(r["feature"], r["text"], r["contribution"]) for r in answer[side]]
+            for side in ("positive_reasons", "negative_reasons")]
+
+
+@pytest.mark.parametrize(("weight", "num_leaves", "method"), [
+    (0.0, 0, "sigmoid"),  # the logistic regression alone
+    (0.3, 8, "isotonic"),  # booster scored by the tree tables
+    (0.3, 40, "identity"),  # trees too large for the tables: LightGBM's own predict
+    (0.999, 8, "sigmoid"),
+    (1.0, 8, "identity"),  # LightGBM alone inside the blend
+])
+def test_fast_scorer_serves_blend_as_predict_with_reasons(
+    fitted, weight: float, num_leaves: int, method: str,  # noqa: ANN001
+) -> None:
+    model = _blend(fitted, weight, num_leaves, method)
+    scorer = FastScorer(model)
+    assert scorer.fast and scorer.linear is not None
+    assert (scorer.tables is None) == (num_leaves > 12 or weight == 0)
+    columns = _probe_columns(11, 400)
+    expected = model.predict_with_reasons(pd.DataFrame(columns), top_k=3)
+    got = scorer.score(columns, top_k=3)
+    np.testing.assert_allclose([g["probability"] for g in got],
+                               [e["probability"] for e in expected], rtol=0, atol=1e-9)
+    np.testing.assert_allclose([g["raw_score"] for g in got],
+                               [e["raw_score"] for e in expected], rtol=0, atol=1e-9)
+    assert [_reasons(g) for g in got] == [_reasons(e) for e in expected]
+    singles = [scorer.score({c: [v[i]] for c, v in columns.items()}, top_k=3)[0]
+               for i in range(len(got))]
+    assert singles == got
+    assert scorer.score({c: [] for c in COLUMNS}) == []
