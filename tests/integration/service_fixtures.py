@@ -6,7 +6,7 @@ conftest) runs the product's pipeline (``pipelines.demo.run_demo``:
 generate → One ID → features + materialize → train with 2 trials → routing) on 3,000 leads, then
 links one made-up raw phone (``KNOWN_PHONE``) to an existing person who has behaviour in the
 online store, as One ID would after that person left the phone on an earlier form.
-``ServedService`` runs ``python -m bentoml serve serving.service:LeadScoring`` on a free
+``ServedService`` runs the service (``python -m serving.launcher``: ``bentoml serve``) on a free
 loopback port with its output captured to a file (for the tests that grep the logs).
 """
 
