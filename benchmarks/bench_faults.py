@@ -710,13 +710,15 @@ def disk_full(ctx: FaultContext) -> dict[str, Any]:
             freed = time.monotonic()
             ready = wait_for(service.url, "/readyz", 200, timeout=60)
             recovery = None if ready is None else round(time.monotonic() - freed, 2)
+            not_ready = "" if ready is not None else probe(service.url, "/readyz")[2][:160]
         finally:
             service.stop()
         lost = set(seen.answered) - logged_lead_ids(workdir)
     return {
         "answered": len(seen.answered), "lost": len(lost), "recovery_s": recovery,
         "notes": (f"worker restarted: {restarted}; /healthz after the flood: {health[0]} in "
-                  f"{health[1] * 1000:.0f} ms; load errors {seen.errors}; flood {flood}"),
+                  f"{health[1] * 1000:.0f} ms; load errors {seen.errors}; flood {flood}"
+                  + (f"; /readyz 60 s after room returned: {not_ready}" if not_ready else "")),
     }
 
 
