@@ -56,6 +56,8 @@ def lower_thread_priority(increment: int = BACKGROUND_NICE) -> bool:
     return True
 
 
+CLOSE_DRAIN_SECONDS = 5.0  # how long a closing writer keeps retrying a failing write
+
 class BatchingWriter:
     """One background thread storing queued items in order, a linger's worth per write.
 
@@ -80,6 +82,7 @@ class BatchingWriter:
         self.write_failures = 0
         self.dropped = 0  # items given up on (``_gives_up_on``)
         self._closed = False
+        self._close_deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -112,10 +115,13 @@ class BatchingWriter:
         with self._cond:
             return self._appended - self._stored
 
-    def close(self) -> None:
-        """Store everything queued, stop the thread and close the target."""
+    def close(self, drain_seconds: float = CLOSE_DRAIN_SECONDS) -> None:
+        """Store everything queued, stop the thread and close the target. A write that still
+        fails ``drain_seconds`` after the close began is given up (logged and counted in
+        ``dropped``), so a full or read-only disk cannot hold a stopping service."""
         if self._closed:
             return
+        self._close_deadline = time.monotonic() + drain_seconds
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
@@ -163,7 +169,8 @@ class BatchingWriter:
                 self._store(batch)
             except Exception as exc:  # disk full, database locked …: retried (see _gives_up_on)
                 self.write_failures += 1
-                if self._gives_up_on(exc):
+                closing_too_long = self._closed and time.monotonic() > self._close_deadline
+                if self._gives_up_on(exc) or closing_too_long:
                     self.logger.warning("%s gave up %d %s(s) (%s)", type(self).__name__,
                                         len(batch), self.what, type(exc).__name__)
                     with self._cond:
