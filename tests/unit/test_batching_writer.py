@@ -22,4 +22,4 @@ def test_close_gives_up_a_failing_write_after_the_drain() -> None:
     started = time.monotonic()
     writer.close(drain_seconds=0.5)
     assert time.monotonic() - started < 5.0  # retried forever before: a stop hung
-    assert writer.dropped == 3 and writer.pending() == 0
+    assert writer.dropped == 3 and writer.pending == 0
