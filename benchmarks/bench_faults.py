@@ -62,17 +62,11 @@ ROW_FIELDS = ("answered", "wrong", "lost", "recovery_s")
 
 # ---- helpers shared by the scenarios ---------------------------------------------------------
 def submission(lead_id: str, known: bool = True) -> dict[str, Any]:
-    """A valid ``/predict`` body; ``known=False`` gives a brand-new cookie-only person."""
-    identifiers: dict[str, Any] = (
-        {"phone": "+86 138 0013 8000", "wechat_id": "wx_abc123", "email": None,
-         "cookie_id": "c-9f8e7d"} if known else {"cookie_id": f"fault-{lead_id.lower()}"})
-    return {
-        "lead_id": lead_id,
-        "submitted_at": (datetime.now(UTC) - timedelta(seconds=5)).isoformat(),
-        "channel": "sem", "campaign": "winter-math-2026", "landing_page": "/trial/math",
-        "funnel_step": "verified", "form": {"grade": "G5", "subject": "math", "city": "Hangzhou"},
-        "identifiers": identifiers,
-    }
+    """A valid ``/predict`` body (the serving benchmark's); ``known=False`` gives a brand-new
+    cookie-only person."""
+    from bench_serving import body  # same folder
+
+    return body(lead_id, known)
 
 
 def percentiles(seconds: list[float]) -> dict[str, float | None]:
