@@ -31,6 +31,7 @@ from crm_data.identity import load_identity_state, lookup_person, new_person_id
 from crm_data.log_journal import LogJournal
 from crm_data.prediction_log import PredictionLog, PredictionRecord, open_prediction_log
 from features.online import submission_request, submission_requests
+from features.params import FeatureParams
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import CITY_TIER_BY_NAME
@@ -136,12 +137,6 @@ def identifier_hashes(
     return hashes, rejected
 
 
-def _rule_threshold(settings: Settings) -> float:
-    from features.score2d import load_scoring_tables
-
-    return load_scoring_tables(settings.scoring_config).rule_threshold
-
-
 class Predictor:
     """Scores submissions; thread-safe; model and identity maps are swapped atomically."""
 
@@ -153,7 +148,7 @@ class Predictor:
         self.identity = identity
         self.policy = policy
         # the 2-D rule's sales threshold for control leads: the user's scoring tables
-        self.rule_threshold = _rule_threshold(settings)
+        self.rule_threshold = FeatureParams.from_settings(settings).tables.rule_threshold
         self.log = log
         self.updater = updater
         # ``serving.events.BackgroundLeadRecorder`` over ``updater``: scored submissions are
@@ -174,7 +169,6 @@ class Predictor:
     def from_settings(cls, settings: Settings, background_log: bool = True,
                       load_model: bool = True) -> Predictor:
         """Build from the work folder: feature store, One ID, policy, log and the champion."""
-        from features.params import FeatureParams
         from features.store import get_store
         from serving.events import BackgroundLeadRecorder, BehaviourUpdater
 
