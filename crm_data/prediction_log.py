@@ -35,18 +35,25 @@ import pandas as pd
 from pydantic_core import to_json
 
 from leadscore.config import Settings
+from leadscore.schemas import ROUTING_ARMS
 
 FeatureValue = float | int | str | bool | None
 _PLAIN = frozenset({float, int, str, bool, type(None)})  # feature value types needing no check
 _STR_ONLY = frozenset({str})
 _STRING_FIELDS: tuple[str, ...] = (
     "request_id", "lead_id", "person_id", "tier", "channel", "model_name", "model_version",
-    "policy_version",
+    "policy_version", "arm",
 )
+# columns added after the first release: added in place to an older log (name → declaration)
+ADDED_COLUMNS: dict[str, str] = {
+    "arm": "TEXT NOT NULL DEFAULT 'policy'",
+    "propensity": "DOUBLE PRECISION NOT NULL DEFAULT 1.0",
+}
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "request_id", "lead_id", "person_id", "submitted_at", "scored_at", "probability", "tier",
-    "channel", "control", "degraded", "model_name", "model_version", "policy_version",
+    "channel", "control", "degraded", "model_name", "model_version", "policy_version", "arm",
+    "propensity",
 )
 TIMESTAMP_COLUMNS: tuple[str, ...] = ("submitted_at", "scored_at")
 BOOL_COLUMNS: tuple[str, ...] = ("control", "degraded")
@@ -97,6 +104,8 @@ class PredictionRecord:
     model_name: str
     model_version: str
     policy_version: str
+    arm: str = "policy"  # policy / exploration / control (routing.control)
+    propensity: float = 1.0  # the probability with which the channel was chosen
     features: dict[str, FeatureValue] = field(default_factory=dict)
 
     def validated(self) -> PredictionRecord:
@@ -111,6 +120,12 @@ class PredictionRecord:
         probability = self.probability
         if not isinstance(probability, int | float) or not 0.0 <= float(probability) <= 1.0:
             raise PredictionLogError(f"field 'probability': {probability!r} is not in [0, 1]")
+        if self.arm not in ROUTING_ARMS:
+            raise PredictionLogError(
+                f"field 'arm': {self.arm!r} is not one of {ROUTING_ARMS}")
+        propensity = self.propensity
+        if not isinstance(propensity, int | float) or not 0.0 < float(propensity) <= 1.0:
+            raise PredictionLogError(f"field 'propensity': {propensity!r} is not in (0, 1]")
         if not isinstance(self.features, dict):
             raise PredictionLogError("field 'features': expected a dict of feature values")
         features = self.features
@@ -124,7 +139,8 @@ class PredictionRecord:
                         f"field 'features': value of {key!r} has type {type(value).__name__}; "
                         "expected float, int, str, bool or None"
                     )
-        if (type(probability) is float and type(self.control) is bool
+        if (type(probability) is float and type(propensity) is float
+                and type(self.control) is bool
                 and type(self.degraded) is bool and _is_utc(self.submitted_at)
                 and _is_utc(self.scored_at)):
             return self
@@ -134,6 +150,7 @@ class PredictionRecord:
                 "submitted_at": _utc(self.submitted_at, "submitted_at"),
                 "scored_at": _utc(self.scored_at, "scored_at"),
                 "probability": float(probability),
+                "propensity": float(propensity),
                 "control": bool(self.control),
                 "degraded": bool(self.degraded),
             }
@@ -211,6 +228,7 @@ class SqlitePredictionLog:
             probability REAL NOT NULL, tier TEXT NOT NULL, channel TEXT NOT NULL,
             control INTEGER NOT NULL, degraded INTEGER NOT NULL,
             model_name TEXT NOT NULL, model_version TEXT NOT NULL, policy_version TEXT NOT NULL,
+            arm TEXT NOT NULL DEFAULT 'policy', propensity REAL NOT NULL DEFAULT 1.0,
             features TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
@@ -227,6 +245,10 @@ class SqlitePredictionLog:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(self._SCHEMA)
+        present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({TABLE})")}
+        for column, declaration in ADDED_COLUMNS.items():  # a log written before they existed
+            if column not in present:
+                self._conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {declaration}")
 
     def append(self, records: Sequence[PredictionRecord], prevalidated: bool = False) -> None:
         """Store ``records`` in one transaction (validated first: a bad record stores nothing)."""
@@ -251,8 +273,8 @@ class SqlitePredictionLog:
         return (
             r.request_id, r.lead_id, r.person_id, _to_micros(r.submitted_at),
             _to_micros(r.scored_at), r.probability, r.tier, r.channel, int(r.control),
-            int(r.degraded), r.model_name, r.model_version, r.policy_version,
-            _features_json(r.features),
+            int(r.degraded), r.model_name, r.model_version, r.policy_version, r.arm,
+            r.propensity, _features_json(r.features),
         )
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
@@ -318,6 +340,7 @@ class PostgresPredictionLog:
             probability DOUBLE PRECISION NOT NULL, tier TEXT NOT NULL, channel TEXT NOT NULL,
             control BOOLEAN NOT NULL, degraded BOOLEAN NOT NULL,
             model_name TEXT NOT NULL, model_version TEXT NOT NULL, policy_version TEXT NOT NULL,
+            arm TEXT NOT NULL DEFAULT 'policy', propensity DOUBLE PRECISION NOT NULL DEFAULT 1.0,
             features TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
@@ -338,6 +361,9 @@ class PostgresPredictionLog:
             for statement in self._SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
+            for column, declaration in ADDED_COLUMNS.items():
+                self._conn.execute(
+                    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {declaration}")
 
     def _connect(self) -> Any:
         return self._psycopg.connect(self.dsn, connect_timeout=self._connect_timeout)
@@ -364,7 +390,7 @@ class PostgresPredictionLog:
         return (
             r.request_id, r.lead_id, r.person_id, r.submitted_at, r.scored_at, r.probability,
             r.tier, r.channel, r.control, r.degraded, r.model_name, r.model_version,
-            r.policy_version, _features_json(r.features),
+            r.policy_version, r.arm, r.propensity, _features_json(r.features),
         )
 
     def read(self, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:

@@ -20,6 +20,8 @@ FUNNEL_CLASS: dict[str, str] = {
     "submitted": "D", "verified": "C", "followed_account": "B", "booked_trial": "A",
 }
 FOLLOWUP_CHANNELS: tuple[str, ...] = ("top_sales", "sales", "tmk", "ai_bot")
+# the arms of live routing (routing.control): the policy, randomised exploration, the control group
+ROUTING_ARMS: tuple[str, ...] = ("policy", "exploration", "control")
 TIERS: tuple[str, ...] = ("A", "B", "C", "D")
 # The registry alias of the model in service (MLflow model-version alias).
 CHAMPION_ALIAS = "champion"

@@ -1,26 +1,38 @@
-"""The control group: a stable share of persons routed by the rule policy instead of the model.
+"""The arms of live routing: the policy, the control group and exploration.
 
-Membership is a salted SHA-256 of the person id mapped to a uniform number in [0, 1): the same
-person is always in (or out of) the control group, across calls, processes and machines, and
-all leads of a person share the decision. Control leads are routed by ``rule_2d`` (2-D score at
-or above ``rule.sales_threshold`` → sales, else the AI bot) and marked ``control=True``, so the
-model can be compared with the rule on live traffic. :func:`route_leads` is the one routing step
-of serving (one lead or a batch) and of the simulation.
+A person's arm comes from one salted SHA-256 draw of the person id, a uniform number u in [0, 1):
+the same person is always in the same arm, across calls, processes and machines, and all leads
+of a person share it.
+
+* ``control`` (u < ``control_share``): routed by ``rule_2d`` (2-D score at or above
+  ``rule.sales_threshold`` → sales, else the AI bot), so the model can be compared with the
+  rule on live traffic;
+* ``exploration`` (the next ``exploration_share`` of u): the channel is drawn uniformly among
+  the channels, from a salted hash of the lead id (a replay draws the same channel), with
+  probability 1 / number of channels: the randomised outcomes channel effects are learned from
+  and policies are judged by off-policy;
+* ``policy``: the routing policy's tier → channel.
+
+Every routed lead carries its arm and the probability with which its channel was chosen
+(``propensity``: 1 for the deterministic arms). :func:`route_leads` is the one routing step of
+serving (one lead or a batch).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from leadscore.schemas import FOLLOWUP_CHANNELS, ROUTING_ARMS
 from routing.policy import RoutingPolicy
 from routing.rules import rule_2d_channels
 
 _SCALE = float(2**64)
+ARM_POLICY, ARM_EXPLORATION, ARM_CONTROL = ROUTING_ARMS
 
 
 def control_draw(person_id: str, salt: str) -> float:
@@ -51,38 +63,88 @@ def _missing(person_id: Any) -> bool:
 def control_mask(person_ids: Any, share: float, salt: str) -> np.ndarray:
     """Vectorised :func:`is_control` over a Series/sequence of person ids (boolean array)."""
     _check(share, salt)
+    draws = person_draws(person_ids, salt)
+    return draws < share if share > 0.0 else np.zeros(len(draws), dtype=bool)
+
+
+class RoutedLeads(NamedTuple):
+    """Per lead: tier, channel, control flag, arm and the propensity of its channel."""
+
+    tiers: np.ndarray
+    channels: np.ndarray
+    control: np.ndarray
+    arms: np.ndarray
+    propensities: np.ndarray
+
+
+def person_draws(person_ids: Any, salt: str) -> np.ndarray:
+    """:func:`control_draw` per person (one hash per distinct person)."""
     ids = list(person_ids)
     if any(_missing(p) for p in ids):
         raise ValueError("person_id: contains missing or empty values")
-    if share == 0.0:
-        return np.zeros(len(ids), dtype=bool)
     draws: dict[str, float] = {}
-    out = np.empty(len(ids), dtype=bool)
+    out = np.empty(len(ids), dtype=float)
     for i, pid in enumerate(ids):
         key = str(pid)
         draw = draws.get(key)
         if draw is None:
             draw = draws[key] = control_draw(key, salt)
-        out[i] = draw < share
+        out[i] = draw
     return out
+
+
+def assign_arms(person_ids: Any, policy: RoutingPolicy) -> np.ndarray:
+    """``control`` / ``exploration`` / ``policy`` per lead (see the module docstring)."""
+    _check(policy.control_share, policy.control_salt)
+    if not 0.0 <= policy.exploration_share <= 1.0 - policy.control_share:
+        raise ValueError(f"exploration_share: {policy.exploration_share} does not fit beside "
+                         f"control_share {policy.control_share}")
+    u = person_draws(person_ids, policy.control_salt)
+    arms = np.full(len(u), ARM_POLICY, dtype=object)
+    arms[u < policy.control_share + policy.exploration_share] = ARM_EXPLORATION
+    arms[u < policy.control_share] = ARM_CONTROL
+    return arms
+
+
+def exploration_channels(lead_ids: Sequence[Any], policy: RoutingPolicy,
+                         channels: Sequence[str] | None = None) -> tuple[np.ndarray, float]:
+    """A uniformly drawn channel per lead (salted hash of the lead id) and its probability."""
+    options = tuple(channels if channels is not None else FOLLOWUP_CHANNELS)
+    if not options:
+        raise ValueError("channels: no channel to explore")
+    picks = [options[min(int(control_draw(f"explore:{lead}", policy.control_salt)
+                                 * len(options)), len(options) - 1)] for lead in lead_ids]
+    return np.array(picks, dtype=object), 1.0 / len(options)
 
 
 def route_leads(
     person_ids: Sequence[Any], probability: Any, rule_score: Any, policy: RoutingPolicy,
-    rule_threshold: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tier, channel and control flag per lead as served (before daily capacity).
+    rule_threshold: float | None = None, lead_ids: Sequence[Any] | None = None,
+) -> RoutedLeads:
+    """Tier, channel, control flag, arm and propensity per lead as served (before capacity).
 
-    Model leads take the policy's tier and channel; control leads take the rule_2d channel and
-    the tier that the policy maps to that channel, so tier and channel always agree.
+    Policy leads take the policy's tier and channel; control leads the rule_2d channel,
+    exploration leads a drawn channel (by ``lead_ids``; the person ids when not given), each
+    with the tier that the policy maps to its channel, so tier and channel always agree.
     """
     tiers, channels = policy.assign(probability)
-    control = control_mask(person_ids, policy.control_share, policy.control_salt)
-    if not control.any():
-        return tiers, channels, control
-    rule = rule_2d_channels(rule_score, rule_threshold)
-    rule_tiers = np.array([policy.tier_of_channel(c) for c in rule], dtype=object)
-    return np.where(control, rule_tiers, tiers), np.where(control, rule, channels), control
+    arms = assign_arms(person_ids, policy)
+    control = arms == ARM_CONTROL
+    explore = arms == ARM_EXPLORATION
+    propensities = np.ones(len(arms), dtype=float)
+    if control.any():
+        rule = rule_2d_channels(rule_score, rule_threshold)
+        channels = np.where(control, rule, channels)
+    if explore.any():
+        keys = np.asarray(list(lead_ids if lead_ids is not None else person_ids), dtype=object)
+        drawn, share = exploration_channels(keys[explore], policy)
+        channels = channels.copy()
+        channels[explore] = drawn
+        propensities[explore] = share
+    if control.any() or explore.any():
+        mapped = np.array([policy.tier_of_channel(c) for c in channels], dtype=object)
+        tiers = np.where(control | explore, mapped, tiers)
+    return RoutedLeads(tiers, channels, control, arms, propensities)
 
 
 def route_with_control(
@@ -92,11 +154,13 @@ def route_with_control(
     missing = [c for c in ("person_id", "probability", "rule_score") if c not in scored.columns]
     if missing:
         raise ValueError(f"scored: missing column(s) {missing}")
-    tiers, channels, control = route_leads(
+    lead_ids = scored["lead_id"] if "lead_id" in scored.columns else None
+    routed_leads = route_leads(
         scored["person_id"], scored["probability"].to_numpy(), scored["rule_score"], policy,
-        rule_threshold)
-    routed = pd.DataFrame({"tier": tiers, "channel": channels, "control": control},
-                          index=scored.index)
+        rule_threshold, lead_ids=lead_ids)
+    routed = pd.DataFrame({"tier": routed_leads.tiers, "channel": routed_leads.channels,
+                           "control": routed_leads.control, "arm": routed_leads.arms,
+                           "propensity": routed_leads.propensities}, index=scored.index)
     if "lead_id" in scored.columns:
         routed.insert(0, "lead_id", scored["lead_id"].to_numpy())
     return routed

@@ -34,9 +34,10 @@ K12_FUNNEL_CHANNEL: dict[str, str] = {
 }
 _TOP_KEYS = {
     "version", "channels", "tiers", "cutoffs", "control_share", "control_salt",
-    "probability_reference", "historical_followup", "capacity_day_timezone",
+    "exploration_share", "probability_reference", "historical_followup", "capacity_day_timezone",
     "expected_daily_leads", "optimization",
 }
+MAX_EXPLORATION_SHARE = 0.5  # beyond it the policy would be mostly a random draw
 _CHANNEL_KEYS = {"cost_per_lead", "daily_capacity", "capacity_share", "relative_conversion"}
 
 
@@ -79,6 +80,9 @@ class RoutingPolicy:
     cutoff_mode: str = "fixed"
     control_share: float = 0.05
     control_salt: str = "leadscore-routing-control"
+    # persons (same salted draw as the control group, the next slice of it) whose leads get a
+    # channel drawn at random: the randomised outcomes the channel effects are learned from
+    exploration_share: float = 0.10
     probability_reference: str = "ai_bot"
     historical_followup: dict[str, str] = field(default_factory=lambda: dict(K12_FUNNEL_CHANNEL))
     capacity_day_timezone: str = "UTC"
@@ -161,6 +165,7 @@ class RoutingPolicy:
             "cutoffs": {"mode": self.cutoff_mode, **{t: self.cutoffs[t] for t in CUTOFF_TIERS}},
             "control_share": self.control_share,
             "control_salt": self.control_salt,
+            "exploration_share": self.exploration_share,
             "probability_reference": self.probability_reference,
             "historical_followup": dict(self.historical_followup),
             "capacity_day_timezone": self.capacity_day_timezone,
@@ -319,6 +324,13 @@ def policy_from_dict(raw: Any, source: str = "policy") -> RoutingPolicy:
     salt = str(raw.get("control_salt", "leadscore-routing-control"))
     if not salt:
         raise PolicyError("control_salt: must not be empty")
+    exploration = _number(raw.get("exploration_share", 0.10), "exploration_share")
+    if not 0.0 <= exploration <= MAX_EXPLORATION_SHARE:
+        raise PolicyError(
+            f"exploration_share: {exploration} lies outside [0, {MAX_EXPLORATION_SHARE}]")
+    if share + exploration > 1.0:
+        raise PolicyError(f"exploration_share: control_share + exploration_share = "
+                          f"{share + exploration:g} exceeds 1")
 
     reference = raw.get("probability_reference", "ai_bot")
     if reference not in (*FOLLOWUP_CHANNELS, REFERENCE_FUNNEL_STEP):
@@ -363,6 +375,7 @@ def policy_from_dict(raw: Any, source: str = "policy") -> RoutingPolicy:
         cutoff_mode=str(mode),
         control_share=share,
         control_salt=salt,
+        exploration_share=exploration,
         probability_reference=str(reference),
         historical_followup={s: str(historical[s]) for s in FUNNEL_STEPS},
         capacity_day_timezone=timezone,

@@ -35,7 +35,7 @@ from features.params import FeatureParams
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import CITY_TIER_BY_NAME
-from routing.control import route_leads
+from routing.control import RoutedLeads, route_leads
 from routing.policy import RoutingPolicy, resolve_active_policy
 from serving.fast_online_reader import (
     OnlineFeatureReader,
@@ -164,6 +164,9 @@ class Predictor:
         self._reset_unlogged = 0
         self._reset_logged_at = -RESET_WARNING_SECONDS
         self.on_degraded: Callable[[str, int], None] | None = None
+        # ``serving.rescoring.Rescorer.register``: answered submissions become leads whose
+        # answer moves with their events (called with the batch's forms, features and routes)
+        self.on_scored: Callable[..., None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, background_log: bool = True,
@@ -358,11 +361,11 @@ class Predictor:
                        exc, count)
 
     def route(self, person_ids: Sequence[str], probability: np.ndarray,
-              rule_score: np.ndarray) -> tuple[list[str], list[str], list[bool]]:
-        """Tier, channel and control flag per lead (:func:`routing.control.route_leads`)."""
-        tiers, channels, control = route_leads(person_ids, probability, rule_score, self.policy,
-                                               self.rule_threshold)
-        return tiers.tolist(), channels.tolist(), control.tolist()
+              rule_score: np.ndarray, lead_ids: Sequence[str] | None = None) -> RoutedLeads:
+        """Tier, channel, control flag, arm and propensity per lead
+        (:func:`routing.control.route_leads`)."""
+        return route_leads(person_ids, probability, rule_score, self.policy,
+                           self.rule_threshold, lead_ids=lead_ids)
 
     def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""
@@ -408,7 +411,11 @@ class Predictor:
             self.updater.record_submissions(submissions, person_ids)
         probability = np.array([s["probability"] for s in scored], dtype=float)
         rule_score = np.asarray(columns.get("rule_score", [0.0] * len(scored)), dtype=float)
-        tiers, channels, control = self.route(person_ids, probability, rule_score)
+        routed = self.route(person_ids, probability, rule_score,
+                            [sub.lead_id for sub in submissions])
+        tiers, channels = routed.tiers.tolist(), routed.channels.tolist()
+        control, arms = routed.control.tolist(), routed.arms.tolist()
+        propensities = routed.propensities.tolist()
         self._count_degraded(degraded)
         now = datetime.now(UTC)
         policy_version = self.policy.version
@@ -431,6 +438,7 @@ class Predictor:
                 "tier": tiers[i],
                 "channel": channels[i],
                 "control": control[i],
+                "arm": arms[i],
                 "reasons": {"positive": reason_dicts(scored[i]["positive_reasons"]),
                             "negative": reason_dicts(scored[i]["negative_reasons"])},
                 "tags": {name: features[name] for name in tag_names},
@@ -446,8 +454,12 @@ class Predictor:
                 submitted_at=sub.submitted_at, scored_at=now,
                 probability=scored[i]["probability"], tier=tiers[i], channel=channels[i],
                 control=control[i], degraded=reason is not None, model_name=model.name,
-                model_version=model.version, policy_version=policy_version, features=features,
+                model_version=model.version, policy_version=policy_version, arm=arms[i],
+                propensity=propensities[i], features=features,
             ))
+        if self.on_scored is not None:
+            self.on_scored(submissions, [r.form for r in resolved], person_ids, columns,
+                           probability, tiers, channels, control, model.version, now)
         return answers, self.log.append(records)
 
     def _count_degraded(self, degraded: list[str | None]) -> None:

@@ -28,6 +28,7 @@ from pydantic import (
     JsonValue,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
@@ -40,6 +41,8 @@ Grade = Literal[GRADES]  # type: ignore[valid-type]
 Subject = Literal[SUBJECTS]  # type: ignore[valid-type]
 Device = Literal[DEVICES]  # type: ignore[valid-type]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+# funnel steps after the form, sent as events of their lead (serving.rescoring)
+FunnelEventType = Literal[FUNNEL_STEPS[1:]]  # type: ignore[valid-type]
 
 MAX_BATCH = 1000
 # How far in the future a client clock may be before a timestamp is refused.
@@ -147,13 +150,14 @@ class BatchRequest(BaseModel):
 
 
 class Event(BaseModel):
-    """One behaviour event pushed by the CRM or website."""
+    """One behaviour event pushed by the CRM or website, or a funnel step of a lead
+    (``verified``, ``followed_account``, ``booked_trial``: ``lead_id`` required)."""
 
     model_config = STRICT
 
     lead_id: str | None = Field(None, max_length=64)
     identifiers: Identifiers = Field(default_factory=Identifiers)
-    event_type: EventType
+    event_type: EventType | FunnelEventType
     event_time: datetime
     url: FreeUrl = Field("", max_length=512)
     dwell_seconds: float = Field(0.0, ge=0, le=86400)
@@ -167,6 +171,15 @@ class Event(BaseModel):
     @classmethod
     def _event_time_sane(cls, value: datetime) -> datetime:
         return _check_time(value, "event_time")
+
+    @model_validator(mode="after")
+    def _step_names_its_lead(self) -> Event:
+        if self.event_type in FUNNEL_STEPS and not self.lead_id:
+            raise PydanticCustomError(
+                "funnel_step_without_lead",
+                "lead_id: a funnel-step event (verified, followed_account, booked_trial) "
+                "must name its lead")
+        return self
 
 
 class EventsRequest(BaseModel):
@@ -267,6 +280,10 @@ class Prediction(BaseModel):
     tier: Literal["A", "B", "C", "D"]
     channel: Literal["top_sales", "sales", "tmk", "ai_bot"]
     control: bool = Field(description="Routed by the rule policy as part of the control group.")
+    arm: Literal["policy", "exploration", "control"] = Field(
+        "policy", description="How the channel was chosen: by the routing policy, drawn at "
+        "random (exploration: the randomised share channel effects are learned from) or by the "
+        "rule (control group).")
     reasons: dict[str, list[Reason]] = Field(description="'positive' and 'negative' reasons.")
     tags: dict[str, float | int | str | None] = Field(description="Fact/analytic tags used.")
     identifiers_rejected: dict[str, str] = Field(
@@ -292,3 +309,5 @@ class EventsResponse(BaseModel):
     accepted: int
     persons_updated: int
     rejected: dict[str, int] = Field(default_factory=dict)
+    rescoring_queued: int = Field(0, description="Accepted events queued for re-scoring the "
+                                  "person's open leads (docs/api.md, 'Re-scoring').")

@@ -41,7 +41,8 @@ def record(i: int, submitted_at: datetime = T0, **changes: object) -> Prediction
 
 def check_roundtrip(log: PredictionLog) -> None:
     log.append([record(i, T0 + timedelta(hours=i)) for i in range(5)])
-    log.append([record(99, T0 + timedelta(days=10), degraded=True)])
+    log.append([record(99, T0 + timedelta(days=10), degraded=True, arm="exploration",
+                       propensity=0.25)])
     assert log.count() == 6
 
     frame = log.read()
@@ -55,6 +56,8 @@ def check_roundtrip(log: PredictionLog) -> None:
     assert frame["grade"].isna().all()
     assert frame["control"].dtype == bool and frame["control"].iloc[0]
     assert frame["degraded"].tolist() == [False] * 5 + [True]
+    assert frame["arm"].tolist() == ["policy"] * 5 + ["exploration"]
+    assert frame["propensity"].tolist() == [1.0] * 5 + [0.25]
 
     window = log.read(T0 + timedelta(hours=1), T0 + timedelta(hours=3))
     assert window["lead_id"].tolist() == ["L1", "L2"]  # since inclusive, until exclusive
@@ -174,3 +177,25 @@ def test_postgres_dsn_replaces_the_database() -> None:
     assert postgres_dsn("postgresql://u@h:5432/other", "x") == "postgresql://u@h:5432/x"
     with pytest.raises(PredictionLogError, match="postgres_url"):
         postgres_dsn("mysql://h", "x")
+
+
+def test_a_log_written_before_arms_existed_gains_them(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    SqlitePredictionLog(path).append([record(1)])
+    with sqlite3.connect(path) as conn:  # the table as the first release created it
+        conn.execute("ALTER TABLE predictions DROP COLUMN arm")
+        conn.execute("ALTER TABLE predictions DROP COLUMN propensity")
+    log = SqlitePredictionLog(path)
+    log.append([record(2, arm="exploration", propensity=0.25)])
+    frame = log.read()
+    assert frame["arm"].tolist() == ["policy", "exploration"]
+    assert frame["propensity"].tolist() == [1.0, 0.25]
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"arm": "random"}, "arm"), ({"propensity": 0.0}, "propensity"),
+    ({"propensity": 1.5}, "propensity"),
+])
+def test_bad_arm_or_propensity_is_refused(changes: dict, field: str) -> None:
+    with pytest.raises(PredictionLogError, match=f"field '{field}'"):
+        record(1, **changes).validated()

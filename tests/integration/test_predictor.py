@@ -146,14 +146,17 @@ def test_routing_matches_route_with_control(predictor: Predictor) -> None:
     persons = [f"P-{i:05d}" for i in range(400)]
     probability = rng.random(400)
     rule = rng.uniform(-40, 120, 400)
-    tiers, channels, control = predictor.route(persons, probability, rule)
+    leads = [f"L-{i:05d}" for i in range(400)]
+    routed = predictor.route(persons, probability, rule, leads)
     reference = route_with_control(
-        pd.DataFrame({"person_id": persons, "probability": probability, "rule_score": rule}),
-        predictor.policy)
-    assert tiers == reference["tier"].tolist()
-    assert channels == reference["channel"].tolist()
-    assert control == reference["control"].tolist()
-    assert any(control)
+        pd.DataFrame({"lead_id": leads, "person_id": persons, "probability": probability,
+                      "rule_score": rule}), predictor.policy)
+    assert routed.tiers.tolist() == reference["tier"].tolist()
+    assert routed.channels.tolist() == reference["channel"].tolist()
+    assert routed.control.tolist() == reference["control"].tolist()
+    assert routed.arms.tolist() == reference["arm"].tolist()
+    assert routed.propensities.tolist() == reference["propensity"].tolist()
+    assert routed.control.any() and (routed.arms == "exploration").any()
 
 
 def unreachable_store(settings: Settings, tmp_path: Path) -> FeatureStore:

@@ -24,6 +24,7 @@ from routing.policy import (
     PolicyError,
     RoutingPolicy,
     bump_version,
+    default_policy_path,
     load_policy,
     policy_from_dict,
     save_policy,
@@ -289,11 +290,49 @@ def test_control_leads_follow_the_rule(leads: pd.DataFrame, default_policy) -> N
     rule = np.where(leads["rule_score"] >= 60, "sales", "ai_bot")
     np.testing.assert_array_equal(routed["channel"][control], rule[control])
     _, model_channels = policy.assign(leads["probability"])
-    np.testing.assert_array_equal(routed["channel"][~control], model_channels[~control])
+    by_policy = (routed["arm"] == "policy").to_numpy()
+    np.testing.assert_array_equal(routed["channel"][by_policy], model_channels[by_policy])
     tier_channel = routed["tier"].map(policy.tier_channel)
     assert (tier_channel == routed["channel"]).all()
     # all leads of a person share the decision
     assert routed.groupby(leads["person_id"])["control"].nunique().max() == 1
+    assert (routed.loc[control, "arm"] == "control").all()
+    assert (routed.loc[control | by_policy, "propensity"] == 1.0).all()
+
+
+def test_exploration_draws_channels_uniformly_apart_from_control(default_policy) -> None:
+    n = 40_000
+    leads = pd.DataFrame({
+        "lead_id": [f"lead:{i}" for i in range(n)],
+        "person_id": [f"person:{i // 2}" for i in range(n)],  # two leads per person
+        "probability": np.full(n, 0.01), "rule_score": np.full(n, 10.0),
+    })
+    policy = replace(default_policy, control_share=0.05, exploration_share=0.10)
+    routed = route_with_control(leads, policy)
+    arms = routed["arm"].value_counts(normalize=True)
+    assert arms["control"] == pytest.approx(0.05, abs=0.01)
+    assert arms["exploration"] == pytest.approx(0.10, abs=0.01)
+    assert routed.groupby(leads["person_id"])["arm"].nunique().max() == 1  # per person
+    explored = routed[routed["arm"] == "exploration"]
+    # without exploration every lead (p = 0.01) would go to the AI bot
+    shares = explored["channel"].value_counts(normalize=True)
+    assert set(shares.index) == {"top_sales", "sales", "tmk", "ai_bot"}
+    assert shares.max() - shares.min() < 0.04
+    assert (explored["propensity"] == 0.25).all()
+    assert (explored["tier"].map(policy.tier_channel) == explored["channel"]).all()
+    # a replay draws the same channels; exploration never takes a control person
+    np.testing.assert_array_equal(route_with_control(leads, policy)["channel"], routed["channel"])
+    no_exploration = route_with_control(leads, replace(policy, exploration_share=0.0))
+    np.testing.assert_array_equal(no_exploration["control"], routed["control"])
+    assert (no_exploration["arm"] != "exploration").all()
+
+
+@pytest.mark.parametrize("share", [-0.1, 0.6])
+def test_exploration_share_out_of_range_is_refused(share: float) -> None:
+    raw = yaml.safe_load(default_policy_path().read_text())
+    raw["exploration_share"] = share
+    with pytest.raises(PolicyError, match="exploration_share"):
+        policy_from_dict(raw)
 
 
 # ---- optimiser and goal ----------------------------------------------------------------------
