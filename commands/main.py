@@ -15,6 +15,7 @@ from commands.identity import identity_command, ingest_command
 from commands.route import app as route_app
 from commands.serve import serve
 from commands.train import score_command, train_command
+from commands.uplift import app as uplift_app
 from leadscore import __version__
 from pipelines.demo import CLI_REPLAY_WEEKS
 
@@ -44,6 +45,7 @@ app.command("identity")(identity_command)
 app.command("ingest")(ingest_command)
 app.add_typer(route_app, name="route")
 app.add_typer(features_app, name="features")
+app.add_typer(uplift_app, name="uplift")
 app.command("train")(train_command)
 app.command("score")(score_command)
 app.command("drift")(drift)

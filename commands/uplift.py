@@ -1,0 +1,128 @@
+"""``leadscore uplift``: learn what each arm of a randomised experiment does for whom, and
+recommend an arm per row. Thin Typer commands over :mod:`training.uplift_csv`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from commands.common import WorkdirOption, console, err_console, fail, settings_for
+
+app = typer.Typer(
+    name="uplift",
+    help="Uplift models from randomised experiments: per-arm effects, recommended arm per row.",
+    no_args_is_help=True,
+)
+
+
+@app.command("train")
+def train_command(
+    csv: Annotated[Path, typer.Option("--csv", dir_okay=False,
+                                      help="Flat experiment export (one row per unit).")],
+    treatment: Annotated[str, typer.Option("--treatment", help="Column of the randomised arm.")],
+    control: Annotated[str, typer.Option("--control",
+                                         help="The reference arm's value in --treatment.")],
+    outcome: Annotated[str, typer.Option("--outcome", help="Binary outcome column (0/1).")],
+    model_out: Annotated[Path, typer.Option("--model-out", file_okay=False,
+                                            help="Folder to write the model to.")],
+    report: Annotated[Path, typer.Option("--report", dir_okay=False,
+                                         help="Report JSON to write.")],
+    id_col: Annotated[str | None, typer.Option("--id", help="Identifier column (never a "
+                                               "feature; copied into recommendations).")] = None,
+    cost: Annotated[list[str] | None, typer.Option(
+        "--cost", help="ARM=AMOUNT: money per unit treated by an arm (repeatable; default 0).")
+    ] = None,
+    value: Annotated[float, typer.Option(
+        "--value", help="Money per positive outcome: the policy maximises value × uplift − "
+        "cost.")] = 1.0,
+    drop: Annotated[list[str] | None, typer.Option(
+        "--drop", help="Column(s) that are not features, e.g. other outcomes measured after "
+        "the treatment (repeatable).")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, max=20,
+                                       help="Cross-fitting folds.")] = 5,
+    trials: Annotated[int, typer.Option("--trials", min=1,
+                                        help="Optuna trials per fold.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
+    model_name: Annotated[str | None, typer.Option(
+        "--model-name", help="Registered model name (default: uplift-<file stem>).")] = None,
+    register: Annotated[bool, typer.Option(
+        "--register/--no-register", help="Log and register the model in MLflow.")] = True,
+    promote: Annotated[bool, typer.Option(
+        "--promote/--no-promote", help="Move the champion alias when the gate says so.")] = True,
+    encoding: Annotated[str | None, typer.Option(
+        "--encoding", help="The file's text encoding (default UTF-8).")] = None,
+    workdir: WorkdirOption = None,
+) -> None:
+    """Cross-fit, tune and evaluate an uplift model; save it; register and gate it in MLflow."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.uplift_csv import parse_costs, train_uplift_csv
+
+    settings = settings_for(workdir, services=())
+    if register:
+        from training.train import check_training_services
+
+        try:
+            check_training_services(settings, None)
+        except ConnectionError as exc:
+            fail(f"cannot register the uplift model: {exc}")
+    try:
+        costs = parse_costs(cost or [])
+        with Progress(TextColumn("[bold]uplift train[/]"), BarColumn(),
+                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("reading", total=folds + 2)
+            result = train_uplift_csv(
+                csv, treatment, control, outcome, model_out=model_out, report_path=report,
+                settings=settings, id_col=id_col, costs=costs, value=value, drop=drop or [],
+                folds=folds, trials=trials, seed=seed, register=register, promote=promote,
+                model_name=model_name, encoding=encoding,
+                progress=lambda step: bar.update(task, advance=1, description=step))
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    table = Table(title=f"cross-fitted, against {escape(result['reference_arm'])}",
+                  title_justify="left")
+    for column in ("arm", "qini", "auuc", "auuc_random", "DR effect [95% CI]"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, values in result["per_arm"].items():
+        low, high = values["dr_average_effect_ci"]
+        table.add_row(escape(arm), f"{values['qini']:.5f}", f"{values['auuc']:.5f}",
+                      f"{values['auuc_random']:.5f}",
+                      f"{values['dr_average_effect']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    console.print(table)
+    diff = result["learned_minus_everyone_best_arm"]
+    console.print(f"learned policy − everyone {escape(diff['best_arm'])}: "
+                  f"{diff['value_per_row']:+.5f} per row [{diff['ci'][0]:+.5f}, "
+                  f"{diff['ci'][1]:+.5f}]", soft_wrap=True)
+    registry = result.get("registry")
+    if registry:
+        console.print(f"model {escape(registry['model_name'])} v{registry['model_version']} "
+                      f"({'champion' if registry['promoted'] else 'challenger'}): "
+                      f"{escape(registry['promotion_reason'])}", soft_wrap=True)
+    console.print(f"model: {result['model_out']}\nreport: {result['report_path']}")
+
+
+@app.command("recommend")
+def recommend_command(
+    model: Annotated[Path, typer.Option("--model", help="Model folder written by `uplift "
+                                        "train --model-out`.")],
+    csv: Annotated[Path, typer.Option("--csv", dir_okay=False, help="Rows to recommend for.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Output CSV.")],
+    id_col: Annotated[str | None, typer.Option(
+        "--id", help="Identifier column to copy (default: the training export's).")] = None,
+    encoding: Annotated[str | None, typer.Option(
+        "--encoding", help="The file's text encoding (default UTF-8).")] = None,
+) -> None:
+    """One output row per input row, in order: id, recommended_arm, uplift_<arm> per arm."""
+    from training.uplift_csv import recommend_csv
+
+    try:
+        summary = recommend_csv(model, csv, out, id_col=id_col, encoding=encoding)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    shares = ", ".join(f"{escape(k)}: {v}" for k, v in summary["recommended"].items())
+    console.print(f"{summary['rows']} rows → {summary['out']} ({shares})")
