@@ -51,9 +51,10 @@ def train_command(
         "--storage", help="Optuna storage URL for a persistent/shared study "
         "(default: SQLite in <workdir>/mlruns/optuna.db; production: PostgreSQL "
         "database leadscore_optuna).")] = None,
-    workers: Annotated[int, typer.Option(
+    workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Tuning processes on the one Optuna study (--trials are "
-        "split between them; LightGBM threads = cores // workers).")] = 1,
+        "split between them; LightGBM threads = cores // workers; default 1). With --csv: "
+        "processes evaluating the splits in parallel (default: one per core, at most 2).")] = None,
     promote: Annotated[bool, typer.Option(
         "--promote/--no-promote",
         help="Move the champion alias when the new model beats the champion.")] = True,
@@ -68,7 +69,14 @@ def train_command(
     id_col: Annotated[str | None, typer.Option(
         "--id", help="--csv: identifier column (never a feature).")] = None,
     time_col: Annotated[str | None, typer.Option(
-        "--time", help="--csv: timestamp column (evaluate on a time split).")] = None,
+        "--time", help="--csv: timestamp column (evaluate forward in time; random k-fold "
+        "beside it).")] = None,
+    order_is_time: Annotated[bool, typer.Option(
+        "--order-is-time", help="--csv: the rows are in time order (no date column): evaluate "
+        "forward in row order; random k-fold beside it.")] = False,
+    random_check: Annotated[bool, typer.Option(
+        "--random-check/--no-random-check", help="--csv with --time or --order-is-time: also "
+        "run random k-fold and warn when it disagrees with the forward figure.")] = True,
     drop: Annotated[list[str] | None, typer.Option(
         "--drop", help="--csv: column(s) to leave out (repeatable).")] = None,
     allow: Annotated[list[str] | None, typer.Option(
@@ -90,11 +98,12 @@ def train_command(
 
         if label is None:
             fail("--csv needs --label (the binary outcome column)")
-        if workers != 1:
-            fail("--workers applies to the feature-store training only, not with --csv")
+        if time_col and order_is_time:
+            fail("--time and --order-is-time exclude each other: give the time column, or say "
+                 "that the rows are in time order, not both")
         settings = settings_for(workdir, services=())  # checked next: training needs no Redis
         try:
-            check_training_services(settings, None)
+            check_training_services(settings, storage)
         except ConnectionError as exc:
             _fail_service(exc)
         code = train_csv_command(
@@ -102,13 +111,15 @@ def train_command(
             report=report or settings.reports_dir / "csv_training_report.json",
             id_col=id_col, time_col=time_col, drop=drop, allow=allow,
             guard_threshold=guard_threshold, trials=trials, timeout=timeout, workdir=workdir,
-            encoding=encoding,
+            encoding=encoding, order_is_time=order_is_time, random_check=random_check,
+            storage=storage, workers=workers,
         )
         if code:
             raise typer.Exit(code)
         return
     csv_only = {"--label": label, "--id": id_col, "--time": time_col, "--drop": drop,
-                "--allow": allow, "--encoding": encoding}
+                "--allow": allow, "--encoding": encoding, "--order-is-time": order_is_time,
+                "--no-random-check": not random_check}
     given = [name for name, value in csv_only.items() if value]
     if given:
         fail(f"{', '.join(given)} only apply with --csv")
@@ -124,7 +135,7 @@ def train_command(
             task = bar.add_task("starting", total=None)
             summary = train_model(
                 settings, trials=trials, timeout=timeout, storage=storage, promote=promote,
-                report_path=report, workers=workers,
+                report_path=report, workers=workers or 1,
                 progress=lambda step: bar.update(task, description=step),
             )
     except ConnectionError as exc:
@@ -181,57 +192,82 @@ def train_csv_command(
     csv_path: Path, label: str, report: Path, id_col: str | None = None,
     time_col: str | None = None, drop: list[str] | None = None, allow: list[str] | None = None,
     guard_threshold: float = 0.90, trials: int = 30, timeout: float | None = None,
-    workdir: Path | None = None, encoding: str | None = None,
+    workdir: Path | None = None, encoding: str | None = None, order_is_time: bool = False,
+    random_check: bool = True, storage: str | None = None, workers: int | None = None,
 ) -> int:
     """``train --csv``: train and evaluate on a flat CRM export with a progress bar; write the
     report; return the exit code (2 on bad input — a damaged or undecodable file included —
     with the error printed on one line)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    from training.csv_train import OUTER_FOLDS, CsvTrainingError, train_csv
+    from training.csv_train import CsvSpeed, CsvTrainingError, train_csv
 
     settings = settings_for(workdir)
     report_path = Path(report)
-    steps = 2 + (1 if time_col else OUTER_FOLDS)
     try:
         with Progress(
-            TextColumn("[bold]train --csv[/]"), BarColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), console=err_console, transient=True,
+            TextColumn("[bold]train --csv[/]"), BarColumn(), TaskProgressColumn(),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            TextColumn("{task.description}"), console=err_console, transient=True,
         ) as bar:
-            task = bar.add_task("reading", total=steps)
+            task = bar.add_task("reading", total=100)
 
-            def advance(step: str) -> None:
-                bar.update(task, advance=1, description=step)
+            def advance(step: str, fraction: float) -> None:
+                bar.update(task, completed=100 * fraction, description=escape(step))
 
             result = train_csv(
                 csv_path, label, id_col=id_col, time_col=time_col, drop=_list_option(drop),
                 allow=_list_option(allow), guard_threshold=guard_threshold, n_trials=trials,
                 timeout=timeout, settings=settings,
                 plots_dir=report_path.parent / f"{report_path.stem}_plots", progress=advance,
-                encoding=encoding,
+                encoding=encoding, order_is_time=order_is_time, random_check=random_check,
+                storage=storage, speed=CsvSpeed(workers=workers),
             )
     except CsvTrainingError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 2
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(result, indent=2))
-    comparison = result["comparison"]
-    for note in result["source"].get("notes", []):
-        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    console.print(f"report: {report_path}")
-    for name, values in comparison.items():
-        console.print(
-            f"{name:22s} roc_auc={values['roc_auc']:.4f} pr_auc={values['pr_auc']:.4f} "
-            f"log_loss={values['log_loss']:.4f} ece={values['ece']:.4f}"
-        )
+    _print_csv_result(result, report_path)
+    return 0
+
+
+def _print_csv_result(result: dict, report_path: Path) -> None:
+    evaluation = result["evaluation"]
+    title = {"cross-validation": "random 5-fold cross-validation (out-of-fold)",
+             "time": "forward in time (newest 20% of the rows)",
+             "order": "forward in row order (newest 20% of the rows)"}[evaluation["mode"]]
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "roc_auc", "pr_auc", "log_loss", "ece"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, values in result["comparison"].items():
+        table.add_row(name, *(f"{values[k]:.4f}" for k in ("roc_auc", "pr_auc", "log_loss",
+                                                           "ece")))
+    console.print(table)
+    agreement = evaluation.get("agreement")
+    if agreement:
+        by_model = agreement["auc_by_model_on_forward_test_rows"]
+        console.print("AUC on the newest rows, random k-fold vs forward: " + ", ".join(
+            f"{name} {v['random']:.3f} vs {v['forward']:.3f}" for name, v in by_model.items()),
+            soft_wrap=True)
     choice = result.get("model_choice", {})
     if choice:
         console.print(("[bold]" if choice["simple_model_wins"] else "") + "model choice: "
                       + ("[/]" if choice["simple_model_wins"] else "")
                       + escape(choice["statement"]), soft_wrap=True)
-    console.print(f"calibration: {', '.join(result['calibration']['methods'])} "
-                  f"(ECE {result['calibration']['ece_before']:.4f} → "
-                  f"{result['calibration']['ece_after']:.4f})")
+    calibration = result["calibration"]
+    console.print(f"calibration: {', '.join(calibration['methods'])} "
+                  f"(ECE {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f})")
     dropped = result["guard"]["dropped"]
-    console.print(f"guard dropped: {', '.join(dropped) if dropped else 'nothing'}")
-    return 0
+    console.print(f"guard dropped: {escape(', '.join(dropped)) if dropped else 'nothing'}",
+                  soft_wrap=True)
+    for note in result.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {escape(note)}", soft_wrap=True)
+    console.print(f"report: {report_path}")

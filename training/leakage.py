@@ -7,6 +7,15 @@ column scores each row with a small LightGBM on that one column (missing values 
 natively), and the rank AUC of the raw values (as max(auc, 1 - auc)) is taken when higher.
 Columns whose AUC reaches the threshold are dropped unless allowed, as are identifier-like
 columns (a distinct value on practically every row).
+
+Second line, below the threshold: a column that *stands far above all others* is flagged —
+named in the report and on the console, never dropped — with the question whether it is known
+before the outcome (a call's duration, a last activity that includes sales actions). The rule:
+among the columns the first line kept, the best stand-alone AUC is at least
+``DOMINANT_MIN_AUC`` (0.70) and exceeds the next best by at least ``DOMINANT_MARGIN`` (0.10).
+On a bank telemarketing export, a call's ``duration`` (0.818) over the next column (0.654)
+is flagged. ``--allow COL`` states that the column is known before the outcome and silences
+the flag.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ NUMERIC_PROBE_PARAMS: dict[str, Any] = {
 }
 NUMERIC_PROBE_ROUNDS = 50
 MISSING_LEVEL = "__missing__"
+DOMINANT_MIN_AUC = 0.70
+DOMINANT_MARGIN = 0.10
 
 
 @dataclass
@@ -68,6 +79,7 @@ class GuardReport:
 
     threshold: float
     verdicts: list[ColumnVerdict] = field(default_factory=list)
+    flagged: dict[str, str] = field(default_factory=dict)
 
     @property
     def dropped(self) -> dict[str, str]:
@@ -83,6 +95,10 @@ class GuardReport:
             "folds": GUARD_FOLDS,
             "columns": [v.to_dict() for v in sorted(self.verdicts, key=_sort_key)],
             "dropped": self.dropped,
+            "flagged": self.flagged,
+            "flag_rule": (f"kept column with the best stand-alone AUC, at least "
+                          f"{DOMINANT_MIN_AUC}, and at least {DOMINANT_MARGIN} above the next "
+                          "best: flagged (kept) — is it known before the outcome?"),
         }
 
 
@@ -207,4 +223,25 @@ def run_guard(
                     f">= {threshold}"
                 )
         report.verdicts.append(verdict)
+    report.flagged = dominant_columns(report.verdicts, allowed)
     return report
+
+
+def dominant_columns(
+    verdicts: list[ColumnVerdict], allowed: Iterable[str] = ()
+) -> dict[str, str]:
+    """The second line: the kept column whose stand-alone AUC stands far above all others
+    (see the module docstring), with the question to ask; empty when none does or when it is
+    in ``allowed``."""
+    scored = sorted((v for v in verdicts if not v.dropped and v.auc is not None),
+                    key=_sort_key)
+    if len(scored) < 2:
+        return {}
+    top, runner_up = scored[0], scored[1]
+    gap = float(top.auc) - float(runner_up.auc)
+    if top.auc < DOMINANT_MIN_AUC or gap < DOMINANT_MARGIN or top.column in set(allowed):
+        return {}
+    return {top.column: (
+        f"stand-alone AUC {top.auc:.3f} stands {gap:.3f} above the next best column "
+        f"({runner_up.column!r}, {runner_up.auc:.3f}): is it known before the outcome? "
+        "If not, --drop it; if it is, --allow it")}

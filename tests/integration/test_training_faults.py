@@ -99,7 +99,10 @@ def test_production_train_with_postgres_down_fails_before_any_work(
     (["--csv", "export.csv", "--label", "label"],
      {"LEADSCORE_MLFLOW_TRACKING_URI": f"postgresql+psycopg://u:{SECRET}@127.0.0.1:1/mlflow"},
      "MLflow tracking store at postgresql+psycopg://u:***@127.0.0.1:1/mlflow"),
-], ids=["optuna-storage", "mlflow-server", "csv-mlflow-database"])
+    (["--csv", "export.csv", "--label", "label", "--storage",
+      f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:1/leadscore_optuna"], {},
+     "Optuna storage at postgresql+psycopg://postgres:***@127.0.0.1:1/leadscore_optuna"),
+], ids=["optuna-storage", "mlflow-server", "csv-mlflow-database", "csv-optuna-storage"])
 def test_embedded_train_names_the_unreachable_store(
         workdir: Path, monkeypatch: pytest.MonkeyPatch, option: list[str], env: dict[str, str],
         expected: str) -> None:
@@ -111,11 +114,11 @@ def test_embedded_train_names_the_unreachable_store(
     assert "is not usable" in line
 
 
-def test_workers_with_csv_is_refused(workdir: Path) -> None:
+def test_time_and_order_is_time_together_are_refused(workdir: Path) -> None:
     app = typer.Typer()
     app.command()(train_command)
     result = CliRunner().invoke(app, ["--workdir", str(workdir), "--csv",
                                       str(workdir / "export.csv"), "--label", "label",
-                                      "--workers", "2"])
+                                      "--time", "created", "--order-is-time"])
     assert result.exit_code == 2
-    assert "--workers applies to the feature-store training only" in result.output
+    assert "--time and --order-is-time exclude each other" in result.output

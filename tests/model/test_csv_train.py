@@ -13,26 +13,33 @@ from mlflow.tracking import MlflowClient
 
 from commands.train import train_csv_command
 from leadscore.config import Settings, get_settings
+from tests.flat_export import POST_OUTCOME_COLUMN, telemarketing_export
 from training.csv_train import (
     CSV_LEARNING_RATE,
+    CsvSpeed,
     CsvTrainingError,
     _trial_scorer,
+    bootstrap_auc_difference,
+    calibration_drift,
     clean_export,
     cross_validate,
     csv_params_from,
     evaluate_split,
+    evaluation_agreement,
     read_export,
     time_validate,
     train_csv,
 )
-from training.leakage import run_guard
+from training.leakage import DOMINANT_MARGIN, run_guard
 
 X_EDUCATION = Path(__file__).resolve().parents[3] / "shared/datasets/x-education-leads/Leads.csv"
+OLIST = Path(__file__).resolve().parents[3] / "shared/datasets/olist-marketing-leads"
 HONEST_DROP = (
     "Lead Quality", "Lead Profile", "Asymmetrique Activity Index",
     "Asymmetrique Profile Index", "Asymmetrique Activity Score", "Asymmetrique Profile Score",
 )
-FAST = {"n_trials": 2, "inner_folds": 2}
+AT_SUBMISSION_DROP = (*HONEST_DROP, "Last Activity", "Last Notable Activity")
+FAST = {"n_trials": 2, "inner_folds": 2, "speed": CsvSpeed(workers=1)}
 
 
 def synthetic_export(n: int = 400, seed: int = 0) -> pd.DataFrame:
@@ -304,7 +311,8 @@ def test_command_writes_the_report(tmp_path, capsys, monkeypatch, cv_settings) -
     written = json.loads(report.read_text())
     assert "City" in written["data"]["columns_dropped"]
     assert (tmp_path / "out" / "report_plots" / "calibration.png").exists()
-    assert "roc_auc=" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "roc_auc" in out and "logistic_regression" in out
 
 
 # ---- the real X Education export ---------------------------------------------------------------
@@ -312,6 +320,7 @@ def test_command_writes_the_report(tmp_path, capsys, monkeypatch, cv_settings) -
 @pytest.mark.slow
 @pytest.mark.skipif(not X_EDUCATION.exists(), reason="shared X Education dataset not present")
 def test_real_x_education_export_flags_tags_and_scores_well(tmp_path) -> None:
+    """Today's protocol: the sales-filled columns dropped, ``Tags`` found by the guard."""
     started = time.perf_counter()
     report = train_csv(
         X_EDUCATION, "Converted", drop=HONEST_DROP, n_trials=1, inner_folds=2,
@@ -320,6 +329,211 @@ def test_real_x_education_export_flags_tags_and_scores_well(tmp_path) -> None:
     assert "Tags" in report["guard"]["dropped"]
     assert "Tags" not in report["data"]["columns_used"]
     assert {"Prospect ID", "Lead Number"} <= set(report["guard"]["dropped"])
+    assert "Last Activity" in report["data"]["columns_used"]
     assert report["model"]["roc_auc"] > 0.88
     assert report["model"]["ece"] < 0.03
     assert time.perf_counter() - started < 120
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not X_EDUCATION.exists(), reason="shared X Education dataset not present")
+def test_real_x_education_at_submission_forward_by_lead_number(tmp_path) -> None:
+    """At submission (the last-activity columns dropped too), rows in ``Lead Number`` order:
+    forward in row order beside random 5-fold, both reported."""
+    path = tmp_path / "by_number.csv"
+    pd.read_csv(X_EDUCATION).sort_values("Lead Number").to_csv(path, index=False)
+    report = train_csv(
+        path, "Converted", id_col="Prospect ID",
+        drop=("Lead Number", *AT_SUBMISSION_DROP), order_is_time=True, n_trials=1,
+        inner_folds=2, log_to_mlflow=False, plots_dir=tmp_path,
+    )
+    used = report["data"]["columns_used"]
+    assert "Last Activity" not in used and "Last Notable Activity" not in used
+    assert report["evaluation"]["mode"] == "order"
+    assert report["evaluation"]["evaluated_rows"] == pytest.approx(0.2 * 9240, abs=10)
+    forward_auc = report["comparison"]["ours"]["roc_auc"]
+    random_auc = report["evaluation"]["random"]["comparison"]["ours"]["roc_auc"]
+    assert forward_auc > 0.8 and random_auc > 0.84  # at submission: less signal than today
+    assert report["model"]["ece"] < 0.05
+    assert "agreement" in report["evaluation"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OLIST.exists(), reason="shared Olist dataset not present")
+def test_real_olist_drifting_base_rate_is_not_recalibrated_to_its_trend(tmp_path) -> None:
+    """Olist: the conversion rate rises through the training period and falls in the test
+    period; a calibrator fitted on the forward blocks would carry the rise forward."""
+    leads = pd.read_csv(OLIST / "olist_marketing_qualified_leads_dataset.csv")
+    deals = pd.read_csv(OLIST / "olist_closed_deals_dataset.csv")
+    leads["won"] = leads["mql_id"].isin(deals["mql_id"]).astype(int)
+    path = tmp_path / "olist_mql.csv"
+    leads.to_csv(path, index=False)
+    report = train_csv(path, "won", id_col="mql_id", time_col="first_contact_date",
+                       n_trials=2, random_check=False, log_to_mlflow=False, plots_dir=tmp_path)
+    (drift,) = report["calibration"]["drift"]
+    assert drift["drifts"] and drift["observed_rate"][0] < drift["observed_rate"][-1]
+    assert report["calibration"]["methods"] == ["identity"]
+    assert "drifts between the time blocks" in report["calibration"]["selections"][0]
+    assert report["calibration"]["ece_after"] <= 0.02
+    assert any("base rate drifts" in w for w in report["warnings"])
+    shipped = report["comparison"]["ours"]["log_loss"]
+    assert shipped <= min(report["comparison"][b]["log_loss"]
+                          for b in ("lightgbm_default", "logistic_regression")) + 0.002
+
+
+# ---- forward in time beside random k-fold; the guard's second line -------------------------
+
+@pytest.fixture(scope="module")
+def drifting_csv(tmp_path_factory) -> Path:
+    """A telemarketing export in time order without a date column (month shocks, a call
+    duration known only after the call)."""
+    path = tmp_path_factory.mktemp("drifting") / "calls.csv"
+    telemarketing_export(3000, seed=1).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def order_report(tmp_path_factory) -> dict:
+    """``train --csv --order-is-time`` on an export whose months differ strongly."""
+    path = tmp_path_factory.mktemp("shocks") / "calls.csv"
+    telemarketing_export(3000, seed=1, shock_sd=1.3).to_csv(path, index=False)
+    return train_csv(path, "subscribed", order_is_time=True, drop=[POST_OUTCOME_COLUMN],
+                     log_to_mlflow=False, keep_predictions=True, **FAST)
+
+
+def test_guard_flags_a_column_standing_far_above_the_others(drifting_csv) -> None:
+    data = clean_export(read_export(drifting_csv), "subscribed")
+    guard = run_guard(data.features, data.y, threshold=0.90)
+    assert POST_OUTCOME_COLUMN in guard.kept  # below the hard threshold: kept...
+    assert list(guard.flagged) == [POST_OUTCOME_COLUMN]  # ...but named, with the question
+    assert "known before the outcome" in guard.flagged[POST_OUTCOME_COLUMN]
+    aucs = sorted((c["auc"] for c in guard.to_dict()["columns"] if c["auc"]), reverse=True)
+    assert aucs[0] - aucs[1] >= DOMINANT_MARGIN
+    allowed = run_guard(data.features, data.y, allow=[POST_OUTCOME_COLUMN])
+    assert allowed.flagged == {}  # --allow states it is known before the outcome
+    without = run_guard(data.features.drop(columns=[POST_OUTCOME_COLUMN]), data.y)
+    assert without.flagged == {}  # the macro columns are close to each other: no flag
+
+
+def test_agreement_compares_both_evaluations_on_the_same_rows() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 1000)
+    sharp = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.2, 1000), 0.01, 0.99)
+    vague = np.clip(0.5 + (y - 0.5) * 0.1 + rng.normal(0, 0.2, 1000), 0.01, 0.99)
+    models = ("ours", "lightgbm_default", "logistic_regression")
+    random = {"y": y, "index": np.arange(1000), **dict.fromkeys(models, sharp)}
+    rows = np.arange(800, 1000)
+    forward = {"y": y[rows], "index": rows, **dict.fromkeys(models, vague[rows])}
+    agreement = evaluation_agreement(forward, random, n_boot=300)
+    assert agreement["rows"] == 200 and agreement["disagree"]
+    assert agreement["auc_random_minus_forward"]["low"] > 0
+    assert agreement["statement"].startswith("random cross-validation flatters")
+    same = evaluation_agreement({**forward, **dict.fromkeys(models, sharp[rows])}, random,
+                                n_boot=300)
+    assert not same["disagree"] and "agree within noise" in same["statement"]
+
+
+@pytest.mark.slow
+def test_order_is_time_reports_forward_and_random_and_warns(order_report: dict) -> None:
+    evaluation = order_report["evaluation"]
+    assert evaluation["mode"] == "order"
+    windows = evaluation["time_windows"]
+    assert windows["test"]["start"] == "2400" and windows["test"]["rows"] == 600
+    assert order_report["data"]["rows"] == 3000 and evaluation["evaluated_rows"] == 600
+    random = evaluation["random"]
+    assert random["evaluated_rows"] == 3000 and len(random["folds"]) == 5
+    agreement = evaluation["agreement"]
+    diff = agreement["auc_random_minus_forward"]
+    by_model = agreement["auc_by_model_on_forward_test_rows"]
+    # The same rows, scored forward and by random folds: the month shocks flatter random folds.
+    assert by_model["ours"]["forward"] == pytest.approx(order_report["comparison"]["ours"][
+        "roc_auc"])
+    assert diff["difference"] == pytest.approx(
+        by_model["ours"]["random"] - by_model["ours"]["forward"])
+    assert diff["low"] > 0 and agreement["disagree"]
+    assert any("random cross-validation flatters" in w for w in order_report["warnings"])
+    predictions = order_report["_predictions"]
+    assert predictions["index"].min() == 2400  # the newest rows only
+
+
+def test_time_column_with_random_check_off_runs_forward_only(tmp_path) -> None:
+    frame = telemarketing_export(1500, seed=2, with_date=True)
+    path = tmp_path / "dated.csv"
+    frame.to_csv(path, index=False)
+    report = train_csv(path, "subscribed", time_col="contact_date", random_check=False,
+                       drop=[POST_OUTCOME_COLUMN], log_to_mlflow=False, **FAST)
+    assert report["evaluation"]["mode"] == "time"
+    assert "random" not in report["evaluation"] and "agreement" not in report["evaluation"]
+    assert report["source"]["time_column"] == "contact_date"
+    assert report["guard"]["flagged"] == {}
+
+
+def test_calibration_drift_test_separates_a_drifting_rate_from_a_stable_one() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.02, 0.3, 6000)
+    blocks = np.repeat([0, 1, 2], 2000)
+    stable = (rng.random(6000) < p).astype(int)
+    assert not calibration_drift(p, stable, blocks)["drifts"]
+    shifted = np.clip(p * np.repeat([0.3, 1.0, 2.0], 2000), 0, 1)
+    drifting = (rng.random(6000) < shifted).astype(int)
+    check = calibration_drift(p, drifting, blocks)
+    assert check["drifts"] and check["p_value"] < 1e-6
+    assert check["offset_logits"][0] < 0 < check["offset_logits"][2]
+
+
+def test_bootstrap_auc_difference_matches_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 800)
+    a, b = (y * 0.4 + rng.random(800)) / 1.4, np.round((y * 0.2 + rng.random(800)) / 1.2, 1)
+    diff = bootstrap_auc_difference(y, a, b, n_boot=200)
+    assert diff["difference"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    assert diff["low"] < diff["difference"] < diff["high"]
+
+
+# ---- bad input, found before any work -------------------------------------------------------
+
+def test_future_dates_in_the_time_column_are_refused(tmp_path) -> None:
+    frame = synthetic_export(100)
+    frame.loc[5, "Created"] = "2091-03-01 10:00:00"
+    path = tmp_path / "future.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(CsvTrainingError, match=r"time column 'Created' has 1 date\(s\) in the "
+                                               r"future.*2091-03-01"):
+        train_csv(path, "Converted", time_col="Created", log_to_mlflow=False)
+
+
+def test_time_and_order_is_time_exclude_each_other(export_csv) -> None:
+    with pytest.raises(CsvTrainingError, match="--time and --order-is-time exclude"):
+        train_csv(export_csv, "Converted", time_col="Created", order_is_time=True,
+                  log_to_mlflow=False)
+
+
+def test_one_label_value_in_the_oldest_forward_block_is_refused(tmp_path) -> None:
+    frame = synthetic_export(400)
+    frame.loc[:100, "Converted"] = 0  # the oldest rows never converted
+    path = tmp_path / "late_start.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(CsvTrainingError, match=r"label column: the oldest forward block 1 .*"
+                                               r"holds only label 0"):
+        train_csv(path, "Converted", order_is_time=True, log_to_mlflow=False)
+
+
+def test_empty_label_and_empty_columns(tmp_path) -> None:
+    frame = synthetic_export(200).assign(Converted=np.nan)
+    path = tmp_path / "no_label.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(CsvTrainingError, match="label column 'Converted' is empty on every row"):
+        train_csv(path, "Converted", log_to_mlflow=False)
+    frame = synthetic_export(200).assign(Notes=np.nan)
+    data = clean_export(frame, "Converted", drop=["Created"])
+    assert data.dropped["Notes"] == "empty: no values"
+
+
+def test_unreachable_study_storage_is_refused_naming_it(export_csv) -> None:
+    url = "postgresql+psycopg://u:s3cret@127.0.0.1:1/optuna"
+    with pytest.raises(CsvTrainingError, match=r"--storage postgresql\+psycopg://u:\*\*\*@"
+                                               r"127\.0\.0\.1:1/optuna cannot be used") as info:
+        train_csv(export_csv, "Converted", storage=url, log_to_mlflow=False)
+    assert "s3cret" not in str(info.value)
