@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -17,8 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/leadscore demo
 
+# Debian's Chromium for the browser tests of /ui (tests/integration/test_ui_browser.py), installed
+# non-interactively when missing (a fresh CI machine, as root)
+chromium:
+	test -x /usr/bin/chromium || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
 # every tier (tests/unit, data, model, integration), the services and slow tests included
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here" >&2; exit 1; fi; \

@@ -60,9 +60,11 @@ def identity_command(
         ("identifier rows rejected", result.rejected),
     ]
     rows += [(f"  rejected: {reason}", n) for reason, n in result.rejected_reasons.items()]
-    rows += [("persons (total)", result.persons), ("leads (total)", result.resolved_leads)]
+    rows += [("persons (total)", result.persons), ("leads (total)", result.resolved_leads),
+             ("largest person (leads)", result.largest_person)]
     if result.precision is not None:
-        rows += [("pairwise precision", result.precision), ("pairwise recall", result.recall)]
+        rows += [("pairwise precision", result.precision), ("pairwise recall", result.recall),
+                 ("truth's largest person (leads)", result.true_largest_person)]
     elif truth:
         rows += [("precision/recall", f"no truth file at {truth_path}")]
     rows += [("seconds", f"{result.seconds:.2f}")]

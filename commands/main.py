@@ -12,6 +12,13 @@ from commands.drift import drift
 from commands.features import features_app
 from commands.generate import generate
 from commands.identity import identity_command, ingest_command
+from commands.outbox import app as outbox_app
+from commands.portrait import (
+    access_log_command,
+    agent_token_command,
+    audience_app,
+    portrait_app,
+)
 from commands.route import app as route_app
 from commands.serve import serve
 from commands.train import score_command, train_command
@@ -51,6 +58,11 @@ app.command("score")(score_command)
 app.command("drift")(drift)
 app.command("serve")(serve)
 app.command("doctor")(doctor)
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(portrait_app, name="portrait")
+app.add_typer(audience_app, name="audience")
+app.command("access-log")(access_log_command)
+app.command("agent-token")(agent_token_command)
 
 
 @app.command()

@@ -163,3 +163,63 @@ def simulate_command(
                       f"cost/conversion {'n/a' if cut is None else f'{-cut:+.1%}'}")
     if require_goal and not goal["met"]:
         raise typer.Exit(1)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    workdir: WorkdirOption = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="JSON report path (default: reports/routing_evaluate.json).")] = None,
+    scored: ScoredOption = None,
+    policy: PolicyOption = None,
+    truth: Annotated[Path | None, typer.Option(
+        "--truth", help="Generator truth, used when present (default: "
+        "data/truth/leads_truth.parquet).")] = None,
+    tuning_share: Annotated[float, typer.Option(
+        min=0.01, max=0.99, help="Earliest share of held-out days to tune on (rest: judged).")
+    ] = DEFAULT_TUNING_SHARE,
+    n_boot: Annotated[int, typer.Option("--n-boot", min=100, help="Bootstrap draws.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Estimate every policy (uplift, probability tiers, the rules fixed and optimised,
+    everyone-to-X) off-policy by IPS, SNIPS and DR on the later randomised held-out leads."""
+    from pipelines.routing_jobs import run_evaluate
+    from routing.allocate import AllocationError
+    from routing.offpolicy import OffPolicyError
+
+    settings = settings_for(workdir)
+    try:
+        with console.status("evaluating policies off-policy…"):
+            result = run_evaluate(settings, report, scored, policy, truth, tuning_share,
+                                  n_boot, seed)
+    except (ValueError, FileNotFoundError, PolicyError, OffPolicyError, AllocationError) as exc:
+        fail(str(exc))
+    has_truth = any("truth" in r for r in result["policies"].values())
+    table = Table(title=f"route evaluate: {result['judged_randomised_leads']} randomised of "
+                  f"{result['judged_leads']} judged leads, {result['judged_days']} days",
+                  title_justify="left")
+    columns = ["policy", "conv. (DR)", "cost/conv. DR [95% CI]", "SNIPS", "IPS"]
+    columns += ["truth"] if has_truth else []
+    for column in [*columns, "violations"]:
+        table.add_column(column)
+    for name, r in result["policies"].items():
+        dr = r.get("dr") or r["snips"]
+        ci = dr["cost_per_conversion_ci"]
+        row = [name, f"{dr['conversions']:.1f}",
+               f"{_money(dr['cost_per_conversion'])} [{_money(ci[0]) if ci else '-'}, "
+               f"{_money(ci[1]) if ci else '-'}]",
+               _money(r["snips"]["cost_per_conversion"]), _money(r["ips"]["cost_per_conversion"])]
+        if has_truth:
+            row.append(_money(r["truth"]["cost_per_conversion"]))
+        table.add_row(*row, str(r["capacity_violations"]))
+    console.print(table)
+    versus = result.get("uplift_vs_best_optimised_rule")
+    if versus:
+        for estimator in ("truth", "dr", "snips"):
+            if estimator in versus:
+                v = versus[estimator]
+                low, high = v["cost_per_conversion_change_ci"] or (math.nan, math.nan)
+                console.print(f"uplift vs {versus['against']} ({estimator}): cost/conversion "
+                              f"{v['cost_per_conversion_change']:+.1%} [{low:+.1%}, {high:+.1%}]"
+                              f", conversions {v['conversions_difference']:+.1f}")
+    console.print(f"report {result['report_path']}")

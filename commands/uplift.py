@@ -21,16 +21,21 @@ app = typer.Typer(
 
 @app.command("train")
 def train_command(
-    csv: Annotated[Path, typer.Option("--csv", dir_okay=False,
-                                      help="Flat experiment export (one row per unit).")],
-    treatment: Annotated[str, typer.Option("--treatment", help="Column of the randomised arm.")],
-    control: Annotated[str, typer.Option("--control",
-                                         help="The reference arm's value in --treatment.")],
-    outcome: Annotated[str, typer.Option("--outcome", help="Binary outcome column (0/1).")],
-    model_out: Annotated[Path, typer.Option("--model-out", file_okay=False,
-                                            help="Folder to write the model to.")],
-    report: Annotated[Path, typer.Option("--report", dir_okay=False,
-                                         help="Report JSON to write.")],
+    csv: Annotated[Path | None, typer.Option(
+        "--csv", dir_okay=False, help="Flat experiment export (one row per unit). Without it: "
+        "the follow-up channels on the work folder's randomised leads.")] = None,
+    treatment: Annotated[str | None, typer.Option(
+        "--treatment", help="Column of the randomised arm (--csv).")] = None,
+    control: Annotated[str | None, typer.Option(
+        "--control", help="The reference arm's value in --treatment (--csv).")] = None,
+    outcome: Annotated[str | None, typer.Option(
+        "--outcome", help="Binary outcome column (0/1) (--csv).")] = None,
+    model_out: Annotated[Path | None, typer.Option(
+        "--model-out", file_okay=False, help="Folder to write the model to (without --csv: "
+        "models/lead_uplift).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", dir_okay=False, help="Report JSON to write (without --csv: "
+        "reports/uplift_leads.json).")] = None,
     id_col: Annotated[str | None, typer.Option("--id", help="Identifier column (never a "
                                                "feature; copied into recommendations).")] = None,
     cost: Annotated[list[str] | None, typer.Option(
@@ -63,6 +68,20 @@ def train_command(
     from training.uplift_csv import parse_costs, train_uplift_csv
 
     settings = settings_for(workdir, services=())
+    if csv is None:
+        given = [name for name, v in (("--treatment", treatment), ("--control", control),
+                                      ("--outcome", outcome), ("--id", id_col)) if v is not None]
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} need(s) --csv; without --csv the "
+                                     "work folder's follow-up channels are the arms")
+        _train_work_folder(settings, model_out, report, folds, trials, seed, register,
+                           promote)
+        return
+    missing = [name for name, v in (("--treatment", treatment), ("--control", control),
+                                    ("--outcome", outcome), ("--model-out", model_out),
+                                    ("--report", report)) if v is None]
+    if missing:
+        raise typer.BadParameter(f"{', '.join(missing)} required with --csv")
     if register:
         from training.train import check_training_services
 
@@ -98,6 +117,58 @@ def train_command(
     console.print(f"learned policy − everyone {escape(diff['best_arm'])}: "
                   f"{diff['value_per_row']:+.5f} per row [{diff['ci'][0]:+.5f}, "
                   f"{diff['ci'][1]:+.5f}]", soft_wrap=True)
+    registry = result.get("registry")
+    if registry:
+        console.print(f"model {escape(registry['model_name'])} v{registry['model_version']} "
+                      f"({'champion' if registry['promoted'] else 'challenger'}): "
+                      f"{escape(registry['promotion_reason'])}", soft_wrap=True)
+    console.print(f"model: {result['model_out']}\nreport: {result['report_path']}")
+
+
+def _train_work_folder(settings, model_out: Path | None, report: Path | None, folds: int,
+                       trials: int, seed: int, register: bool, promote: bool) -> None:
+    """The follow-up channels' uplift model on the work folder's randomised leads."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.routing_jobs import run_uplift_train
+    from routing.policy import PolicyError
+
+    if register:
+        from training.train import check_training_services
+
+        try:
+            check_training_services(settings, None)
+        except ConnectionError as exc:
+            fail(f"cannot register the uplift model: {exc}")
+    try:
+        with Progress(TextColumn("[bold]uplift train[/]"), BarColumn(),
+                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task("reading", total=folds + 1)
+            result = run_uplift_train(
+                settings, folds=folds, trials=trials, seed=seed, register=register,
+                promote=promote, model_out=model_out, report_path=report,
+                progress=lambda step: bar.update(task, advance=1, description=step))
+    except (ValueError, FileNotFoundError, PolicyError) as exc:
+        fail(str(exc))
+    evidence = result["evidence"]
+    console.print(f"{evidence['randomised_leads']} randomised leads before "
+                  f"{result['trained_until']}; conversions per channel "
+                  f"{evidence['positives_per_channel']}")
+    _print_result(result)
+
+
+def _print_result(result: dict) -> None:
+    table = Table(title=f"cross-fitted, against {escape(result['reference_arm'])}",
+                  title_justify="left")
+    for column in ("arm", "qini", "auuc", "auuc_random", "DR effect [95% CI]"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm, values in result["per_arm"].items():
+        low, high = values["dr_average_effect_ci"]
+        table.add_row(escape(arm), f"{values['qini']:.5f}", f"{values['auuc']:.5f}",
+                      f"{values['auuc_random']:.5f}",
+                      f"{values['dr_average_effect']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    console.print(table)
     registry = result.get("registry")
     if registry:
         console.print(f"model {escape(registry['model_name'])} v{registry['model_version']} "

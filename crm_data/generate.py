@@ -7,6 +7,9 @@ one ``numpy.random.Generator`` so that the same seed gives byte-identical files.
 
 Raw identifiers (phones, WeChat ids, e-mails, cookies) are formatted in varied ways, hashed with
 ``leadscore.identifiers.hash_identifier`` and dropped: only ``<type>:<hash>`` values are written.
+Persons are students: siblings share the household's phone, WeChat, e-mail and tablet, school
+computers share cookies, numbers are recycled, forms carry typos (``_slot_index``), so an
+identifier is not a person. A conversion is also an order (time, amount) of the person.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crm_data import channel_effects
 from crm_data import generate_mechanism as m
 from leadscore.config import get_settings
 from leadscore.identifiers import hash_identifier
@@ -103,6 +107,8 @@ class GenerationSummary:
     n_multi_lead_persons: int
     n_unlinkable_persons: int
     unusable_identifiers: dict[str, int] = field(default_factory=dict)
+    shared_identifiers: dict[str, int] = field(default_factory=dict)
+    n_conversion_orders: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +195,8 @@ class _People:
     subject: np.ndarray
     city: np.ndarray
     device: np.ndarray
+    sibling_of: np.ndarray  # the other child of the household, -1 for an only lead-leaving child
+    reluctance: np.ndarray  # latent: skips optional form fields
 
 
 def _draw_people(rng: np.random.Generator, n_leads: int) -> _People:
@@ -208,16 +216,36 @@ def _draw_people(rng: np.random.Generator, n_leads: int) -> _People:
         city[rows] = members[(city_rank[rows] * members.size).astype(np.int64)]
     wrong = rng.random(n) < m.WRONG_PERSONA_SHARE
     intent = rng.standard_normal(n) - 1.5 * wrong
+    grade = _choice(rng, m.GRADE_P, n)
+    # Households: a share of persons are the second child of another person's household (same
+    # city, usually another grade, correlated intent); each elder child has one sibling at most.
+    sibling_of = np.full(n, -1, dtype=np.int64)
+    candidates = rng.permutation(n)
+    n_pairs = min(int(round(m.SIBLING_SHARE * n)), n // 2)
+    younger, elder = candidates[:n_pairs], candidates[n_pairs:2 * n_pairs]
+    sibling_of[younger], sibling_of[elder] = elder, younger
+    city[younger] = city[elder]
+    redraw = _choice(rng, m.GRADE_P, n_pairs)
+    same = redraw == grade[elder]
+    redraw[same] = (redraw[same] + 1 + rng.integers(0, len(GRADES) - 1, int(same.sum()))) % len(
+        GRADES)
+    twin = rng.random(n_pairs) < m.SIBLING_TWIN_P
+    grade[younger] = np.where(twin, grade[elder], redraw)
+    share = m.SIBLING_INTENT_SHARE
+    intent[younger] = share * intent[elder] + np.sqrt(1 - share**2) * intent[younger]
     return _People(
         n=n, leads=k, start=np.concatenate(([0], np.cumsum(k)[:-1])), intent=intent,
-        wrong_persona=wrong, grade=_choice(rng, m.GRADE_P, n),
+        wrong_persona=wrong, grade=grade,
         subject=_choice(rng, m.SUBJECT_P, n), city=city, device=_choice(rng, m.DEVICE_P, n),
+        sibling_of=sibling_of, reluctance=rng.normal(0.0, m.NULL_RELUCTANCE_SD, n),
     )
 
 
-def _lead_times(rng: np.random.Generator, people: _People, days: int) -> tuple[np.ndarray, ...]:
+def _lead_times(rng: np.random.Generator, people: _People, days: int,
+                start: date) -> tuple[np.ndarray, ...]:
     """Seconds since start of each lead (rows grouped by person, in time order), its position
-    within the person and the gap to the person's previous lead (inf for the first)."""
+    within the person and the gap to the person's previous lead (inf for the first). A person's
+    first lead falls on a day drawn by the season's lead volume (``m.season``)."""
     n_leads = int(people.leads.sum())
     person = np.repeat(np.arange(people.n), people.leads)
     pos = np.arange(n_leads) - np.repeat(people.start, people.leads)
@@ -229,7 +257,10 @@ def _lead_times(rng: np.random.Generator, people: _People, days: int) -> tuple[n
     max_span = 0.85 * days
     scale = np.minimum(1.0, max_span / np.maximum(span, 1e-9))
     gap *= scale[person]
-    first = rng.random(people.n) * (days - span * scale)
+    volume, _ = m.season(np.datetime64(start, "D") + np.arange(days))
+    cum = np.concatenate(([0.0], np.cumsum(volume)))
+    upper = np.interp(days - span * scale, np.arange(days + 1), cum)
+    first = np.interp(rng.random(people.n) * upper, cum, np.arange(days + 1, dtype=float))
     t_days = first[person] + _within_group_cumsum(gap, people.start, people.leads)
     # Time of day: evenings and late mornings Beijing time (UTC+8), some at any hour.
     kind = _choice(rng, np.array([0.45, 0.35, 0.20]), n_leads)
@@ -272,6 +303,7 @@ class _Leads:
     device: np.ndarray
     funnel: np.ndarray
     nulls: dict[str, np.ndarray]
+    season_shift: np.ndarray
 
 
 def _campaigns(seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -313,8 +345,8 @@ def _landing_pages() -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def _draw_leads(rng: np.random.Generator, people: _People, days: int, drift: bool,
-                seed: int) -> _Leads:
-    t, pos, gap_prev = _lead_times(rng, people, days)
+                seed: int, start: date) -> _Leads:
+    t, pos, gap_prev = _lead_times(rng, people, days, start)
     n = t.size
     person = np.repeat(np.arange(people.n), people.leads)
     intent = people.intent[person] + 0.15 * np.minimum(pos, 3) + rng.normal(0, 0.45, n)
@@ -323,7 +355,8 @@ def _draw_leads(rng: np.random.Generator, people: _People, days: int, drift: boo
 
     subject = np.where(rng.random(n) < 0.75, people.subject[person],
                        _choice(rng, m.SUBJECT_P, n))
-    grade = np.where(rng.random(n) < 0.9, people.grade[person], _choice(rng, m.GRADE_P, n))
+    grade = np.where(rng.random(n) < m.GRADE_FORM_ERROR_P, _choice(rng, m.GRADE_P, n),
+                     people.grade[person])
     device = np.where(rng.random(n) < 0.8, people.device[person], _choice(rng, m.DEVICE_P, n))
     city = people.city[person]
 
@@ -342,17 +375,26 @@ def _draw_leads(rng: np.random.Generator, people: _People, days: int, drift: boo
     funnel_score = (m.FUNNEL_INTENT_WEIGHT * intent + m.by_channel(m.CHANNEL_FUNNEL_EFFECT)[channel]
                     + m.FUNNEL_TRIAL_LANDING_BONUS * landing_is_trial[template]
                     + rng.normal(0, m.FUNNEL_NOISE_SD, n))
-    nulls = {name: rng.random(n) < share for name, share in m.NULL_SHARE.items()}
+    null_logit = (m.by_channel(m.NULL_CHANNEL_EFFECT)[channel] + people.reluctance[person]
+                  + m.NULL_INTENT_EFFECT * intent)
+    nulls = {name: rng.random(n) < m.sigmoid(base + null_logit)
+             for name, base in m.NULL_BASE_LOGIT.items()}
+    _, season_shift = m.season(np.datetime64(start, "D") + t // DAY)
     return _Leads(
         person=person, pos=pos, t=t, gap_prev_days=gap_prev, intent=intent, channel=channel,
         campaign=campaign, campaign_names=campaign_names, campaign_effect=campaign_effect,
         landing=landing, landing_names=landing_names,
         landed_on_pricing=template == m.LANDING_HIGH.index("/pricing"), grade=grade,
         subject=subject, city=city, device=device, funnel=m.funnel_index(funnel_score), nulls=nulls,
+        season_shift=season_shift,
     )
 
 
 # ---- identifiers ----------------------------------------------------------------------------
+_ID_TYPE_NAMES = ("phone", "wechat", "email", "cookie")
+TYPO = 8  # variant bit: the identifier given with a typo
+
+
 @dataclass
 class _Slots:
     mask: np.ndarray  # uint8 per lead: usable identifier slots
@@ -362,6 +404,47 @@ class _Slots:
     unlinkable_person: np.ndarray
     n_cookies: np.ndarray  # per person
     email_kind: np.ndarray  # per person: 0 free, 1 corporate, 2 edu
+    # Whose identifier a person's slot holds (a sibling's household phone, a recycled number's
+    # former owner): per person, the person index the identifier is drawn from.
+    phone_owner: np.ndarray
+    wechat_owner: np.ndarray
+    email_owner: np.ndarray
+    home_device_owner: np.ndarray  # first cookie slot
+    public_device: np.ndarray  # per lead: a school/library computer's number, -1 for none
+    n_public_devices: int
+    typo: np.ndarray  # per lead: bit per id type (_ID_TYPE_NAMES order) given with a typo
+    recycled: np.ndarray  # per person: phone number formerly another person's
+
+
+def _shared_owners(rng: np.random.Generator, people: _People, leads: _Leads
+                   ) -> dict[str, np.ndarray]:
+    """Per person and shared slot, the person whose identifier it holds: siblings take the
+    household's (the elder's) with ``m.SIBLING_SHARES``; recycled phones take the number of a
+    person without siblings whose last lead is ``m.RECYCLE_QUIET_DAYS`` before the first."""
+    n = people.n
+    owners = {name: np.arange(n) for name in ("phone", "wechat", "email", "home_device")}
+    younger = np.flatnonzero((people.sibling_of >= 0) & (np.arange(n) > people.sibling_of))
+    for name, p in m.SIBLING_SHARES.items():
+        take = younger[rng.random(younger.size) < p]
+        owners[name][take] = people.sibling_of[take]
+    first_t = leads.t[people.start]
+    last_t = leads.t[people.start + people.leads - 1]
+    quiet = m.RECYCLE_QUIET_DAYS * DAY
+    alone = people.sibling_of < 0
+    donors = np.flatnonzero(alone)
+    donors = donors[np.argsort(last_t[donors], kind="stable")]
+    late = alone & (first_t >= quiet + last_t.min())
+    share = min(1.0, m.RECYCLED_PHONE_SHARE * n / max(int(late.sum()), 1))
+    eligible = np.flatnonzero(late & (rng.random(n) < share))
+    available = np.searchsorted(last_t[donors], first_t[eligible] - quiet, side="right")
+    eligible, available = eligible[available > 0], available[available > 0]
+    pick = donors[(rng.random(eligible.size) * available).astype(np.int64)]
+    pick, first = np.unique(pick, return_index=True)  # a number is re-issued once
+    keep = (pick != eligible[first])
+    owners["phone"][eligible[first][keep]] = pick[keep]
+    owners["recycled"] = np.zeros(n, dtype=bool)
+    owners["recycled"][eligible[first][keep]] = True
+    return owners
 
 
 def _draw_slots(rng: np.random.Generator, people: _People, leads: _Leads) -> _Slots:
@@ -412,15 +495,37 @@ def _draw_slots(rng: np.random.Generator, people: _People, leads: _Leads) -> _Sl
     bad_phone &= (mask & PHONE_BITS) == 0
     bad_email &= (mask & (1 << EMAIL)) == 0
     bad_wechat &= (mask & (1 << WECHAT)) == 0
+
+    owners = _shared_owners(rng, people, leads)
+    # public devices: per city, one device per PUBLIC_DEVICE_LEADS public leads
+    has_cookie = (mask >> COOKIE0) & 0b111 != 0
+    public = has_cookie & ~lone & (rng.random(n) < m.by_channel(m.PUBLIC_DEVICE_P)[ch])
+    public_device = np.full(n, -1, dtype=np.int64)
+    n_public = 0
+    for c in np.unique(leads.city[public]):
+        rows = np.flatnonzero(public & (leads.city == c))
+        k = max(1, round(rows.size / m.PUBLIC_DEVICE_LEADS))
+        public_device[rows] = n_public + rng.integers(0, k, rows.size)
+        n_public += k
+    typo = np.zeros(n, dtype=np.int64)
+    for code, name in enumerate(_ID_TYPE_NAMES):
+        typo |= (rng.random(n) < m.TYPO_P[name]).astype(np.int64) << code
+    verified = leads.funnel >= FUNNEL_STEPS.index("verified")  # the phone passed an SMS code
+    typo &= ~np.where(verified, 1 << _ID_TYPE_NAMES.index("phone"), 0)
     return _Slots(mask=mask.astype(np.uint8), bad_phone=bad_phone, bad_email=bad_email,
                   bad_wechat=bad_wechat, unlinkable_person=unlinkable, n_cookies=n_cookies,
-                  email_kind=email_kind)
+                  email_kind=email_kind, phone_owner=owners["phone"],
+                  wechat_owner=owners["wechat"], email_owner=owners["email"],
+                  home_device_owner=owners["home_device"], public_device=public_device,
+                  n_public_devices=n_public, typo=typo,
+                  recycled=owners["recycled"])
 
 
 class _RawIdentifiers:
     """Formats raw identifier strings (in memory only) for identifier slots of persons."""
 
-    def __init__(self, rng: np.random.Generator, n_persons: int, email_kind: np.ndarray) -> None:
+    def __init__(self, rng: np.random.Generator, n_persons: int, email_kind: np.ndarray,
+                 n_public_devices: int = 0) -> None:
         self.email_kind = email_kind
         self.phone_space = len(PHONE_PREFIXES) * 10**8
         self.name_offset = int(rng.integers(0, 36**6))
@@ -428,11 +533,14 @@ class _RawIdentifiers:
         self.given = rng.integers(0, len(GIVEN_NAMES), n_persons)
         self.wx_style = rng.random(n_persons) < 0.4
         self.domain = rng.integers(0, 1 << 30, n_persons)
-        self.cookie_style = rng.random(3 * n_persons) < 0.6
-        self.cookie_salt = rng.integers(0, 1 << 40, 3 * n_persons)
+        self.cookie_style = rng.random(3 * n_persons + n_public_devices) < 0.6
+        self.cookie_salt = rng.integers(0, 1 << 40, 3 * n_persons + n_public_devices)
 
     def value(self, type_name: str, index: int, variant: int) -> str:
-        """The raw string of identifier ``index`` of ``type_name`` in format ``variant``."""
+        """The raw string of identifier ``index`` of ``type_name`` in format ``variant``
+        (``variant & TYPO``: with a typo)."""
+        if variant & TYPO:
+            return self.typo(type_name, index, variant & ~TYPO)
         if type_name == "phone":
             return self.phone(index, variant)
         if type_name == "wechat":
@@ -488,13 +596,30 @@ class _RawIdentifiers:
             value = f"{a[:8]}-{a[8:]}{b[:2]}-4{b[2:5]}-a{b[5:8]}-{b[8:]}{a[:8]}"
         return (value.lower(), value.upper())[variant % 2]
 
+    def typo(self, type_name: str, index: int, variant: int) -> str:
+        """The identifier mistyped: one digit of a phone, two letters of a WeChat id swapped,
+        a letter of an e-mail's local part dropped (still well-formed, so it is hashed)."""
+        if type_name == "phone":
+            s = self.phone_number(index)
+            at = 3 + index % 8
+            s = f"{s[:at]}{(int(s[at]) + 1 + index % 9) % 10}{s[at + 1:]}"
+            if len(set(s[3:])) == 1:  # would be a placeholder: mistype another digit
+                s = f"{s[:-1]}{(int(s[-1]) + 1) % 10}"
+            return s
+        if type_name == "wechat":
+            name = self.wechat(index, 0)
+            return name[:-2] + name[-1] + name[-2] if name[-1] != name[-2] else name[:-1] + "x"
+        if type_name == "email":
+            local, domain = self.email_parts(index)
+            return f"{local[:2]}{local[3:]}@{domain}"
+        return self.cookie(index, variant)
+
     def malformed_email(self, person: int, r: int) -> str:
         local, domain = self.email_parts(person)
         return (f"{local}@{domain.split('.')[0]}", f"{local} {domain}",
                 f"{local}@@{domain}")[r % 3]
 
 
-_ID_TYPE_NAMES = ("phone", "wechat", "email", "cookie")
 _SLOT_TYPE_CODE = np.array([_ID_TYPE_NAMES.index(SLOT_TYPE[b]) for b in range(8)])
 _VARIANT_P = {
     "phone": np.array([0.45, 0.20, 0.10, 0.15, 0.05, 0.05]),
@@ -505,13 +630,21 @@ _VARIANT_P = {
 
 
 def _slot_index(
-    bit: np.ndarray, person: np.ndarray, lead: np.ndarray, n_persons: int
+    bit: np.ndarray, person: np.ndarray, lead: np.ndarray, n_persons: int, slots: _Slots
 ) -> np.ndarray:
     """Index of a slot's identifier within its type: one per person slot (per lead for the
-    private phones of unlinkable persons), so different persons never share an identifier."""
+    private phones of unlinkable persons), drawn from the slot's owner (``_shared_owners``:
+    siblings share the household's, a recycled number its former owner's); a lead on a public
+    device carries that device's cookie."""
+    cookie = np.where(bit == COOKIE0, 3 * slots.home_device_owner[person],
+                      3 * person + bit - COOKIE0)
+    public = (bit >= COOKIE0) & (bit < PRIVATE_PHONE) & (slots.public_device[lead] >= 0)
+    cookie = np.where(public, 3 * n_persons + slots.public_device[lead], cookie)
     return np.select(
-        [bit == PHONE1, bit == PHONE2, bit == PRIVATE_PHONE, bit >= COOKIE0],
-        [person, n_persons + person, 2 * n_persons + lead, 3 * person + bit - COOKIE0],
+        [bit == PHONE1, bit == PHONE2, bit == PRIVATE_PHONE, bit == WECHAT, bit == EMAIL,
+         bit >= COOKIE0],
+        [slots.phone_owner[person], n_persons + person, 2 * n_persons + lead,
+         slots.wechat_owner[person], slots.email_owner[person], cookie],
         person,
     )
 
@@ -532,11 +665,13 @@ def _hash_identities(rng: np.random.Generator, people: _People, leads: _Leads, s
     lead_of = np.concatenate(bits)
     bit_of = np.concatenate([np.full(rows.size, bit) for bit, rows in enumerate(bits)])
     type_code = _SLOT_TYPE_CODE[bit_of]
-    index = _slot_index(bit_of, leads.person[lead_of], lead_of, people.n)
+    index = _slot_index(bit_of, leads.person[lead_of], lead_of, people.n, slots)
     variant = np.zeros(lead_of.size, dtype=np.int64)
     for code, name in enumerate(_ID_TYPE_NAMES):
         rows = np.flatnonzero(type_code == code)
         variant[rows] = _choice(rng, _VARIANT_P[name], rows.size)
+    private = bit_of == PRIVATE_PHONE
+    variant |= np.where(((slots.typo[lead_of] >> type_code) & 1 == 1) & ~private, TYPO, 0)
     key = (type_code.astype(np.int64) << 56) | (index.astype(np.int64) << 4) | variant
     unique_keys, inverse = np.unique(key, return_inverse=True)
 
@@ -574,22 +709,45 @@ def _hash_identities(rng: np.random.Generator, people: _People, leads: _Leads, s
                        raw_values=raw_values, unusable=dict(sorted(unusable.items())))
 
 
+def _key_hashes(bits: np.ndarray, persons: np.ndarray, leads: np.ndarray, people: _People,
+                slots: _Slots, raw: _RawIdentifiers, salt: str) -> list[str]:
+    """Hashes of the identifiers in slots ``bits`` of ``persons`` (``leads``: for lead-private
+    slots), as typed correctly (an order system holds the number the buyer paid with)."""
+    index = _slot_index(bits, persons, leads, people.n, slots)
+    cache: dict[tuple[int, int], str] = {}
+    out = []
+    for bit, idx in zip(bits.tolist(), index.tolist(), strict=True):
+        hashed = cache.get((bit, idx))
+        if hashed is None:
+            hashed, _ = hash_identifier(SLOT_TYPE[bit], raw.value(SLOT_TYPE[bit], idx, 0), salt)
+            cache[(bit, idx)] = hashed
+        out.append(hashed)
+    return out
+
+
 def _order_key_hashes(persons: np.ndarray, people: _People, slots: _Slots,
                       raw: _RawIdentifiers, salt: str) -> list[str]:
-    """Hash that keys a person's orders: the phone when some lead of the person carries it,
-    else a usable identifier of the person's first lead."""
+    """Hash that keys a person's earlier orders: the phone when some lead of the person carries
+    it (perhaps only a later lead), else a usable identifier of the person's first lead."""
     person_mask = np.bitwise_or.reduceat(slots.mask.astype(np.int64), people.start)[persons]
     first_lead = people.start[persons]
     first_mask = slots.mask[first_lead].astype(np.int64)
     key_bit = np.where((person_mask >> PHONE1) & 1 == 1, PHONE1, -1)
     for bit in (*CHAIN_PRIORITY, PRIVATE_PHONE):
         key_bit = np.where((key_bit < 0) & ((first_mask >> bit) & 1 == 1), bit, key_bit)
-    index = _slot_index(key_bit, persons, first_lead, people.n)
-    out = []
-    for bit, idx in zip(key_bit.tolist(), index.tolist(), strict=True):
-        hashed, _ = hash_identifier(SLOT_TYPE[bit], raw.value(SLOT_TYPE[bit], idx, 0), salt)
-        out.append(hashed)
-    return out
+    return _key_hashes(key_bit, persons, first_lead, people, slots, raw, salt)
+
+
+def _conversion_key_hashes(leads_converted: np.ndarray, people: _People, leads: _Leads,
+                           slots: _Slots, raw: _RawIdentifiers, salt: str) -> list[str]:
+    """Hash that keys the order of a converted lead: the phone the lead carries (its first,
+    second or private one), else the person's first phone (given at payment)."""
+    mask = slots.mask[leads_converted].astype(np.int64)
+    key_bit = np.full(leads_converted.size, PHONE1)
+    for bit in (PRIVATE_PHONE, PHONE2, PHONE1):
+        key_bit = np.where((mask >> bit) & 1 == 1, bit, key_bit)
+    return _key_hashes(key_bit, leads.person[leads_converted], leads_converted, people, slots,
+                       raw, salt)
 
 
 # ---- behaviour ------------------------------------------------------------------------------
@@ -726,6 +884,13 @@ class _Orders:
     person: np.ndarray
     t: np.ndarray
     amount: np.ndarray
+    lead: np.ndarray | None = None  # the converted lead of a conversion order, -1 for earlier
+
+    def extended(self, person: np.ndarray, t: np.ndarray, amount: np.ndarray,
+                 lead: np.ndarray) -> _Orders:
+        own = np.full(self.t.size, -1, dtype=np.int64) if self.lead is None else self.lead
+        return _Orders(np.concatenate((self.person, person)), np.concatenate((self.t, t)),
+                       np.concatenate((self.amount, amount)), np.concatenate((own, lead)))
 
 
 def _draw_orders(rng: np.random.Generator, people: _People, leads: _Leads) -> _Orders:
@@ -736,7 +901,8 @@ def _draw_orders(rng: np.random.Generator, people: _People, leads: _Leads) -> _O
     person = np.repeat(persons, 1 + rng.poisson(m.ORDERS_EXTRA_MEAN, persons.size))
     first_t = leads.t[people.start][person]
     t = first_t - (rng.uniform(3, 720, person.size) * DAY).astype(np.int64)
-    return _Orders(person=person, t=t, amount=_prices(rng, person.size))
+    return _Orders(person=person, t=t, amount=_prices(rng, person.size),
+                   lead=np.full(person.size, -1, dtype=np.int64))
 
 
 def _prices(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -744,14 +910,22 @@ def _prices(rng: np.random.Generator, size: int) -> np.ndarray:
                     * m.DISCOUNTS[rng.integers(0, len(m.DISCOUNTS), size)], 2)
 
 
-def _rfm(people: _People, leads: _Leads, orders: _Orders) -> tuple[np.ndarray, ...]:
-    """Per lead: the person's order count, total amount and days since the last order."""
-    count = np.bincount(orders.person, minlength=people.n)
-    total = np.bincount(orders.person, orders.amount, minlength=people.n)
-    last = np.full(people.n, np.iinfo(np.int64).min // 2)
-    np.maximum.at(last, orders.person, orders.t)
-    days_since = (leads.t - last[leads.person]) / DAY
-    return count[leads.person], total[leads.person], days_since
+def _rfm(leads: _Leads, orders: _Orders, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per lead of ``rows``: the person's order count, total amount and days since the last
+    order, over the person's orders strictly before the lead (inf days without one)."""
+    t0 = min(int(orders.t.min(initial=0)), int(leads.t.min()))
+    span = max(int(orders.t.max(initial=0)), int(leads.t.max())) - t0 + 2
+    key = orders.person * span + (orders.t - t0)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    cum_amount = np.concatenate(([0.0], np.cumsum(orders.amount[order])))
+    person, t = leads.person[rows], leads.t[rows]
+    first = np.searchsorted(sorted_key, person * span, side="left")
+    before = np.searchsorted(sorted_key, person * span + (t - t0), side="left")
+    count = before - first
+    last = orders.t[order][np.maximum(before - 1, 0)] if orders.t.size else np.zeros(rows.size)
+    days_since = np.where(count > 0, (t - last) / DAY, np.inf)
+    return count, cum_amount[before] - cum_amount[first], days_since
 
 
 def _email_type(leads: _Leads, slots: _Slots) -> np.ndarray:
@@ -774,38 +948,58 @@ class _Outcomes:
 
 
 def _draw_outcomes(rng: np.random.Generator, people: _People, leads: _Leads, slots: _Slots,
-                   history: _History, rfm: tuple[np.ndarray, ...], email_type: np.ndarray,
-                   window_days: int) -> _Outcomes:
+                   history: _History, orders: _Orders, email_type: np.ndarray,
+                   window_days: int) -> tuple[_Outcomes, _Orders]:
+    """Outcomes lead position by position, so that a conversion becomes an order (amount, time)
+    that the person's later leads see as RFM history; returns the outcomes and all orders."""
     n = leads.t.size
     has_phone = (slots.mask.astype(np.int64) & PHONE_BITS) != 0
-    n_orders, order_total, days_since_order = rfm
-    facts = m.LeadFacts(
-        intent=leads.intent, behaviour=history.behaviour,
-        days_since_last_event=history.days_since_last, high_intent_30d=history.high_intent_30d,
-        pricing_30d=history.pricing_30d, recruitment_30d=history.recruitment_30d,
-        offline_event_90d=history.offline_event_90d, channel=leads.channel,
-        campaign_effect=leads.campaign_effect[leads.campaign], funnel=leads.funnel,
-        landed_on_pricing=leads.landed_on_pricing, submit_hour_cn=(leads.t // 3600 + 8) % 24,
-        grade=leads.grade, subject=leads.subject,
-        city_tier=np.array([tier for _, tier in m.CITIES])[leads.city], device=leads.device,
-        email_type=email_type,
-        phone_state=np.select([slots.bad_phone, ~has_phone], [2, 1], 0),
-        n_orders=n_orders, order_total=order_total, days_since_order=days_since_order,
-        earlier_leads=leads.pos, wrong_persona=people.wrong_persona[leads.person],
-    )
-    logit = m.conversion_logit(facts, rng.normal(0.0, m.LOGIT_NOISE_SD, n))
-    propensity = m.followup_propensities(logit)
-    followup = np.where(rng.random(n) < m.RANDOM_FOLLOWUP_SHARE,
-                        rng.integers(0, len(FOLLOWUP_CHANNELS), n),
-                        m.k12_followup_index()[leads.funnel])
-    converted = rng.random(n) < propensity[np.arange(n), followup]
-    delay = (rng.beta(*m.CONVERSION_DELAY_BETA, n) * window_days * DAY).astype(np.int64)
-    amount = _prices(rng, n)
-    return _Outcomes(
-        propensity=propensity, followup=followup, converted=converted,
-        converted_t=leads.t + np.clip(delay, 600, window_days * DAY),
-        amount=np.where(converted, amount, 0.0),
-    )
+    city_tier = np.array([tier for _, tier in m.CITIES])[leads.city]
+    propensity = np.zeros((n, len(FOLLOWUP_CHANNELS)))
+    followup = np.zeros(n, dtype=np.int64)
+    converted = np.zeros(n, dtype=bool)
+    converted_t = np.zeros(n, dtype=np.int64)
+    amount = np.zeros(n)
+    # the CRM's randomised follow-up: a salted draw of each lead's id (its creation-order
+    # number, as the leads table numbers it), recomputable from the data
+    # (crm_data.channel_effects.historical_arms)
+    number = np.empty(n, dtype=np.int64)
+    number[np.lexsort((leads.person, leads.t))] = np.arange(n)
+    explored, drawn = channel_effects.historical_draws(number)
+    for position in range(int(people.leads.max())):
+        rows = np.flatnonzero(leads.pos == position)
+        n_orders, order_total, days_since_order = _rfm(leads, orders, rows)
+        facts = m.LeadFacts(
+            intent=leads.intent[rows], behaviour=history.behaviour[rows],
+            days_since_last_event=history.days_since_last[rows],
+            high_intent_30d=history.high_intent_30d[rows], pricing_30d=history.pricing_30d[rows],
+            recruitment_30d=history.recruitment_30d[rows],
+            offline_event_90d=history.offline_event_90d[rows], channel=leads.channel[rows],
+            campaign_effect=leads.campaign_effect[leads.campaign[rows]],
+            funnel=leads.funnel[rows], landed_on_pricing=leads.landed_on_pricing[rows],
+            submit_hour_cn=(leads.t[rows] // 3600 + 8) % 24, grade=leads.grade[rows],
+            subject=leads.subject[rows], city_tier=city_tier[rows],
+            device=leads.device[rows], email_type=email_type[rows],
+            phone_state=np.select([slots.bad_phone[rows], ~has_phone[rows]], [2, 1], 0),
+            n_orders=n_orders, order_total=order_total, days_since_order=days_since_order,
+            earlier_leads=leads.pos[rows], wrong_persona=people.wrong_persona[leads.person[rows]],
+            season_shift=leads.season_shift[rows],
+        )
+        k = rows.size
+        logit = m.conversion_logit(facts, rng.normal(0.0, m.LOGIT_NOISE_SD, k))
+        propensity[rows], _ = channel_effects.channel_propensities(
+            logit, facts, rng, m.marginal_probability)
+        followup[rows] = np.where(explored[rows], drawn[rows],
+                                  m.k12_followup_index()[leads.funnel[rows]])
+        converted[rows] = rng.random(k) < propensity[rows, followup[rows]]
+        delay = (rng.beta(*m.CONVERSION_DELAY_BETA, k) * window_days * DAY).astype(np.int64)
+        converted_t[rows] = leads.t[rows] + np.clip(delay, 600, window_days * DAY)
+        amount[rows] = np.where(converted[rows], _prices(rng, k), 0.0)
+        won = rows[converted[rows]]
+        orders = orders.extended(leads.person[won], converted_t[won], amount[won], won)
+    outcomes = _Outcomes(propensity=propensity, followup=followup, converted=converted,
+                         converted_t=converted_t, amount=amount)
+    return outcomes, orders
 
 
 # ---- tables ---------------------------------------------------------------------------------
@@ -856,7 +1050,7 @@ def simulate_crm(
 
     say("persons and leads")
     people = _draw_people(rng, n_leads)
-    leads = _draw_leads(rng, people, days, drift, seed)
+    leads = _draw_leads(rng, people, days, drift, seed, start)
     slots = _draw_slots(rng, people, leads)
     say("behaviour events")
     urls = m.UrlVocabulary()
@@ -865,12 +1059,19 @@ def simulate_crm(
     say("conversion mechanism")
     history = _person_history(people, leads, events)
     email_type = _email_type(leads, slots)
-    outcomes = _draw_outcomes(rng, people, leads, slots, history, _rfm(people, leads, orders),
-                              email_type, window_days)
+    outcomes, orders = _draw_outcomes(rng, people, leads, slots, history, orders, email_type,
+                                      window_days)
     say("identifier hashing")
-    raw = _RawIdentifiers(rng, people.n, slots.email_kind)
+    raw = _RawIdentifiers(rng, people.n, slots.email_kind, slots.n_public_devices)
     identities = _hash_identities(rng, people, leads, slots, raw, salt)
-    order_hashes = _order_key_hashes(np.unique(orders.person), people, slots, raw, salt)
+    earlier = orders.lead < 0
+    earlier_persons = np.unique(orders.person[earlier])
+    per_person = _order_key_hashes(earlier_persons, people, slots, raw, salt)
+    order_hashes = np.empty(orders.t.size, dtype=object)
+    order_hashes[earlier] = np.asarray(per_person, dtype=object)[
+        np.searchsorted(earlier_persons, orders.person[earlier])]
+    order_hashes[~earlier] = _conversion_key_hashes(orders.lead[~earlier], people, leads, slots,
+                                                    raw, salt)
 
     say("tables")
     start_epoch = calendar.timegm(start.timetuple())
@@ -884,10 +1085,18 @@ def simulate_crm(
         n_leads=n_leads, n_persons=people.n, n_identities=tables["identities"].num_rows,
         n_events=tables["events"].num_rows, n_orders=tables["orders"].num_rows,
         n_converted=n_converted, base_rate=round(n_converted / n_leads, 6),
-        n_returning_persons=int(np.unique(orders.person).size),
+        n_returning_persons=int(np.unique(orders.person[orders.lead < 0]).size),
         n_multi_lead_persons=int((people.leads >= 2).sum()),
         n_unlinkable_persons=int(slots.unlinkable_person.sum()),
         unusable_identifiers=identities.unusable,
+        shared_identifiers={
+            "sibling_persons": int((people.sibling_of >= 0).sum()),
+            "recycled_phones": int(slots.recycled.sum()),
+            "public_devices": slots.n_public_devices,
+            "public_device_leads": int((slots.public_device >= 0).sum()),
+            "typo_leads": int((slots.typo != 0).sum()),
+        },
+        n_conversion_orders=int((orders.lead >= 0).sum()),
         seconds=round(time.perf_counter() - began, 3),
     )
     return SyntheticCrm(tables=tables, summary=summary,
@@ -896,7 +1105,7 @@ def simulate_crm(
 
 def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events,
                   orders: _Orders, outcomes: _Outcomes, identities: _Identities,
-                  order_hashes: list[str], email_type: np.ndarray, urls: m.UrlVocabulary,
+                  order_hashes: np.ndarray, email_type: np.ndarray, urls: m.UrlVocabulary,
                   start_epoch: int) -> dict[str, pa.Table]:
     n = leads.t.size
     out = np.lexsort((leads.person, leads.t))  # lead ids follow creation time
@@ -941,13 +1150,10 @@ def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events
         "dwell_seconds": pa.array(events.dwell[ev_order], pa.float64()),
     })
 
-    order_persons = np.unique(orders.person)
-    hash_of_person = pa.array(order_hashes, pa.string())
     o_order = np.lexsort((orders.person, orders.t))
     orders_table = _table(RAW_TABLES["orders"], {
         "order_id": _ids("O", np.arange(orders.t.size), 8),
-        "id_hash": hash_of_person.take(
-            pa.array(np.searchsorted(order_persons, orders.person[o_order]))),
+        "id_hash": pa.array(order_hashes[o_order].tolist(), pa.string()),
         "ordered_at": _timestamps(start_epoch, orders.t[o_order]),
         "amount": pa.array(orders.amount[o_order], pa.float64()),
     })

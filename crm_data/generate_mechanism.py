@@ -15,19 +15,44 @@ Conversion logit of a lead under the cheapest follow-up (``ai_bot``), ``logit_te
     + grade x subject fit (exam years with math/physics/chemistry; young children with
       coding/art) + city tier, device, e-mail, phone
     + RFM of earlier purchases (recency threshold) + returning customer x pricing visits (renewal)
-    + earlier leads of the person (saturating) - wrong persona + noise (unobserved circumstances)
+    + earlier leads of the person (saturating) - wrong persona
+    + season of the submission day (``SEASONS``: sign-up weeks convert more, exams and holidays
+      less) + noise settled at submission (``LOGIT_NOISE_SD``)
+
+The truth's propensity integrates over the noise of what happens after submission
+(``OUTCOME_NOISE_SD``, ``marginal_probability``), so a model given the true propensities reaches
+an AUC of about 0.9, not 0.98: the world keeps what nobody can know at submission.
 
 Most of the signal is non-additive in the features a model sees (saturation, thresholds and
 interactions), so a logistic regression on them is misspecified while a tree ensemble is not.
-Under a costlier follow-up channel the odds are multiplied by ``FOLLOWUP_ODDS_UPLIFT`` raised to
-a heterogeneity exponent that grows with the lead's own logit (high-intent leads profit more
-from top sales, which is what makes routing by score pay).
+What a follow-up channel does is not a function of this logit alone: ``crm_data.channel_effects``
+draws each lead's latent response segment (sure thing, persuadable, lost cause, sleeping dog)
+from its attributes plus noise, scales the segment's effect by how soon the channel's team can
+call (``hours_to_contact``), and decides which leads' follow-up history randomised (a salted
+draw of the lead id, what a service with exploration logs). ``FOLLOWUP_ODDS_UPLIFT`` and
+``followup_propensities`` (an effect rising with the lead's own logit, under which routing by
+score is right by construction) are no longer used by the generator.
 
 Time: only the funnel step is known after ``created_at``; every other term uses what existed
-strictly before the lead. No term depends on calendar time and campaigns run through the whole
-period, so conversion given the features is stationary; ``--drift`` shifts the channel mix and
-behaviour of the late weeks (what a person does), not how doing it converts. Every conversion
-falls inside its lead's window, so outcomes of closed windows are complete up to the data end.
+strictly before the lead, orders included: a lead's conversion is an order (time, amount) that
+the person's later leads see as RFM history. Besides the season (lead volume and a logit shift
+by calendar day, ``season``) no term depends on calendar time and campaigns run through the
+whole period; ``--drift`` shifts the channel mix and behaviour of the late weeks (what a person
+does), not how doing it converts. Every conversion falls inside its lead's window, so outcomes
+of closed windows are complete up to the data end.
+
+Identifiers (``crm_data.generate``): a person is a student. Siblings share the parent's phone,
+the family WeChat account, the parent's e-mail and the home tablet (``SIBLING_SHARES``); school
+and library computers give many persons one cookie (``PUBLIC_DEVICE_P``); numbers are re-issued
+after a quiet period (``RECYCLED_PHONE_SHARE``); forms carry typos (``TYPO_P``) and wrong grades
+(``GRADE_FORM_ERROR_P``). Optional fields are missing by channel, person and intent
+(``NULL_*``: informative missingness). The truth (the true person of each lead) is written for
+evaluation only; nothing in it is a feature.
+
+What follows for monitoring: the history is not stationary even without ``--drift`` — the
+customer base grows as conversions accumulate (RFM features), the season changes the mix of new
+and returning persons, and a person's leads repeat its grade and subject, so a per-lead test
+between a summer reference and an autumn week can flag columns that a per-person test does not.
 """
 
 from __future__ import annotations
@@ -87,6 +112,32 @@ COOKIE_P = dict(
     sem=0.95, feed_ads=0.85, channel_agent=0.30, list_purchase=0.02, seo=0.95, app=0.95,
     wechat_private=0.30, new_media=0.60,
 )
+# Identifiers that several persons (students) share, as in K12 reality. A person is a student;
+# identifiers are often the parent's or the household's, and public devices are everybody's.
+# A second child of a household: same city, another grade (twins aside), and the parent's phone,
+# the family WeChat account, the parent's e-mail and the home tablet with these probabilities.
+SIBLING_SHARE = 0.12  # persons who are the sibling of another person
+SIBLING_TWIN_P = 0.03  # siblings in the same grade
+SIBLING_SHARES = dict(phone=0.8, wechat=0.7, email=0.5, home_device=0.4)
+SIBLING_INTENT_SHARE = 0.5  # the parent decides: siblings' intents correlate
+# Recycled numbers: an operator re-issues a number after a quiet period; the new owner's leads
+# carry the number the old owner's leads carried.
+RECYCLED_PHONE_SHARE = 0.015  # persons (first lead late enough) whose phone was recycled
+RECYCLE_QUIET_DAYS = 90
+# School and library computers: a lead's cookie is a public device's with this probability by
+# channel (searches and the main site from a school lab; app and WeChat rarely); a public device
+# serves about PUBLIC_DEVICE_LEADS leads of its city over the period.
+PUBLIC_DEVICE_P = dict(
+    sem=0.03, feed_ads=0.01, channel_agent=0.01, list_purchase=0.0, seo=0.04, app=0.0,
+    wechat_private=0.005, new_media=0.01,
+)
+PUBLIC_DEVICE_LEADS = 25
+# Typos on a form: a usable but wrong identifier (one digit of a phone, a letter of a WeChat id or
+# an e-mail's local part), per identifier given; a phone that passed the SMS code (funnel step
+# verified or later) has none.
+TYPO_P = dict(phone=0.015, wechat=0.01, email=0.02, cookie=0.0)
+# Grade picked wrongly on a form (a random grade instead of the child's).
+GRADE_FORM_ERROR_P = 0.003
 PERSON_HAS_PHONE2 = 0.06
 PERSON_HAS_WECHAT = 0.65
 PERSON_HAS_EMAIL = 0.45
@@ -107,7 +158,18 @@ CITY_TIER_P = np.array([0.35, 0.35, 0.20, 0.10])
 CITY_TIER_EFFECT = np.array([0.3, 0.15, 0.0, -0.3])  # tiers 1..4
 DEVICE_P = np.array([0.32, 0.40, 0.15, 0.06, 0.07])  # DEVICES order
 DEVICE_EFFECT = np.array([0.1, 0.0, 0.05, 0.1, -0.2])
-NULL_SHARE = dict(grade=0.03, subject=0.02, city=0.04, device=0.02)
+# Missing optional fields are informative: they depend on the channel (purchased lists and
+# agents' bulk uploads lack fields, app profiles are complete), on the person (some parents skip
+# every optional field: a latent reluctance) and on intent (keen parents fill the form in).
+# P(null) = sigmoid(NULL_BASE_LOGIT[field] + NULL_CHANNEL_EFFECT[channel]
+#                   + reluctance (sd NULL_RELUCTANCE_SD, per person) + NULL_INTENT_EFFECT * intent)
+NULL_BASE_LOGIT = dict(grade=-4.3, subject=-4.7, city=-4.0, device=-4.8)
+NULL_CHANNEL_EFFECT = dict(
+    sem=0.0, feed_ads=0.5, channel_agent=0.9, list_purchase=2.0, seo=-0.2, app=-1.5,
+    wechat_private=-0.6, new_media=0.4,
+)
+NULL_RELUCTANCE_SD = 1.2
+NULL_INTENT_EFFECT = -0.5
 EMAIL_FREE_SHARE, EMAIL_EDU_SHARE = 0.70, 0.08  # the rest corporate
 EMAIL_TYPE_EFFECT = dict(none=0.0, invalid=-0.3, free=0.0, corporate=0.1, edu=0.15)
 
@@ -233,7 +295,7 @@ class UrlVocabulary:
 
 
 # ---- conversion -----------------------------------------------------------------------------
-BASE_LOGIT = -11.1
+BASE_LOGIT = -13.0
 INTENT_WEIGHT = 0.6  # latent intent: seen by a model only through behaviour and the funnel step
 # Behaviour saturates: BEHAVIOUR_MAX * (1 - exp(-score / BEHAVIOUR_SCALE)) on the decayed score
 # (median ~4, 90th percentile ~30): the first few touches matter, later ones add little.
@@ -275,7 +337,14 @@ PRICING_LANDING_FUNNEL_EFFECT = np.array([-0.8, -0.3, 0.2, 0.6])  # FUNNEL_STEPS
 EARLIER_LEADS_EFFECT = np.array([0.0, 0.5, 0.65, 0.7])  # by min(earlier leads, 3)
 WRONG_PERSONA_EFFECT = -1.5
 NO_PHONE_EFFECT, BAD_PHONE_EFFECT = -0.2, -0.9
-LOGIT_NOISE_SD = 2.4  # what no CRM records: budget, family decisions, a competitor's offer
+# Unobserved circumstances, in two parts. LOGIT_NOISE_SD: what no CRM records but is settled at
+# submission (budget, a school's homework load); it is part of the truth's propensity.
+# OUTCOME_NOISE_SD: what happens after submission (a competitor's offer, a family decision, the
+# caller's day); it is not known at submission by anyone, so the truth's propensity integrates
+# over it (``marginal_probability``): even a model given the true propensities ranks leads only
+# as well as the world allows (AUC about 0.9, not 0.98).
+LOGIT_NOISE_SD = 1.6
+OUTCOME_NOISE_SD = 3.3
 CAMPAIGN_EFFECT_SD = 0.2
 # Persistent campaigns per channel (and subject group for the subject-targeted channels).
 CAMPAIGN_THEMES = ("brand", "exam-prep", "trial-offer")
@@ -293,6 +362,42 @@ PRICES = np.array([1999.0, 2999.0, 4999.0, 6999.0, 9999.0])
 PRICE_P = np.array([0.25, 0.30, 0.25, 0.12, 0.08])
 DISCOUNTS = np.array([1.0, 0.9, 0.8])
 CONVERSION_DELAY_BETA = (1.3, 3.5)  # share of the conversion window
+
+
+# ---- calendar: seasonality of lead volume and of conversion ---------------------------------
+# Windows of the Chinese K12 year ((month, day) to (month, day), inclusive) with a lead-volume
+# multiplier and a conversion-logit shift; outside every window: 1 and 0. Exams and holidays
+# bring fewer leads that convert less; the sign-up weeks before summer, before the new school
+# year and before winter break bring more leads that convert more.
+SEASONS: tuple[tuple[str, tuple[int, int], tuple[int, int], float, float], ...] = (
+    ("winter_break_signup", (1, 5), (1, 24), 1.3, 0.25),
+    ("spring_festival", (1, 25), (2, 10), 0.5, -0.4),
+    ("labour_day", (5, 1), (5, 5), 0.6, -0.4),
+    ("exam_season", (6, 5), (6, 25), 0.75, -0.3),  # gaokao 7-9 June, zhongkao mid/late June
+    ("summer_signup", (6, 26), (7, 31), 1.5, 0.35),
+    ("back_to_school", (8, 20), (9, 15), 1.3, 0.2),
+    ("national_day", (10, 1), (10, 7), 0.55, -0.45),
+    ("double_eleven", (11, 1), (11, 11), 1.25, 0.15),
+)
+
+
+def season(days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lead-volume multiplier, conversion-logit shift) per calendar day (``datetime64[D]``)."""
+    days = np.asarray(days, dtype="datetime64[D]")
+    month_start = days.astype("datetime64[M]")
+    key = ((month_start.astype(np.int64) % 12) + 1) * 100 + (days - month_start.astype(
+        "datetime64[D]")).astype(np.int64) + 1
+    volume, shift = np.ones(days.shape), np.zeros(days.shape)
+    for _name, (m0, d0), (m1, d1), v, s in SEASONS:
+        inside = (key >= m0 * 100 + d0) & (key <= m1 * 100 + d1)
+        volume[inside], shift[inside] = v, s
+    return volume, shift
+
+
+def marginal_probability(logit: np.ndarray) -> np.ndarray:
+    """P(convert) given ``logit`` before the outcome noise (sd ``OUTCOME_NOISE_SD``) is drawn:
+    the probit approximation of the logistic-normal integral."""
+    return sigmoid(logit / np.sqrt(1.0 + np.pi * OUTCOME_NOISE_SD**2 / 8.0))
 
 
 def grade_effect() -> np.ndarray:
@@ -384,6 +489,7 @@ class LeadFacts:
     days_since_order: np.ndarray
     earlier_leads: np.ndarray
     wrong_persona: np.ndarray
+    season_shift: np.ndarray | None = None  # conversion-logit shift of the submission day
 
 
 def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
@@ -419,6 +525,8 @@ def logit_terms(f: LeadFacts) -> dict[str, np.ndarray]:
         "returning_x_pricing": RENEWAL_PRICING_EFFECT * (returning & (f.pricing_30d > 0)),
         "earlier_leads": EARLIER_LEADS_EFFECT[np.minimum(f.earlier_leads, 3)],
         "wrong_persona": WRONG_PERSONA_EFFECT * f.wrong_persona,
+        "season": (np.zeros(np.shape(f.intent)) if f.season_shift is None
+                   else np.asarray(f.season_shift, dtype=float)),
     }
 
 
@@ -432,9 +540,10 @@ def conversion_logit(f: LeadFacts, noise: np.ndarray) -> np.ndarray:
 
 def followup_propensities(base_logit: np.ndarray) -> np.ndarray:
     """Conversion probability under each follow-up channel, shape (n, 4) in FOLLOWUP_CHANNELS
-    order. Odds scale by uplift ** h with h in (0.4, 1.6) rising with the ai_bot logit."""
+    order. Odds scale by uplift ** h with h in (0.4, 1.6) rising with the ai_bot logit; the
+    outcome noise is integrated out (``marginal_probability``)."""
     h = 0.4 + 1.2 * sigmoid(base_logit + 2.5)
     out = np.empty((base_logit.size, len(FOLLOWUP_CHANNELS)))
     for j, channel in enumerate(FOLLOWUP_CHANNELS):
-        out[:, j] = sigmoid(base_logit + h * np.log(FOLLOWUP_ODDS_UPLIFT[channel]))
+        out[:, j] = marginal_probability(base_logit + h * np.log(FOLLOWUP_ODDS_UPLIFT[channel]))
     return out

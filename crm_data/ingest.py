@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from crm_data.export_files import DamagedFileError, read_csv_text
 from crm_data.validation import MAX_EXAMPLE_ROWS, Problem, ValidationError, check_table
-from leadscore.identifiers import email_domain_type, hash_identifier
+from leadscore.identifiers import email_domain_type, hash_and_mask
 from leadscore.schemas import RAW_TABLES, TableSchema
 
 # raw identifier column in an export → identifier type
@@ -45,6 +45,9 @@ RAW_IDENTIFIER_COLUMNS: dict[str, str] = {
 }
 # tables whose rows point at a lead and must reference a stored or incoming one
 LEAD_REFERENCING = ("identities", "events", "outcomes")
+# masked display forms (``138****8000``) made at the door beside each hash; never the raw value
+MASKS_FILE = "identifier_masks.parquet"
+MASK_COLUMNS = ("id_hash", "id_type", "masked")
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 
 
@@ -149,14 +152,16 @@ def find_batch_files(source_dir: Path) -> dict[str, Path]:
 
 
 def hash_raw_identifier_columns(
-    table: str, frame: pd.DataFrame, salt: str, rejected: Counter
+    table: str, frame: pd.DataFrame, salt: str, rejected: Counter,
+    masks: dict[str, tuple[str, str]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Turn raw identifier columns of ``frame`` into identities rows and drop them.
 
     Fills ``email_domain_type`` / ``phone_valid`` of a leads export when they are missing.
     Empty cells mean "not given"; unusable values are counted in ``rejected`` by
     ``<type>:<reason>``. Returns the frame without raw columns and the identities rows, whose
-    index is the position of the row of ``frame`` each came from.
+    index is the position of the row of ``frame`` each came from. ``masks`` (when given)
+    collects ``id_hash → (id_type, masked form)`` (``leadscore.identifiers.mask_value``).
     """
     raw_columns = [c for c in RAW_IDENTIFIER_COLUMNS if c in frame.columns]
     if not raw_columns:
@@ -176,12 +181,14 @@ def hash_raw_identifier_columns(
             if raw is None or (isinstance(raw, float) and np.isnan(raw)) or raw == "":
                 hashed.append(False)
                 continue
-            id_hash, reason = hash_identifier(id_type, raw, salt)
+            id_hash, masked, reason = hash_and_mask(id_type, raw, salt)
             if id_hash is None:
                 rejected[f"{id_type}:{reason}"] += 1
                 hashed.append(False)
             else:
                 rows.append((lead_id, id_type, id_hash))
+                if masks is not None:
+                    masks[id_hash] = (id_type, masked)
                 positions.append(position)
                 hashed.append(True)
         if table == "leads" and column == "phone" and "phone_valid" not in frame.columns:
@@ -271,12 +278,13 @@ def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
     door_identities: list[pd.DataFrame] = []
     door_labels: list[str] = []
     csv_tables: set[str] = set()
+    masks: dict[str, tuple[str, str]] = {}
 
     for name, path in files.items():
         frame, labels[name] = read_export(path, encoding)
         if path.suffix == ".csv":
             csv_tables.add(name)
-        frame, identities = hash_raw_identifier_columns(name, frame, salt, rejected)
+        frame, identities = hash_raw_identifier_columns(name, frame, salt, rejected, masks)
         door_identities.append(identities)
         door_labels.extend(labels[name][i] for i in identities.index)
         extra = [c for c in frame.columns if c not in RAW_TABLES[name].column_names]
@@ -345,5 +353,16 @@ def _ingest_locked(files: dict[str, Path], raw_dir: Path, salt: str,
         elif not path.is_file():
             targets[path] = stored[name]
         result.appended[name] = len(fresh[name]) if name in fresh else 0
+    if masks:
+        targets[raw_dir / MASKS_FILE] = _merged_masks(raw_dir / MASKS_FILE, masks)
     write_parquet_atomically(targets)
     return result
+
+
+def _merged_masks(path: Path, masks: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """The stored masks table (``id_hash, id_type, masked``) with this batch's added."""
+    fresh = pd.DataFrame([(h, t, m) for h, (t, m) in masks.items()], columns=list(MASK_COLUMNS))
+    if path.is_file():
+        fresh = pd.concat([pd.read_parquet(path, columns=list(MASK_COLUMNS)), fresh],
+                          ignore_index=True)
+    return fresh.drop_duplicates("id_hash", keep="first").reset_index(drop=True)

@@ -10,7 +10,16 @@
 - ``person_rfm.parquet`` — the order history per (person, lead ``created_at``), and just after
   each order (``features.rfm``);
 
-then registers the Feast definitions. ``materialize(settings, end)`` loads the online store
+then registers the Feast definitions.
+
+One ID as of each lead's time: when the identity state holds ``asof_person_id`` (and
+``person_versions.parquet``, ``version_hashes.parquet``: ``crm_data.identity``), a lead's
+features are keyed by its person *as One ID knew it at the lead's time*; a merged version counts
+the leads it inherited, and an order counts for a version only from the time the version's first
+lead carrying the order's identifier came. A later lead's identifier never changes an earlier
+lead's features. A state without them (written by hand) is used as the final map.
+
+``materialize(settings, end)`` loads the online store
 incrementally (each view from where the previous run stopped) up to ``end`` (default: now), or
 in full (``full``, or when the store lost its load epoch: ``features.online_epoch``).
 """
@@ -79,17 +88,54 @@ def read_inputs(settings: Settings) -> dict[str, Any]:
         for name, cols in INPUT_COLUMNS.items()
     }
     frames["events"] = scrub_event_urls(frames["events"])
-    frames["lead_person"] = read_parquet(
-        settings.identity_dir / "lead_person.parquet",
-        "One ID table 'lead_person'",
-        ["lead_id", "person_id"],
-    )
-    frames["identifier_person"] = read_parquet(
-        settings.identity_dir / "identifier_person.parquet",
-        "One ID table 'identifier_person'",
-        ["id_hash", "person_id"],
-    )
+    frames.update(read_identity(settings.identity_dir))
     return frames
+
+
+PERSON_VERSIONS_FILE = "person_versions.parquet"  # written by crm_data.identity
+VERSION_HASHES_FILE = "version_hashes.parquet"
+
+
+def read_identity(identity_dir: Path) -> dict[str, pd.DataFrame]:
+    """One ID for the build: ``lead_person`` (``lead_id, person_id`` and, when One ID wrote it,
+    ``asof_person_id``), ``inherited`` (``person_id, lead_id``: leads a merged version holds
+    beyond its own) and ``identifier_person`` (``id_hash, person_id[, known_us]``: per version
+    and identifier, when the version knew it)."""
+    lead_person = read_parquet(identity_dir / "lead_person.parquet", "One ID table 'lead_person'")
+    versions = identity_dir / PERSON_VERSIONS_FILE
+    hashes = identity_dir / VERSION_HASHES_FILE
+    if tags.AS_OF_PERSON in lead_person.columns and versions.exists() and hashes.exists():
+        inherited = read_parquet(versions, "One ID table 'person_versions'",
+                                 [tags.AS_OF_PERSON, "lead_id"])
+        known = read_parquet(hashes, "One ID table 'version_hashes'",
+                             ["id_hash", tags.AS_OF_PERSON, "known_at"])
+        identifier_person = pd.DataFrame({
+            "id_hash": known["id_hash"].to_numpy(dtype=object),
+            "person_id": known[tags.AS_OF_PERSON].to_numpy(dtype=object),
+            "known_us": tags.to_epoch_us(known["known_at"], "version_hashes.known_at"),
+        })
+        inherited = inherited.rename(columns={tags.AS_OF_PERSON: "person_id"})
+    else:
+        lead_person = lead_person.drop(columns=[tags.AS_OF_PERSON], errors="ignore")
+        inherited = pd.DataFrame({"person_id": pd.Series([], dtype=object),
+                                  "lead_id": pd.Series([], dtype=object)})
+        identifier_person = read_parquet(identity_dir / "identifier_person.parquet",
+                                         "One ID table 'identifier_person'",
+                                         ["id_hash", "person_id"])
+    return {"lead_person": lead_person, "inherited": inherited,
+            "identifier_person": identifier_person}
+
+
+def with_inherited(index: pd.DataFrame, inherited: pd.DataFrame) -> pd.DataFrame:
+    """``index`` (one row per lead, keyed by its as-of person) plus a row per lead a merged
+    version inherited, under that version: the membership the snapshots count."""
+    if inherited.empty:
+        return index
+    own = index.set_index("lead_id")
+    rows = inherited[inherited["lead_id"].isin(own.index)]
+    extra = own.loc[rows["lead_id"]].reset_index()
+    extra["person_id"] = rows["person_id"].to_numpy(dtype=object)
+    return pd.concat([index, extra[index.columns]], ignore_index=True)
 
 
 def scrub_event_urls(events: pa.Table) -> pa.Table:
@@ -123,13 +169,21 @@ def compute_tables(
     params = params or FeatureParams.from_settings(settings)
     t0 = time.perf_counter()
     index, leads_unresolved = tags.lead_index(frames["leads"], frames["lead_person"])
-    history = tags.person_lead_history(index)
+    members = with_inherited(index, frames.get("inherited", pd.DataFrame(
+        columns=["person_id", "lead_id"])))
+    history = tags.person_lead_history(members)
     facts = tags.lead_facts(frames["leads"], index, history)
     timings["lead_facts"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     person_behaviour, events_dropped = behaviour.person_behaviour(
-        index, frames["events"], history, params.tables, params.half_life_days
+        members, frames["events"], history, params.tables, params.half_life_days
     )
+    if len(members) > len(index):  # inherited leads count their events once more
+        lead_ids = frames["events"].column("lead_id") if isinstance(
+            frames["events"], pa.Table) else pa.array(frames["events"]["lead_id"].astype(str))
+        known = pa.compute.is_in(lead_ids.cast(pa.string()),
+                                 value_set=pa.array(index["lead_id"], pa.string()))
+        events_dropped = int(len(known) - pa.compute.sum(known).as_py())
     timings["person_behaviour"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     person_rfm, orders_unresolved = rfm.person_rfm(

@@ -24,6 +24,7 @@ import pandas as pd
 from features import request
 
 UNRESOLVED_PREFIX = "lead:"
+AS_OF_PERSON = "asof_person_id"  # One ID's person of a lead as of the lead's time
 
 
 def to_epoch_us(values: pd.Series, column: str) -> np.ndarray:
@@ -46,7 +47,9 @@ def from_epoch_us(values: np.ndarray | pd.Series) -> pd.Series:
 def lead_index(leads: pd.DataFrame, lead_person: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """``lead_id, person_id, created_us, channel`` for every lead; and how many were unresolved.
 
-    Leads missing from ``lead_person`` get their own person ``lead:<lead_id>``.
+    Leads missing from ``lead_person`` get their own person ``lead:<lead_id>``. When One ID
+    gives each lead its person as of the lead's time (``asof_person_id``), that is the person
+    the lead's features are keyed by (``crm_data.identity``: a later merge never reaches back).
     """
     for col in ("lead_id", "created_at", "channel"):
         if col not in leads.columns:
@@ -57,7 +60,8 @@ def lead_index(leads: pd.DataFrame, lead_person: pd.DataFrame) -> tuple[pd.DataF
     if leads["lead_id"].duplicated().any():
         dup = leads.loc[leads["lead_id"].duplicated(), "lead_id"].iloc[0]
         raise ValueError(f"leads table: column 'lead_id' is not unique (e.g. {dup!r})")
-    mapping = lead_person.drop_duplicates("lead_id").set_index("lead_id")["person_id"]
+    key = AS_OF_PERSON if AS_OF_PERSON in lead_person.columns else "person_id"
+    mapping = lead_person.drop_duplicates("lead_id").set_index("lead_id")[key]
     person = leads["lead_id"].map(mapping)
     unresolved = person.isna()
     person = person.where(~unresolved, UNRESOLVED_PREFIX + leads["lead_id"].astype(str))

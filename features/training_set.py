@@ -183,10 +183,9 @@ def build_training_set(
         "raw table 'outcomes'",
         ["lead_id", "converted", "converted_at"],
     )
-    lead_person = read_parquet(
+    lead_person = read_parquet(  # all columns: the as-of person keys the features when present
         settings.identity_dir / "lead_person.parquet",
         "One ID table 'lead_person'",
-        ["lead_id", "person_id"],
     )
     end = data_end(settings) if as_of is None else pd.Timestamp(as_of)
     if end.tzinfo is None:

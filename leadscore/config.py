@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -46,6 +46,8 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "leadscore.yaml"
 DEFAULT_SALT = "leadscore-dev-salt-change-me"
 # PostgreSQL identifiers: max 63 bytes, so leave room for the "_mlflow"-style suffixes
 DATABASE_PREFIX_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+# an origin that may frame the /ui pages: scheme://host[:port], nothing more
+ORIGIN_PATTERN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
 SYSTEM_DATABASES = frozenset({"postgres", "template0", "template1"})
 # production database of each service: <database_prefix><suffix>
 DATABASE_SUFFIXES: dict[str, str] = {
@@ -56,7 +58,7 @@ DATABASE_SUFFIXES: dict[str, str] = {
 }
 SQLALCHEMY_DRIVER = "psycopg"  # psycopg 3
 # values never echoed back in an error message
-SECRET_FIELDS = frozenset({"hash_salt", "api_key"})
+SECRET_FIELDS = frozenset({"hash_salt", "api_key", "agent_token_secret"})
 URL_FIELDS = frozenset({"postgres_url", "redis_url", "mlflow_tracking_uri", "artifact_root"})
 
 
@@ -159,6 +161,24 @@ class Settings(BaseSettings):
     # <workdir>/journal) and whether an answer waits for its record's fsync ("fsync") or not
     journal_dir: Path | None = None
     log_durability: str = "fsync"
+    # re-scoring and the CRM webhook (serving.rescoring, serving.webhook; docs/api.md): a tier
+    # changes only when the probability passes the cut-off by this margin (hysteresis); leads
+    # below drop_below_probability for drop_after_days are dropped (kept, not re-scored)
+    rescore_hysteresis: float = 0.02
+    drop_below_probability: float = 0.02
+    drop_after_days: float = 60.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(None, repr=False, validate_default=True)
+    webhook_timeout_seconds: float = 2.0
+    webhook_max_attempts: int = 10
+    webhook_backoff_seconds: float = 1.0
+    webhook_backoff_max_seconds: float = 300.0
+    # portrait and audience pages (docs/api.md, "Agents"): the secret the CRM signs agent tokens
+    # with (HS256; default: derived from the API key), the CRM origin allowed to frame /ui
+    # (Content-Security-Policy frame-ancestors), an agent token's longest accepted lifetime
+    agent_token_secret: str | None = Field(None, repr=False)
+    crm_origin: str | None = None
+    agent_token_max_hours: float = 12.0
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -186,11 +206,76 @@ class Settings(BaseSettings):
 
     # ---- validation ----------------------------------------------------------------
     @field_validator("scoring_config", "routing_policy", "api_key", "mlflow_tracking_uri",
-                     "artifact_root", "journal_dir", mode="before")
+                     "artifact_root", "journal_dir", "agent_token_secret", "crm_origin",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty value of an optional setting means "not set"."""
         return None if isinstance(value, str) and value == "" else value
+
+    @field_validator("crm_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not ORIGIN_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not an origin such as https://crm.example.com "
+                             "(scheme, host and optional port; no path)")
+        return value
+
+    @field_validator("agent_token_secret")
+    @classmethod
+    def _long_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 bytes (HS256 key; e.g. `openssl rand -hex 32`)")
+        return value
+
+    @field_validator("agent_token_max_hours")
+    @classmethod
+    def _token_hours(cls, value: float) -> float:
+        if not 0 < value <= 24 * 30:
+            raise ValueError("must be a number of hours in (0, 720]")
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("rescore_hysteresis", "drop_below_probability")
+    @classmethod
+    def _probability_margin(cls, value: float) -> float:
+        if not 0 <= value < 1:
+            raise ValueError("must be a probability in [0, 1)")
+        return value
+
+    @field_validator("drop_after_days", "webhook_timeout_seconds", "webhook_backoff_seconds",
+                     "webhook_backoff_max_seconds")
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be positive")
+        return value
+
+    @field_validator("webhook_max_attempts")
+    @classmethod
+    def _attempts(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be 1 or more")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_needs_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("webhook_url") is not None and not value:
+            raise ValueError("required when webhook_url is set (the receiver checks the "
+                             "HMAC-SHA256 signature with it)")
+        return value
 
     @field_validator("log_durability")
     @classmethod
@@ -340,9 +425,24 @@ class Settings(BaseSettings):
         return self.data_dir / "predictions.sqlite"
 
     @property
+    def lead_state_path(self) -> Path:
+        """Leads' current answers, score history and the webhook outbox (embedded profile)."""
+        return self.data_dir / "lead_state.sqlite"
+
+    @property
     def prediction_journal_dir(self) -> Path:
         """The service's fsync'd journal of answered predictions (``journal_dir``)."""
         return self.journal_dir or self.workdir / "journal"
+
+    @property
+    def portrait_store_path(self) -> Path:
+        """The DuckDB file behind portraits and audience counts (``features.portrait_store``)."""
+        return self.features_dir / "portrait.duckdb"
+
+    @property
+    def workspace_db_path(self) -> Path:
+        """Assignments, access log and saved audiences (embedded profile; ``crm_data.access``)."""
+        return self.data_dir / "workspace.sqlite"
 
     def ensure_dirs(self) -> None:
         """Create the folders this workdir writes into."""

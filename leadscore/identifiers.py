@@ -223,3 +223,35 @@ def scrub_url(url: str) -> str:
         host, slash, path = rest.partition("/")
         url = f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
     return scrub_text(url)
+
+
+# ---- masked forms: what a person may be shown (portrait), made at the door beside the hash ----
+MASK = "****"
+
+
+def mask_value(id_type: str, normalised_value: str) -> str:
+    """The display form of a normalised identifier: enough to recognise, not to contact.
+
+    Phone ``13800138000`` → ``138****8000``; e-mail ``alice@example.com`` → ``a***@example.com``;
+    WeChat id ``wx_abc123`` → ``w***3``; cookie id → its first 4 characters and ``***``.
+    """
+    if id_type == "phone":
+        return normalised_value[:3] + MASK + normalised_value[-4:]
+    if id_type == "email":
+        local, _, domain = normalised_value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if id_type == "wechat":
+        return f"{normalised_value[:1]}***{normalised_value[-1:]}"
+    if id_type == "cookie":
+        return f"{normalised_value[:4]}***"
+    raise ValueError(f"unknown identifier type {id_type!r}; expected one of {ID_TYPES}")
+
+
+def hash_and_mask(id_type: str, raw: object, salt: str
+                  ) -> tuple[str | None, str | None, str | None]:
+    """Normalise one raw identifier once: ``(hash, masked form, None)`` or
+    ``(None, None, reason)``. The raw value goes no further than this call."""
+    n = normalise(id_type, raw)
+    if n.value is None:
+        return None, None, n.reason
+    return hash_value(id_type, n.value, salt), mask_value(id_type, n.value), None

@@ -211,6 +211,31 @@ def run_weekly_report(
             f"cannot write the report in {folder}: {os_problem(exc)}") from None
 
 
+def nurturing_section(settings: Settings, period: Period, outcomes: pd.DataFrame | None,
+                      folder: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The nurturing figures (``monitoring.nurturing``) from the service's lead state, written
+    to ``<folder>/nurturing.json``; None (and a note) when there is no lead state."""
+    import json
+
+    from crm_data.lead_state import open_lead_state
+    from monitoring.nurturing import nurturing_summary
+
+    if settings.profile != "production" and not settings.lead_state_path.exists():
+        notes.append("no lead state yet (the service has not scored a lead): nurturing "
+                     "figures skipped")
+        return None
+    try:
+        with open_lead_state(settings) as store:
+            summary = nurturing_summary(store, outcomes, period.since, period.until,
+                                        settings.conversion_window_days)
+    except Exception as exc:  # noqa: BLE001 - a missing figure must not stop the drift report
+        notes.append(f"nurturing figures skipped: the lead state could not be read "
+                     f"({type(exc).__name__})")
+        return None
+    (folder / "nurturing.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def _check_writable(folder: Path) -> None:
     """Fail fast, before reading or measuring anything, when ``folder`` cannot be written
     (a read-only folder or file system, missing permissions, no inode or byte left)."""
@@ -241,6 +266,10 @@ def _write_reports(
     header = {"week": period.label, "since": period.since.isoformat(),
               "until": period.until.isoformat()}
     business = business_report(current, previous, cohort, folder, settings, header)
+    business["nurturing"] = nurturing_section(settings, period, outcomes, folder, notes)
+    from monitoring.routing_offpolicy import routing_section
+
+    business["routing"] = routing_section(settings, cohort, folder, notes)
     index_path = (settings.reports_dir / "index.html" if root == default_drift_root(settings)
                   else root / "index.html")
     write_index(root, index_path)

@@ -117,17 +117,42 @@ def exploration_channels(lead_ids: Sequence[Any], policy: RoutingPolicy,
     return np.array(picks, dtype=object), 1.0 / len(options)
 
 
+def allocated_channels(effects: Any, policy: RoutingPolicy) -> np.ndarray:
+    """Per lead, the channel of ``routing.allocate.choose_one`` with the shadow prices and
+    cost weight the policy file records (``optimization.allocation``, written by `route
+    optimize` from the uplift champion); ``effects``: leads × FOLLOWUP_CHANNELS uplift."""
+    from routing.allocate import choose_one
+
+    allocation = policy.optimization.get("allocation") or {}
+    shadow = allocation.get("shadow_prices")
+    if not shadow or allocation.get("source") != "uplift":
+        raise ValueError("optimization.allocation: the policy records no learned allocation "
+                         "(run `leadscore route optimize` with an uplift champion)")
+    weight = float(allocation.get("cost_weight", 0.0))
+    costs = {c: float(policy.channels[c].cost_per_lead) for c in FOLLOWUP_CHANNELS}
+    matrix = np.asarray(effects, dtype=float).reshape(-1, len(FOLLOWUP_CHANNELS))
+    return np.array([choose_one(row, FOLLOWUP_CHANNELS, costs, shadow, weight)
+                     for row in matrix], dtype=object)
+
+
 def route_leads(
     person_ids: Sequence[Any], probability: Any, rule_score: Any, policy: RoutingPolicy,
     rule_threshold: float | None = None, lead_ids: Sequence[Any] | None = None,
+    effects: Any = None,
 ) -> RoutedLeads:
     """Tier, channel, control flag, arm and propensity per lead as served (before capacity).
 
-    Policy leads take the policy's tier and channel; control leads the rule_2d channel,
-    exploration leads a drawn channel (by ``lead_ids``; the person ids when not given), each
-    with the tier that the policy maps to its channel, so tier and channel always agree.
+    Policy leads take the policy's tier and channel — or, given the uplift model's ``effects``
+    (leads × FOLLOWUP_CHANNELS) and a policy that records a learned allocation, the channel
+    :func:`allocated_channels` chooses (tier: the one the policy maps it to); control leads the
+    rule_2d channel, exploration leads a drawn channel (by ``lead_ids``; the person ids when not
+    given), each with the tier that the policy maps to its channel, so tier and channel always
+    agree.
     """
     tiers, channels = policy.assign(probability)
+    if effects is not None:
+        channels = allocated_channels(effects, policy)
+        tiers = np.array([policy.tier_of_channel(c) for c in channels], dtype=object)
     arms = assign_arms(person_ids, policy)
     control = arms == ARM_CONTROL
     explore = arms == ARM_EXPLORATION

@@ -59,13 +59,15 @@ def _is_open(path: str) -> bool:
 
 
 class ApiKeyMiddleware:
-    """Bearer-token check (401 without a key, 403 with a wrong one) for every API route.
+    """Bearer-token check (401 without a key, 403 with a wrong one) for every API route but
+    the ``delegated`` path prefixes, whose app authenticates the caller itself.
 
     Field-level validation (422) happens inside, at the door (``serving.fast_routes``).
     """
 
     def __init__(self, app, api_key: str | None = None,  # noqa: ANN001 - ASGI app
-                 key_loader: Callable[[], str] | None = None) -> None:
+                 key_loader: Callable[[], str] | None = None,
+                 delegated: tuple[str, ...] = ()) -> None:
         if api_key is None:
             if key_loader is None:
                 raise MissingApiKeyError("ApiKeyMiddleware needs api_key or key_loader")
@@ -74,9 +76,13 @@ class ApiKeyMiddleware:
             raise MissingApiKeyError("the API key is empty")
         self.app = app
         self._key = api_key.encode()
+        # paths whose app checks the caller itself (agent tokens: serving.portrait_api)
+        self._delegated = tuple(delegated)
 
     async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001 - ASGI signature
-        if scope["type"] != "http" or _is_open(scope.get("path", "")):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if scope["type"] != "http" or _is_open(path) or any(
+                path == p or path.startswith(p + "/") for p in self._delegated):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -75,9 +75,13 @@ class RouteMetricsMiddleware:
     """ASGI middleware: count and time every HTTP request under its route (or ``other``);
     answer ``GET /metrics``."""
 
-    def __init__(self, app: Any, routes: Iterable[str], service_name: str) -> None:
+    def __init__(self, app: Any, routes: Iterable[str], service_name: str,
+                 prefixes: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.labels = frozenset((*SYSTEM_ROUTES, *routes))
+        # mounted routes: a path equal to a key, or under a key ending in "/", is labelled by
+        # its template (e.g. "/leads/" → "/leads/{lead_id}"), never by its raw path
+        self.prefixes = dict(prefixes or {})
         self.service_name = service_name
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -89,6 +93,13 @@ class RouteMetricsMiddleware:
             series = (REQUEST_TOTAL.labels(*labels), REQUEST_DURATION.labels(*labels))
             self._children[key] = series
         return series
+
+    def _template(self, path: str) -> str:
+        for prefix, label in self.prefixes.items():
+            if path == prefix or (prefix.endswith("/") and path.startswith(prefix)
+                                  and "/" not in path[len(prefix):]):
+                return label
+        return OTHER
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -103,7 +114,7 @@ class RouteMetricsMiddleware:
             await send({"type": "http.response.body",
                         "body": b"" if scope["method"] == "HEAD" else body})
             return
-        endpoint = path if path in self.labels else OTHER
+        endpoint = path if path in self.labels else self._template(path)
         started = time.perf_counter()
         status = 0
 

@@ -74,9 +74,12 @@ def _response(description: str, schema: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": REF.format(schema)}}}}
 
 
-def service_openapi(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
+def service_openapi(bentoml_spec: dict[str, Any],
+                    extra_paths: dict[str, Any] | None = None,
+                    extra_schemas: dict[str, Any] | None = None) -> dict[str, Any]:
     """``bentoml_spec`` (``Service.openapi_spec.asdict()``) with each operation's responses
-    replaced by its 200 answer and the errors of ``ERRORS_BY_PATH``."""
+    replaced by its 200 answer and the errors of ``ERRORS_BY_PATH``, plus ``extra_paths``
+    (operations of mounted apps, documented as given) and the ``extra_schemas`` they refer to."""
     spec = {**bentoml_spec, "paths": {}}
     schemas = {name: schema
                for name, schema in bentoml_spec.get("components", {}).get("schemas", {}).items()
@@ -92,4 +95,6 @@ def service_openapi(bentoml_spec: dict[str, Any]) -> dict[str, Any]:
             for status, (description, schema) in sorted(errors.items()):
                 responses[str(status)] = _response(description, schema)
             spec["paths"][path][method] = {**operation, "responses": responses}
+    spec["paths"].update(extra_paths or {})
+    spec["components"]["schemas"].update(extra_schemas or {})
     return spec

@@ -167,6 +167,23 @@ class Predictor:
         # ``serving.rescoring.Rescorer.register``: answered submissions become leads whose
         # answer moves with their events (called with the batch's forms, features and routes)
         self.on_scored: Callable[..., None] | None = None
+        # the uplift champion when the policy file records a learned allocation: policy leads
+        # are then routed by ``routing.control.allocated_channels`` (shadow prices), else tiers
+        self.uplift: Any = None
+
+    def load_uplift(self, model: Any) -> None:
+        """Route policy leads by this uplift model's effects (``routing.control``)."""
+        from leadscore.schemas import FOLLOWUP_CHANNELS
+
+        self._uplift_positions = [model.arms.index(c) for c in FOLLOWUP_CHANNELS]
+        self.uplift = model
+
+    def channel_effects(self, columns: dict[str, list[Any]]) -> np.ndarray | None:
+        """Leads × FOLLOWUP_CHANNELS uplift of the loaded uplift model (None without one)."""
+        model = self.uplift
+        if model is None:
+            return None
+        return model.fast_uplift(columns)[:, self._uplift_positions]
 
     @classmethod
     def from_settings(cls, settings: Settings, background_log: bool = True,
@@ -192,6 +209,15 @@ class Predictor:
                         log, updater, BackgroundLeadRecorder(updater))
         if load_model:
             predictor.reload()
+            allocation = predictor.policy.optimization.get("allocation") or {}
+            if allocation.get("source") == "uplift":
+                from training.uplift_registry import load_uplift_model
+
+                try:
+                    predictor.load_uplift(load_uplift_model(allocation["model"]))
+                except (OSError, ValueError, KeyError) as exc:
+                    logger.warning("uplift model %s not loaded (%s): routing by tiers",
+                                   allocation.get("model"), exc)
         return predictor
 
     # ---- model -------------------------------------------------------------------------------
@@ -361,11 +387,12 @@ class Predictor:
                        exc, count)
 
     def route(self, person_ids: Sequence[str], probability: np.ndarray,
-              rule_score: np.ndarray, lead_ids: Sequence[str] | None = None) -> RoutedLeads:
+              rule_score: np.ndarray, lead_ids: Sequence[str] | None = None,
+              effects: np.ndarray | None = None) -> RoutedLeads:
         """Tier, channel, control flag, arm and propensity per lead
-        (:func:`routing.control.route_leads`)."""
+        (:func:`routing.control.route_leads`; by the uplift ``effects`` when given)."""
         return route_leads(person_ids, probability, rule_score, self.policy,
-                           self.rule_threshold, lead_ids=lead_ids)
+                           self.rule_threshold, lead_ids=lead_ids, effects=effects)
 
     def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""
@@ -412,7 +439,8 @@ class Predictor:
         probability = np.array([s["probability"] for s in scored], dtype=float)
         rule_score = np.asarray(columns.get("rule_score", [0.0] * len(scored)), dtype=float)
         routed = self.route(person_ids, probability, rule_score,
-                            [sub.lead_id for sub in submissions])
+                            [sub.lead_id for sub in submissions],
+                            self.channel_effects(columns))
         tiers, channels = routed.tiers.tolist(), routed.channels.tolist()
         control, arms = routed.control.tolist(), routed.arms.tolist()
         propensities = routed.propensities.tolist()

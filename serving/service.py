@@ -41,9 +41,12 @@ from serving.fast_routes import FastRoute, FastRouteMiddleware, refusal, validat
 from serving.http_guards import HeaderLimitMiddleware, RequestGuardMiddleware, send_body
 from serving.http_metrics import RouteMetricsMiddleware
 from serving.launcher import die_with_server
+from serving.lead_routes import LEADS_APP, OPENAPI_PATHS, ROUTE_LABELS
 from serving.log_writer import Receipt
 from serving.model_store import ModelUnavailableError
 from serving.openapi import service_openapi
+from serving.portrait_api import AGENT_PATHS, portrait_app, portrait_openapi
+from serving.portrait_api import ROUTE_LABELS as PORTRAIT_LABELS
 from serving.predictor import Predictor
 from serving.schemas import (
     BatchRequest,
@@ -166,6 +169,27 @@ class ReadinessMiddleware:
         await self.app(scope, receive, send)
 
 
+def _start_rescoring(predictor: Predictor, settings: Any) -> Any:
+    """The re-scorer of events (``serving.rescoring``) and the webhook, started; None (and a
+    /readyz reason) when the lead-state store cannot be opened."""
+    from serving import lead_routes
+    from serving.rescoring import Rescorer
+
+    try:
+        rescoring = Rescorer.from_settings(predictor, settings).start()
+    except Exception as exc:  # noqa: BLE001 - serve predictions; say why re-scoring is off
+        reason = f"lead state unavailable: {type(exc).__name__}"
+        logger.error("re-scoring is off: %s", reason)
+        READINESS["lead_state"] = lambda: (False, reason)
+        lead_routes.bind(None)
+        return None
+    predictor.on_scored = rescoring.register
+    lead_routes.bind(rescoring)
+    return rescoring
+
+
+@bentoml.asgi_app(LEADS_APP, path="/", name="leads")
+@bentoml.asgi_app(portrait_app, path="/", name="portraits")
 @bentoml.service(
     name=SERVICE_NAME,
     traffic={"timeout": 30, "max_concurrency": 256},
@@ -203,6 +227,7 @@ class LeadScoring:
                             "/reload": validating_route("/reload", ReloadRequest)})
         READINESS.clear()
         READINESS["prediction_log"] = self.predictor.log_status
+        self.rescoring = _start_rescoring(self.predictor, settings)
         self._waits = bool(getattr(self.predictor.log, "waits_for_durability", False))
         _freeze_heap()
 
@@ -215,6 +240,8 @@ class LeadScoring:
         journal and is stored at the next start) before the process ends."""
         FAST_ROUTES.clear()
         READINESS.clear()
+        if self.rescoring is not None:
+            self.rescoring.close()
         self.predictor.close()
 
     # ---- the fast routes: the same answers as the API methods below, parsed here -------------
@@ -299,6 +326,8 @@ class LeadScoring:
     def events(self, events: list[Event]) -> EventsResponse | JSONResponse:
         """Push behaviour events into the online store; the person's next prediction sees them."""
         try:
+            if self.rescoring is not None:  # events re-score the persons' open leads
+                return self.rescoring.handle_events(events)
             return self.predictor.push_events(events)
         except OnlineStoreError as exc:
             logger.warning("event push failed: %s", exc)
@@ -321,11 +350,15 @@ class LeadScoring:
 # the first added is the outermost: request metrics (by route), the header cap, the key check,
 # the guards (body size, type, /docs, /docs.json), the fast routes (door validation)
 LeadScoring.add_asgi_middleware(RouteMetricsMiddleware, routes=API_ROUTES,
-                                service_name=SERVICE_NAME)
+                                service_name=SERVICE_NAME,
+                                prefixes={**ROUTE_LABELS, **PORTRAIT_LABELS})
 LeadScoring.add_asgi_middleware(HeaderLimitMiddleware)
-LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key)
+LeadScoring.add_asgi_middleware(ApiKeyMiddleware, key_loader=_api_key, delegated=AGENT_PATHS)
 LeadScoring.add_asgi_middleware(
-    RequestGuardMiddleware, openapi=lambda: service_openapi(LeadScoring.openapi_spec.asdict()))
+    RequestGuardMiddleware, openapi=lambda: service_openapi(
+        LeadScoring.openapi_spec.asdict(),
+        extra_paths={**OPENAPI_PATHS, **(portraits := portrait_openapi())["paths"]},
+        extra_schemas=portraits["schemas"]))
 LeadScoring.add_asgi_middleware(FastRouteMiddleware, routes=FAST_ROUTES,
                                 server_header=f"BentoML Service/{SERVICE_NAME}")
 LeadScoring.add_asgi_middleware(ReadinessMiddleware, checks=READINESS)

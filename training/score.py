@@ -86,7 +86,7 @@ def offline_features(settings: Settings, leads: pd.DataFrame) -> pd.DataFrame:
     path = settings.identity_dir / "lead_person.parquet"
     if not path.exists():
         raise FileNotFoundError(f"One ID table 'lead_person' not found at {path}")
-    lead_person = pd.read_parquet(path, columns=["lead_id", "person_id"])
+    lead_person = pd.read_parquet(path)  # with the as-of person when One ID wrote it
     store = get_store(settings)
     ensure_applied(store, settings)
     entities = entity_frame(leads, lead_person)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from crm_data.identity import load_identity_state, resolve_identities, version_members
 from features.build import build_features, materialize
 from features.online import online_features
 from features.request import MODEL_FEATURES
@@ -65,14 +66,20 @@ def test_training_set_shape_and_defaults(workdir) -> None:
 
 
 def test_leads_see_only_earlier_leads_of_their_person(workdir) -> None:
+    """Earlier leads of the lead's person as One ID knew it at the lead's time (its version:
+    own leads and those a merge brought in)."""
     settings, training = workdir
     leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
-    lp = pd.read_parquet(settings.identity_dir / "lead_person.parquet")
-    merged = leads.merge(lp[["lead_id", "person_id"]], on="lead_id")
+    state = load_identity_state(settings.identity_dir)
+    members = version_members(state)
+    merged = leads.merge(members, on="lead_id")
+    own = state.lead_person.set_index("lead_id")["asof_person_id"]
     expected = {}
-    for _, group in merged.groupby("person_id"):
+    for key, group in merged.groupby("asof_person_id"):
         times = group["created_at"].to_numpy()
         for lead_id, t in zip(group["lead_id"], times, strict=True):
+            if own[lead_id] != key:
+                continue
             earlier = group[times < t]
             expected[lead_id] = (len(earlier), earlier["channel"].nunique())
     got = training.set_index("lead_id")[["prior_leads", "prior_channels"]]
@@ -93,9 +100,12 @@ def test_later_event_order_and_lead_never_change_earlier_rows(workdir, tmp_path)
     lp = pd.read_parquet(ident / "lead_person.parquet")
     idp = pd.read_parquet(ident / "identifier_person.parquet")
     # a person with several leads and a known identifier; plant right after its first lead
-    merged = leads.merge(lp[["lead_id", "person_id"]], on="lead_id").sort_values("created_at")
+    merged = leads.merge(lp[["lead_id", "person_id", "asof_person_id"]], on="lead_id"
+                         ).sort_values("created_at")
     counts = merged.groupby("person_id")["lead_id"].transform("size")
-    person = merged.loc[(counts >= 2) & merged["person_id"].isin(idp["person_id"]),
+    unmerged = merged.groupby("person_id")["asof_person_id"].transform(
+        lambda keys: (keys == keys.name).all())
+    person = merged.loc[(counts >= 2) & unmerged & merged["person_id"].isin(idp["person_id"]),
                         "person_id"].iloc[0]
     first = merged[merged["person_id"] == person].iloc[0]
     plant_at = first["created_at"] + pd.Timedelta(minutes=1)
@@ -107,7 +117,7 @@ def test_later_event_order_and_lead_never_change_earlier_rows(workdir, tmp_path)
     new_lead["channel"] = "seo" if first["channel"] != "seo" else "app"
     pd.concat([leads, new_lead]).to_parquet(raw / "leads.parquet", index=False)
     new_lp = lp.iloc[:1].copy()
-    new_lp["lead_id"], new_lp["person_id"] = "PLANTED", person
+    new_lp["lead_id"], new_lp["person_id"], new_lp["asof_person_id"] = "PLANTED", person, person
     pd.concat([lp, new_lp]).to_parquet(ident / "lead_person.parquet", index=False)
     events = pd.read_parquet(raw / "events.parquet")
     planted_events = events.iloc[:2].copy()
@@ -194,3 +204,62 @@ def test_training_set_as_of_uses_only_outcomes_known_then(workdir, tmp_path) -> 
     labels = training.set_index("lead_id")["label"]
     assert (earlier.set_index("lead_id")["label"] == labels.loc[earlier["lead_id"]]).all()
     assert earlier.attrs["summary"]["data_end"] == as_of.isoformat()
+
+
+@pytest.mark.slow  # two more resolutions and feature builds (about 25 s on a quiet machine)
+def test_a_later_leads_identifier_never_changes_an_earlier_leads_features(workdir,
+                                                                          tmp_path) -> None:
+    """A lead's features use only the identifier links One ID knew at its time: resolving and
+    building on the history cut at T gives every lead created by T the same features as the
+    full history, although later leads bring identifiers that link an order to their person
+    (planted here: an order keyed by an identifier only a lead after T carries)."""
+    settings, training = workdir
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
+    ids = pd.read_parquet(settings.raw_dir / "identities.parquet")
+    lp = pd.read_parquet(settings.identity_dir / "lead_person.parquet")
+    cut = leads["created_at"].sort_values().iloc[int(0.6 * len(leads))]
+    seen = ids.merge(leads[["lead_id", "created_at"]], on="lead_id").merge(
+        lp[["lead_id", "person_id"]], on="lead_id")
+    owners = seen.groupby("id_hash")["person_id"].nunique()
+    first = seen.groupby(["person_id", "id_hash"], as_index=False)["created_at"].min()
+    person_first = leads.merge(lp, on="lead_id").groupby("person_id")["created_at"].min()
+    late = first[(first["created_at"] > cut) & first["id_hash"].map(owners).eq(1)
+                 & first["person_id"].map(person_first).lt(cut)]
+    assert len(late), "the data must hold a person whose identifier comes after the cut"
+    person, id_hash, arrives = late.iloc[0][["person_id", "id_hash", "created_at"]]
+    ordered_at = person_first[person] - pd.Timedelta(days=10)
+    full_end = pd.Timestamp(training.attrs["summary"]["data_end"])
+
+    def copy(name: str, keep: pd.Series | None) -> Settings:
+        other = Settings().with_workdir(tmp_path / name)
+        shutil.copytree(settings.raw_dir, other.raw_dir)
+        raw = other.raw_dir
+        orders = pd.read_parquet(raw / "orders.parquet")
+        plant = pd.DataFrame({"order_id": ["PLANTED"], "id_hash": [id_hash],
+                              "ordered_at": [ordered_at], "amount": [7777.0]}
+                             ).astype(orders.dtypes.to_dict())
+        pd.concat([orders, plant]).to_parquet(raw / "orders.parquet", index=False)
+        if keep is not None:
+            for table in ("leads", "identities", "events", "outcomes"):
+                frame = pd.read_parquet(raw / f"{table}.parquet")
+                frame[frame["lead_id"].isin(keep)].to_parquet(raw / f"{table}.parquet",
+                                                              index=False)
+        resolve_identities(pd.read_parquet(raw / "identities.parquet"),
+                           pd.read_parquet(raw / "leads.parquet"), other.identity_dir)
+        build_features(other)
+        return other
+
+    full = build_training_set(copy("full", None)).set_index("lead_id")
+    early_ids = leads.loc[leads["created_at"] <= cut, "lead_id"]
+    cut_rows = build_training_set(copy("cut", early_ids), as_of=full_end).set_index("lead_id")
+    assert len(cut_rows) > 100
+    columns = list(MODEL_FEATURES)
+    pd.testing.assert_frame_equal(full.loc[cut_rows.index, columns], cut_rows[columns])
+    # the planted order is visible from the lead that brought its identifier on, never before
+    of_person = full[full["person_id"].isin({person}) | full.index.isin(
+        lp.loc[lp["person_id"] == person, "lead_id"])]
+    later = of_person[pd.to_datetime(of_person["created_at"], utc=True) > arrives]
+    earlier = of_person[pd.to_datetime(of_person["created_at"], utc=True) < arrives]
+    assert len(earlier) and (earlier["monetary"] < 7777).all()
+    if len(later):
+        assert (later["monetary"] >= 7777).all()

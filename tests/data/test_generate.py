@@ -104,7 +104,8 @@ def test_ids_are_unique_and_references_resolve(frames) -> None:
     for name in ("identities", "events", "outcomes"):
         assert set(frames[name].lead_id) <= lead_ids, name
     assert set(frames["outcomes"].lead_id) == lead_ids == set(frames["truth"].lead_id)
-    assert set(frames["orders"].id_hash) <= set(frames["identities"].id_hash)
+    # an order carries the phone the buyer paid with: nearly always one some lead carries
+    assert frames["orders"].id_hash.isin(frames["identities"].id_hash).mean() > 0.95
     assert frames["events"].event_id.is_unique and frames["orders"].order_id.is_unique
 
 
@@ -141,33 +142,26 @@ def test_unusable_identifiers_are_dropped_and_counted(crm) -> None:
     assert 0 < sum(counts.values()) < 0.1 * crm.summary.n_identities
 
 
-def test_identifiers_recover_persons_by_connected_components(frames) -> None:
-    """Two persons never share an identifier; a person's leads are chained by shared ones."""
+def test_persons_share_identifiers_as_families_schools_and_operators_do(crm, frames) -> None:
+    """Siblings share the parent's phone and WeChat, school computers' cookies serve many
+    persons, numbers are recycled; every kind shows in the data, so linking every shared
+    identifier (connected components) over-merges, while a person's own leads still chain."""
     ids = frames["identities"].merge(frames["truth"], on="lead_id")
-    assert ids.groupby("id_hash").true_person_id.nunique().max() == 1
-    parent = {lead: lead for lead in frames["leads"].lead_id}
+    owners = ids.groupby(["id_type", "id_hash"]).true_person_id.nunique()
+    for id_type in ("phone", "wechat", "cookie"):
+        assert (owners[id_type] > 1).sum() > 20, id_type
+    assert owners["cookie"].max() >= 10  # a school or library computer
+    shared = crm.summary.shared_identifiers
+    assert shared["sibling_persons"] > 0.08 * crm.summary.n_persons
+    assert shared["recycled_phones"] > 0 and shared["public_devices"] > 0
+    assert shared["typo_leads"] > 0
 
-    def root(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    from crm_data.identity import component_persons, pairwise_precision_recall
 
-    for _, leads in ids.groupby("id_hash").lead_id:
-        first = root(leads.iloc[0])
-        for other in leads.iloc[1:]:
-            parent[root(other)] = first
     truth = frames["truth"].set_index("lead_id").true_person_id
-    component = pd.Series({lead: root(lead) for lead in parent})
-    pairs = pd.DataFrame({"person": truth, "component": component.reindex(truth.index)})
-
-    def n_pairs(groups: pd.Series) -> float:
-        sizes = groups.value_counts()
-        return float((sizes * (sizes - 1) / 2).sum())
-
-    both = n_pairs(pairs.person + "|" + pairs.component)
-    assert both / n_pairs(pairs.person) >= 0.99  # recall
-    assert both / n_pairs(pairs.component) >= 0.99  # precision
+    components = component_persons(frames["identities"], frames["leads"].lead_id)
+    precision, recall = pairwise_precision_recall(components, truth)
+    assert precision < 0.8 and recall >= 0.97
     assert frames["leads"].lead_id.isin(ids.lead_id).all()  # every lead has a usable id
     persons = truth.value_counts()
     assert (persons > 1).mean() > 0.2 and persons.max() >= 4
@@ -192,15 +186,29 @@ def test_timestamps_respect_period_and_window(frames) -> None:
     assert datetime(2026, 11, 23, tzinfo=UTC) >= end.to_pydatetime()
 
 
-def test_orders_precede_the_persons_leads(frames) -> None:
+def test_earlier_orders_precede_the_person_and_conversions_become_orders(frames) -> None:
     ids = frames["identities"].merge(frames["truth"], on="lead_id")
-    person_of_hash = ids.drop_duplicates("id_hash").set_index("id_hash").true_person_id
-    first_lead = (frames["leads"].merge(frames["truth"], on="lead_id")
-                  .groupby("true_person_id").created_at.min())
-    orders = frames["orders"].assign(person=lambda o: o.id_hash.map(person_of_hash))
-    assert orders.person.notna().all()
-    assert (orders.ordered_at < orders.person.map(first_lead)).all()
+    person_of_hash = ids.groupby("id_hash").true_person_id.agg(set)
+    leads = frames["leads"].merge(frames["truth"], on="lead_id")
+    first_lead = leads.groupby("true_person_id").created_at.min()
+    outcomes = frames["outcomes"][frames["outcomes"].converted].merge(leads, on="lead_id")
+    orders = frames["orders"]
+    # every conversion is an order at its time and amount (RFM sees it)
+    conversions = orders.merge(outcomes, left_on=["ordered_at", "amount"],
+                               right_on=["converted_at", "amount"])
+    assert conversions.lead_id.nunique() == len(outcomes) > 0
+    earlier = orders[~orders.order_id.isin(conversions.order_id)]
+    assert len(earlier) > 0
+    persons = earlier.id_hash.map(person_of_hash)
+    known = persons.notna()
+    assert known.mean() > 0.95
+    before = [t < min(first_lead[p] for p in ps)
+              for t, ps in zip(earlier.ordered_at[known], persons[known], strict=True)]
+    assert np.mean(before) > 0.98  # (a shared phone may name a sibling first seen later)
     assert orders.id_hash.str.startswith("phone:").mean() > 0.8  # keyed by phone when possible
+    # a conversion makes the person's later leads those of a customer
+    later = leads.merge(outcomes[["true_person_id", "converted_at"]], on="true_person_id")
+    assert (later.created_at > later.converted_at).any()
 
 
 def test_events_per_lead_and_both_sides_of_submission(lead_view, frames) -> None:
@@ -212,18 +220,33 @@ def test_events_per_lead_and_both_sides_of_submission(lead_view, frames) -> None
     assert (events.dwell_seconds > 0).all()
 
 
-def test_propensity_rises_with_costlier_followup(frames) -> None:
-    truth = frames["truth"]
+def test_channel_effects_are_not_ordered_by_base_propensity(frames) -> None:
+    """crm_data.channel_effects: sure things, persuadables, lost causes and sleeping dogs."""
+    truth = frames["truth"].merge(frames["leads"][["lead_id", "channel"]], on="lead_id")
     columns = [f"propensity_{c}" for c in ("ai_bot", "tmk", "sales", "top_sales")]
     values = truth[columns].to_numpy()
     assert ((values > 0) & (values < 1)).all()
-    assert (np.diff(values, axis=1) >= 0).all()
-    unsaturated = values[:, -1] < 0.99
-    assert (np.diff(values[unsaturated], axis=1) > 0).all()
-    # uplift of top sales over the bot is larger for high-propensity leads (routing pays)
     base = truth.propensity_ai_bot
     lift = truth.propensity_top_sales - base
-    assert lift[base > base.quantile(0.9)].mean() > 5 * lift[base < base.quantile(0.5)].mean()
+    # the likeliest leads (sure things) gain far less from top sales than the next ones down:
+    # routing by probability spends the dearest channel where it changes least
+    rank = base.rank(pct=True)
+    assert lift[rank > 0.97].mean() < 0.5 * lift[(rank > 0.8) & (rank <= 0.95)].mean()
+    # sleeping dogs: a TMK call lowers many purchased-list leads' conversion
+    listed = truth.channel == "list_purchase"
+    tmk_lift = truth.propensity_tmk - base
+    assert (tmk_lift[listed] < 0).mean() > 0.3 > (tmk_lift[~listed] < 0).mean()
+
+
+def test_randomised_followups_are_identifiable_from_lead_ids(frames) -> None:
+    from crm_data.channel_effects import RANDOM_FOLLOWUP_SHARE, historical_arms
+
+    outcomes = frames["outcomes"]
+    arm, drawn, propensity = historical_arms(outcomes.lead_id)
+    explore = arm == "exploration"
+    assert abs(explore.mean() - RANDOM_FOLLOWUP_SHARE) < 0.02
+    assert (outcomes.followup_channel.to_numpy()[explore] == drawn[explore]).all()
+    assert set(propensity[explore]) == {0.25}
 
 
 def test_conversion_carries_directional_signal(lead_view, frames) -> None:
@@ -248,7 +271,8 @@ def test_conversion_carries_directional_signal(lead_view, frames) -> None:
 
 
 def _logit(p: pd.Series) -> pd.Series:
-    return np.log(p / (1 - p))
+    """The mechanism's logit: the propensity's logit before the outcome noise shrank it."""
+    return np.log(p / (1 - p)) * np.sqrt(1 + np.pi * m.OUTCOME_NOISE_SD**2 / 8)
 
 
 def test_conversion_is_not_additive_in_the_form_fields(lead_view) -> None:
@@ -395,3 +419,50 @@ def test_cli_reports_bad_options_cleanly(
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_model_given_the_true_propensities_does_not_rank_perfectly(lead_view) -> None:
+    """What happens after submission (a competitor's offer, a family decision) is unknown to
+    anyone at submission: the ceiling AUC is realistic, not ~0.98."""
+    from sklearn.metrics import roc_auc_score
+
+    column = "propensity_" + lead_view.followup_channel
+    chosen = np.array([lead_view.at[i, c] for i, c in zip(lead_view.index, column,
+                                                          strict=True)])
+    ceiling = roc_auc_score(lead_view.converted, chosen)
+    assert 0.85 <= ceiling <= 0.93
+
+
+def test_missing_form_fields_depend_on_channel_and_person(lead_view, frames) -> None:
+    by_channel = lead_view.grade.isna().groupby(lead_view.channel).mean()
+    assert by_channel["list_purchase"] > 4 * by_channel["app"]
+    # a person who skipped a field once skips it again more often than others do
+    truth = frames["truth"].set_index("lead_id").true_person_id
+    view = lead_view.assign(person=lead_view.lead_id.map(truth),
+                            missing=lead_view.subject.isna() | lead_view.city.isna())
+    repeat = view[view.groupby("person").lead_id.transform("size") >= 2]
+    skipped_before = repeat.groupby("person").missing.transform(
+        lambda s: s.shift().expanding().max()).fillna(0).astype(bool)
+    rate = repeat.missing.groupby(skipped_before).mean()
+    assert rate[True] > 2 * rate[False]
+    # informative: leads with a missing grade convert less
+    assert lead_view[lead_view.grade.isna()].converted.mean() < lead_view.converted.mean()
+
+
+def test_exam_season_and_holidays_shape_volume_and_conversion(lead_view) -> None:
+    day = lead_view.created_at.dt.tz_convert("UTC").dt.strftime("%m-%d")
+    summer = (day >= "06-26") & (day <= "07-31")
+    exams = (day >= "06-05") & (day <= "06-25")
+    national_day = (day >= "10-01") & (day <= "10-07")
+    per_day = {name: mask.sum() / n_days for name, mask, n_days in (
+        ("summer", summer, 36), ("exams", exams, 21), ("national_day", national_day, 7))}
+    assert per_day["summer"] > 1.4 * per_day["exams"]
+    assert per_day["summer"] > 1.8 * per_day["national_day"]
+    logit = _logit(lead_view.propensity_ai_bot)
+    cells = ["channel", "funnel_step"]
+    weights = lead_view[summer].groupby(cells).size()
+    gap = (logit[summer].groupby([lead_view.channel, lead_view.funnel_step]).mean()
+           - logit[exams].groupby([lead_view.channel, lead_view.funnel_step]).mean())
+    assert (gap * weights).sum() / weights[gap.index].sum() > 0.3  # summer sign-ups convert more
+    shift = m.season(np.array(["2026-07-01", "2026-06-10", "2026-10-03"], dtype="datetime64[D]"))
+    assert shift[0][0] > 1 > shift[0][2] and shift[1][0] > 0 > shift[1][1]

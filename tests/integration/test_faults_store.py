@@ -351,6 +351,7 @@ def test_events_of_a_person_not_scored_yet_get_a_true_reason(service_env: Settin
         again = app.post("/events", json={"events": [event]}, headers=AUTH)
     assert response.status_code == 200, response.text
     assert response.json() == {"accepted": 0, "persons_updated": 0, "rejected": {
-        "person_not_scored_yet": 1, "no_usable_identifier_or_lead_id": 1}}
+        "person_not_scored_yet": 1, "no_usable_identifier_or_lead_id": 1},
+        "rescoring_queued": 0}
     assert scored.status_code == 200, scored.text
     assert again.json()["accepted"] == 1, again.text

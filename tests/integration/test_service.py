@@ -121,7 +121,8 @@ def test_pushed_events_reach_the_next_prediction(client: httpx.Client) -> None:
     pushed = client.post("/events", json={"events": events}, headers=AUTH)
     assert pushed.status_code == 200, pushed.text
     assert pushed.json() == {"accepted": 2, "persons_updated": 1,
-                             "rejected": {"no_usable_identifier_or_lead_id": 1}}
+                             "rejected": {"no_usable_identifier_or_lead_id": 1},
+                             "rescoring_queued": 2}
     after = client.post("/predict", json=submission(lead, identifiers=identifiers),
                         headers=AUTH).json()
     assert after["person_id"] == before["person_id"]
