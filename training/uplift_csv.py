@@ -16,16 +16,11 @@ place and the report written.
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
 from leadscore.config import Settings
@@ -41,12 +36,7 @@ from training.uplift import (
     check_costs,
     fit_uplift,
 )
-from training.uplift_registry import (
-    _pip_requirements,
-    load_uplift_model,
-    model_example,
-    publish_uplift,
-)
+from training.uplift_registry import load_uplift_model, save_uplift_outputs
 
 
 def parse_costs(values: Sequence[str]) -> dict[str, float]:
@@ -138,40 +128,14 @@ def train_uplift_csv(
         "guard": guard.to_dict(),
         **result.report,
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        mlflow.pyfunc.save_model(path=str(staging / "model"), python_model=result.model,
-                                 input_example=model_example(features),
-                                 pip_requirements=_pip_requirements())
-        if register:
-            name = model_name or f"uplift-{file.stem}"
-            report["registry"] = publish_uplift(
-                settings, result, features, name, promote=promote,
-                run_params={"source_file": file.name, "treatment": treatment,
-                            "outcome": outcome, "folds": folds, "trials": trials,
-                            "seed": seed, "rows": int(result.y.size)})
-        say("registered")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        (staging / "model").rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    report["model_out"] = str(out_dir)
-    report["seconds_total"] = round(time.perf_counter() - started, 1)
-    path = Path(report_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=_plain))
-    report["report_path"] = str(path)
+    report = save_uplift_outputs(
+        settings, result, features, out_dir, report, Path(report_path), started,
+        register=register, model_name=model_name or f"uplift-{file.stem}", promote=promote,
+        run_params={"source_file": file.name, "treatment": treatment, "outcome": outcome,
+                    "folds": folds, "trials": trials, "seed": seed,
+                    "rows": int(result.y.size)})
+    say("registered")
     return report
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def recommend_csv(model_path: Path | str, csv_path: Path | str, out_path: Path | str,

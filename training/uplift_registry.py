@@ -24,8 +24,11 @@ is created with its decision tags in one call (``training.registry.register_and_
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
+import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,3 +253,41 @@ def load_uplift_model(path: Path | str) -> UpliftModel:
     if not isinstance(model, UpliftModel):
         raise ValueError(f"--model {target} holds a {type(model).__name__}, not an uplift model")
     return model
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays (and text for anything else) in a report."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def save_uplift_outputs(
+    settings: Settings, result: UpliftResult, features: pd.DataFrame, out_dir: Path,
+    report: dict[str, Any], report_path: Path, started: float, *, register: bool,
+    model_name: str, promote: bool, run_params: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the MLflow model to ``out_dir`` (staged, then renamed: never half-written),
+    register it when asked (``publish_uplift``), and write the JSON report."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        mlflow.pyfunc.save_model(path=str(staging / "model"), python_model=result.model,
+                                 input_example=model_example(features),
+                                 pip_requirements=_pip_requirements())
+        if register:
+            report["registry"] = publish_uplift(settings, result, features, model_name,
+                                                promote=promote, run_params=run_params)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        (staging / "model").rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report["model_out"] = str(out_dir)
+    report["seconds_total"] = round(time.perf_counter() - started, 1)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, default=_plain))
+    report["report_path"] = str(report_path)
+    return report

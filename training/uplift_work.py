@@ -14,16 +14,11 @@ LightGBM, cross-fitted, Optuna-tuned), registered as ``lead-uplift`` with its ow
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import numpy as np
 import pandas as pd
 
 from crm_data.channel_effects import historical_arms
@@ -32,12 +27,7 @@ from features.training_set import categorical_feature_columns, model_feature_col
 from leadscore.config import Settings
 from leadscore.schemas import FOLLOWUP_CHANNELS
 from training.uplift import ProgressCallback, UpliftInputError, fit_uplift
-from training.uplift_registry import (
-    PRODUCT_UPLIFT_MODEL,
-    _pip_requirements,
-    model_example,
-    publish_uplift,
-)
+from training.uplift_registry import PRODUCT_UPLIFT_MODEL, save_uplift_outputs
 
 REFERENCE_CHANNEL = "ai_bot"
 # Below this many randomised leads with a known outcome, or fewer than MIN_POSITIVES_PER_CHANNEL
@@ -154,36 +144,12 @@ def train_uplift_work(
                               "trained_until": None if until is None else str(until),
                               **result.report}
     out_dir = Path(model_out) if model_out is not None else uplift_model_dir(settings)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        mlflow.pyfunc.save_model(path=str(staging / "model"), python_model=result.model,
-                                 input_example=model_example(features),
-                                 pip_requirements=_pip_requirements())
-        if register:
-            report["registry"] = publish_uplift(
-                settings, result, features, PRODUCT_UPLIFT_MODEL, promote=promote,
-                run_params={"source": "work folder", "folds": folds, "trials": trials,
-                            "seed": seed, "rows": int(result.y.size),
-                            "trained_until": str(until)})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        (staging / "model").rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    report["model_out"] = str(out_dir)
-    report["seconds_total"] = round(time.perf_counter() - started, 1)
     path = Path(report_path) if report_path is not None else (
         settings.reports_dir / "uplift_leads.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=_plain))
-    report["report_path"] = str(path)
-    return report
+    return save_uplift_outputs(
+        settings, result, features, out_dir, report, path, started, register=register,
+        model_name=PRODUCT_UPLIFT_MODEL, promote=promote,
+        run_params={"source": "work folder", "folds": folds, "trials": trials, "seed": seed,
+                    "rows": int(result.y.size), "trained_until": str(until)})
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
