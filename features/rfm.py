@@ -5,9 +5,11 @@ The snapshot of person P at time t (one per distinct lead ``created_at``, like t
 snapshots, and one just after each of P's orders, 1 µs later, so that the online store loaded up
 to any time knows every customer's orders by then, leads or not) counts P's orders with
 ``ordered_at < t`` (strictly: an order placed at the very moment of the submission is not
-history yet) whose identifier P knew by t: One ID gives, per person as of each lead's time
+history yet) whose identifier P knew before t: One ID gives, per person as of each lead's time
 (``asof_person_id``), the time its first lead carrying the identifier came (``known_us``), so an
-identifier that only a later lead brings never makes an earlier lead a customer. Orders whose
+identifier that only a later lead brings never makes an earlier lead a customer; and, as an order
+counts only after it is placed, an order linked by a lead's own identifier counts only after that
+lead (the service links orders through the store it was loaded with, not at the door). Orders whose
 identifier resolves to nobody are dropped and counted.
 
 Stored (``person_rfm`` table): ``snap_order_count``, ``snap_order_amount`` (sum, RMB) and
@@ -68,13 +70,13 @@ def person_rfm(
     prepared, unresolved = prepare_orders(orders, identifier_person)
     sql = """
         WITH snaps AS (SELECT person_id, created_us AS t FROM idx
-                       UNION SELECT person_id, greatest(ordered_us + 1, known_us) AS t FROM ord)
+                       UNION SELECT person_id, greatest(ordered_us, known_us) + 1 AS t FROM ord)
         SELECT s.person_id, s.t AS snapshot_us,
                count(o.ordered_us) AS snap_order_count,
                coalesce(sum(o.amount), 0.0) AS snap_order_amount,
                coalesce(max(o.ordered_us), 0) / 1e6 AS snap_last_order_ts_s
         FROM snaps s LEFT JOIN ord o ON o.person_id = s.person_id AND o.ordered_us < s.t
-                                     AND o.known_us <= s.t
+                                     AND o.known_us < s.t
         GROUP BY s.person_id, s.t
     """
     con = duckdb.connect()
