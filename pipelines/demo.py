@@ -214,6 +214,13 @@ def stage_drift(ctx: DemoContext) -> dict[str, Any]:
     }
 
 
+def stage_portrait(ctx: DemoContext) -> dict[str, Any]:
+    """The person store behind portraits and audiences (``GET /persons``, ``/audiences``)."""
+    from pipelines.portrait_jobs import build_store
+
+    return build_store(ctx.settings)
+
+
 STAGES: list[tuple[str, Stage]] = [
     ("generate", stage_generate),
     ("identity", stage_identity),
@@ -221,6 +228,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("train", stage_train),
     ("route", stage_route),
     ("serve", stage_serve),
+    ("portrait", stage_portrait),
     ("drift", stage_drift),
 ]
 
