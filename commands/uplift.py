@@ -103,26 +103,11 @@ def train_command(
                 progress=lambda step: bar.update(task, advance=1, description=step))
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    table = Table(title=f"cross-fitted, against {escape(result['reference_arm'])}",
-                  title_justify="left")
-    for column in ("arm", "qini", "auuc", "auuc_random", "DR effect [95% CI]"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
-    for arm, values in result["per_arm"].items():
-        low, high = values["dr_average_effect_ci"]
-        table.add_row(escape(arm), f"{values['qini']:.5f}", f"{values['auuc']:.5f}",
-                      f"{values['auuc_random']:.5f}",
-                      f"{values['dr_average_effect']:+.4f} [{low:+.4f}, {high:+.4f}]")
-    console.print(table)
+    _print_result(result)
     diff = result["learned_minus_everyone_best_arm"]
     console.print(f"learned policy − everyone {escape(diff['best_arm'])}: "
                   f"{diff['value_per_row']:+.5f} per row [{diff['ci'][0]:+.5f}, "
                   f"{diff['ci'][1]:+.5f}]", soft_wrap=True)
-    registry = result.get("registry")
-    if registry:
-        console.print(f"model {escape(registry['model_name'])} v{registry['model_version']} "
-                      f"({'champion' if registry['promoted'] else 'challenger'}): "
-                      f"{escape(registry['promotion_reason'])}", soft_wrap=True)
-    console.print(f"model: {result['model_out']}\nreport: {result['report_path']}")
 
 
 def _train_work_folder(settings, model_out: Path | None, report: Path | None, folds: int,
