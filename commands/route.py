@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from commands.common import WorkdirOption, console, fail, settings_for
@@ -37,6 +38,50 @@ PolicyOption = Annotated[
 def _money(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (
         f"{value:,.1f}")
+
+
+def allocation_table(allocation: dict[str, Any]) -> Table:
+    """What `route optimize` recorded under ``optimization.allocation``: the source (learned
+    effects or the cold-start prior) and, per channel, the learned effect over the AI bot with
+    its interval, the shadow price; λ and the evidence in the caption."""
+    source = str(allocation.get("source"))
+    evidence = allocation.get("evidence") or {}
+    sources = evidence.get("sources") or {}
+    counts = (f"{evidence['randomised_leads']} randomised leads"
+              + (f" ({sources.get('history', 0)} history, {sources.get('prediction_log', 0)} "
+                 "prediction log)" if sources else "")
+              if "randomised_leads" in evidence else "")
+    if source == "uplift":
+        caption = (f"λ = {allocation['cost_weight']:.5g} conversions per RMB; model "
+                   f"{allocation.get('model')}; effects: DR on "
+                   f"{allocation.get('effects_estimated_on_randomised_leads', 0)} tuning-day "
+                   f"randomised leads; trained on {counts}")
+        table = Table(title="allocation: learned effects (source uplift)",
+                      title_justify="left", caption=escape(caption), caption_justify="left")
+        for column in ("channel", "effect over ai_bot (DR) [95% CI]",
+                       "mean predicted uplift", "shadow price"):
+            table.add_column(column, justify="left" if column == "channel" else "right")
+        learned = allocation.get("learned_effects") or {}
+        shadow = allocation.get("shadow_prices") or {}
+        for channel in sorted(set(learned) | set(shadow)):
+            effect = learned.get(channel) or {}
+            low, high = effect.get("ci") or (math.nan, math.nan)
+            table.add_row(
+                escape(channel),
+                f"{effect['dr_effect_over_ai_bot']:+.4f} [{low:+.4f}, {high:+.4f}]"
+                if "dr_effect_over_ai_bot" in effect else "-",
+                f"{effect['mean_predicted_uplift']:+.4f}"
+                if "mean_predicted_uplift" in effect else "-",
+                f"{shadow[channel]:.5g}" if channel in shadow else "-")
+        return table
+    caption = f"reason: {allocation.get('reason', '-')}" + (f"; {counts}" if counts else "")
+    table = Table(title=f"allocation: {source} (routing by tiers and relative_conversion)",
+                  title_justify="left", caption=escape(caption), caption_justify="left")
+    table.add_column("channel")
+    table.add_column("relative_conversion", justify="right")
+    for channel, value in (allocation.get("relative_conversion") or {}).items():
+        table.add_row(escape(channel), f"{value:.3f}")
+    return table
 
 
 @app.command("optimize")
@@ -100,6 +145,9 @@ def optimize_command(
     table.add_row("model", f"{est['conversions']:.1f}", _money(est["total_cost"]),
                   _money(est["cost_per_conversion"]))
     console.print(table)
+    allocation = report.get("allocation")
+    if allocation:
+        console.print(allocation_table(allocation))
     cut = report["cutoffs"]
     console.print(f"cut-offs A={cut['A']:.4f} B={cut['B']:.4f} C={cut['C']:.4f} "
                   f"({report['objective']}, estimated room on the goal "

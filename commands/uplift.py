@@ -137,9 +137,12 @@ def _train_work_folder(settings, model_out: Path | None, report: Path | None, fo
     except (ValueError, FileNotFoundError, PolicyError) as exc:
         fail(str(exc))
     evidence = result["evidence"]
+    sources = evidence.get("sources") or {}
     console.print(f"{evidence['randomised_leads']} randomised leads before "
-                  f"{result['trained_until']}; conversions per channel "
-                  f"{evidence['positives_per_channel']}")
+                  f"{result['trained_until']} ({sources.get('history', 0)} from the history, "
+                  f"{sources.get('prediction_log', 0)} from the prediction log's exploration); "
+                  f"conversions per channel {evidence['positives_per_channel']}",
+                  soft_wrap=True)
     _print_result(result)
 
 

@@ -41,6 +41,7 @@ from leadscore.schemas import (
     FUNNEL_STEPS,
     GRADES,
     RAW_TABLES,
+    STEP_EVENT_TYPES,
     SUBJECTS,
     TRUTH_LEADS_COLUMNS,
     TableSchema,
@@ -109,6 +110,7 @@ class GenerationSummary:
     unusable_identifiers: dict[str, int] = field(default_factory=dict)
     shared_identifiers: dict[str, int] = field(default_factory=dict)
     n_conversion_orders: int = 0
+    n_step_events: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -1002,6 +1004,35 @@ def _draw_outcomes(rng: np.random.Generator, people: _People, leads: _Leads, slo
     return outcomes, orders
 
 
+# ---- funnel steps in time -------------------------------------------------------------------
+@dataclass
+class _Steps:
+    form_step: np.ndarray  # per lead: the step the form records (0 submitted, 1 verified)
+    lead: np.ndarray  # per step event: the lead
+    step: np.ndarray  # per step event: its FUNNEL_STEPS index (1..3)
+    t: np.ndarray  # per step event: seconds since start
+
+
+def _draw_steps(seed: int, leads: _Leads, events: _Events, outcomes: _Outcomes,
+                window_days: int) -> _Steps:
+    """The form's step and the times of the later steps (``generate_mechanism.step_times``):
+    before the conversion of a converted lead, before the first trial class of a lead that books
+    one, inside the window. Drawn from their own stream, so nothing else moves."""
+    n = leads.t.size
+    bound = leads.t + window_days * DAY
+    bound = np.where(outcomes.converted, np.minimum(bound, outcomes.converted_t), bound)
+    trial = (events.type == EVENT_TYPES.index("trial_class")) & (events.t > leads.t[events.lead])
+    first_trial = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first_trial, events.lead[trial], events.t[trial])
+    booked = leads.funnel == FUNNEL_STEPS.index("booked_trial")
+    bound = np.where(booked, np.minimum(bound, first_trial), bound)
+    bound = np.maximum(bound, leads.t + 2 * len(FUNNEL_STEPS))
+    rng = np.random.default_rng([seed, m.STEP_STREAM])
+    form_step, times = m.step_times(rng, leads.funnel, leads.channel, leads.t, bound)
+    lead, step = np.nonzero(times >= 0)
+    return _Steps(form_step=form_step, lead=lead, step=step, t=times[lead, step])
+
+
 # ---- tables ---------------------------------------------------------------------------------
 def _arrow_schema(table: TableSchema) -> pa.Schema:
     return pa.schema([pa.field(c.name, _ARROW_TYPES[c.dtype], nullable=c.nullable)
@@ -1061,6 +1092,7 @@ def simulate_crm(
     email_type = _email_type(leads, slots)
     outcomes, orders = _draw_outcomes(rng, people, leads, slots, history, orders, email_type,
                                       window_days)
+    steps = _draw_steps(seed, leads, events, outcomes, window_days)
     say("identifier hashing")
     raw = _RawIdentifiers(rng, people.n, slots.email_kind, slots.n_public_devices)
     identities = _hash_identities(rng, people, leads, slots, raw, salt)
@@ -1076,7 +1108,7 @@ def simulate_crm(
     say("tables")
     start_epoch = calendar.timegm(start.timetuple())
     tables = _build_tables(people, leads, slots, events, orders, outcomes, identities,
-                           order_hashes, email_type, urls, start_epoch)
+                           order_hashes, email_type, urls, start_epoch, steps)
     n_converted = int(outcomes.converted.sum())
     summary = GenerationSummary(
         out_dir="", seed=seed, start=start.isoformat(), days=days, drift=drift,
@@ -1097,6 +1129,7 @@ def simulate_crm(
             "typo_leads": int((slots.typo != 0).sum()),
         },
         n_conversion_orders=int((orders.lead >= 0).sum()),
+        n_step_events=int(steps.t.size),
         seconds=round(time.perf_counter() - began, 3),
     )
     return SyntheticCrm(tables=tables, summary=summary,
@@ -1106,7 +1139,7 @@ def simulate_crm(
 def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events,
                   orders: _Orders, outcomes: _Outcomes, identities: _Identities,
                   order_hashes: np.ndarray, email_type: np.ndarray, urls: m.UrlVocabulary,
-                  start_epoch: int) -> dict[str, pa.Table]:
+                  start_epoch: int, steps: _Steps) -> dict[str, pa.Table]:
     n = leads.t.size
     out = np.lexsort((leads.person, leads.t))  # lead ids follow creation time
     number = np.empty(n, dtype=np.int64)
@@ -1127,7 +1160,7 @@ def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events
         "city": _vocab(city_names, leads.city[out], city_null),
         "city_tier": pa.array(city_tier, pa.int64(), mask=city_null),
         "device": _vocab(DEVICES, leads.device[out], leads.nulls["device"][out]),
-        "funnel_step": _vocab(FUNNEL_STEPS, leads.funnel[out]),
+        "funnel_step": _vocab(FUNNEL_STEPS, steps.form_step[out]),  # as the form records it
         "phone_valid": pa.array(has_phone[out], pa.bool_()),
         "email_domain_type": _vocab(EMAIL_DOMAIN_TYPES, email_type[out]),
     })
@@ -1139,15 +1172,22 @@ def _build_tables(people: _People, leads: _Leads, slots: _Slots, events: _Events
         "id_hash": identities.id_hash.take(pa.array(id_order)),
     })
 
-    t0 = int(events.t.min(initial=0))
-    ev_order = np.argsort((events.t - t0) * n + number[events.lead], kind="stable")
+    # behaviour events, then the funnel steps after the form as events of their lead (type =
+    # the step's name, no page, no dwell), all in time order
+    ev_lead = np.concatenate((events.lead, steps.lead))
+    ev_t = np.concatenate((events.t, steps.t))
+    ev_type = np.concatenate((events.type, len(EVENT_TYPES) - 1 + steps.step))
+    ev_url = np.concatenate((events.url, np.full(steps.t.size, len(urls.urls))))
+    ev_dwell = np.concatenate((events.dwell, np.zeros(steps.t.size)))
+    t0 = int(ev_t.min(initial=0))
+    ev_order = np.argsort((ev_t - t0) * n + number[ev_lead], kind="stable")
     events_table = _table(RAW_TABLES["events"], {
-        "event_id": _ids("E", np.arange(events.t.size), 10),
-        "lead_id": lead_ids.take(pa.array(number[events.lead][ev_order])),
-        "event_type": _vocab(EVENT_TYPES, events.type[ev_order]),
-        "event_time": _timestamps(start_epoch, events.t[ev_order]),
-        "url": _vocab(urls.urls, events.url[ev_order]),
-        "dwell_seconds": pa.array(events.dwell[ev_order], pa.float64()),
+        "event_id": _ids("E", np.arange(ev_t.size), 10),
+        "lead_id": lead_ids.take(pa.array(number[ev_lead][ev_order])),
+        "event_type": _vocab(EVENT_TYPES + STEP_EVENT_TYPES, ev_type[ev_order]),
+        "event_time": _timestamps(start_epoch, ev_t[ev_order]),
+        "url": _vocab([*urls.urls, ""], ev_url[ev_order]),
+        "dwell_seconds": pa.array(ev_dwell[ev_order], pa.float64()),
     })
 
     o_order = np.lexsort((orders.person, orders.t))

@@ -33,13 +33,30 @@ draw of the lead id, what a service with exploration logs). ``FOLLOWUP_ODDS_UPLI
 ``followup_propensities`` (an effect rising with the lead's own logit, under which routing by
 score is right by construction) are no longer used by the generator.
 
-Time: only the funnel step is known after ``created_at``; every other term uses what existed
+Time: only the funnel step is reached after ``created_at`` (the steps after the form, at their
+own times, see below); every other term uses what existed
 strictly before the lead, orders included: a lead's conversion is an order (time, amount) that
 the person's later leads see as RFM history. Besides the season (lead volume and a logit shift
 by calendar day, ``season``) no term depends on calendar time and campaigns run through the
 whole period; ``--drift`` shifts the channel mix and behaviour of the late weeks (what a person
 does), not how doing it converts. Every conversion falls inside its lead's window, so outcomes
 of closed windows are complete up to the data end.
+
+Funnel steps in time: a lead's funnel step (drawn from intent, channel and landing page) is the
+step it *reaches* within its window, and the conversion logit reads that final step (the lead's
+eventual engagement). The steps after the form happen later, each after the previous one
+(``step_times``): ``verified`` minutes after the form (``VERIFY_DELAY``), ``followed_account``
+hours after that (``FOLLOW_DELAY``), ``booked_trial`` a day or days later (``BOOK_DELAY``); all
+before the lead's conversion when it converts, before its first trial class when it books one,
+and inside its conversion window (a lead whose steps would not fit has them squeezed
+proportionally into the time left). Some forms verify the phone at submission (an SMS code on
+the form, an in-app or WeChat phone authorisation, an ad platform's pre-verified form):
+``VERIFIED_AT_FORM_P`` by channel, for leads that verify at all. The leads table's
+``funnel_step`` is the step the form records at submission (``submitted``, or ``verified``
+for those forms); every later step is an event of the lead (``event_type`` = the step name, its
+own ``event_time``), as the CRM sends it to ``POST /events``. The step times come from a
+generator of their own (``[seed, STEP_STREAM]``), so the rest of the world (behaviour, outcomes,
+follow-up, channel effects) is drawn exactly as before: the final step drives it as it did.
 
 Identifiers (``crm_data.generate``): a person is a student. Siblings share the parent's phone,
 the family WeChat account, the parent's e-mail and the home tablet (``SIBLING_SHARES``); school
@@ -188,6 +205,21 @@ K12_FOLLOWUP = dict(
     submitted="ai_bot", verified="tmk", followed_account="sales", booked_trial="top_sales"
 )
 RANDOM_FOLLOWUP_SHARE = 0.25
+# Steps in time (see the module docstring). Share of the leads that verify at all whose form
+# verifies the phone at submission, by channel: app users are logged in with a verified phone,
+# WeChat mini-programs authorise the phone, in-feed ad platforms pre-fill a verified number,
+# search and site forms ask an SMS code on the form some of the time; agents' bulk uploads and
+# purchased lists carry no verification.
+VERIFIED_AT_FORM_P = dict(
+    sem=0.30, feed_ads=0.45, channel_agent=0.05, list_purchase=0.0, seo=0.30, app=0.85,
+    wechat_private=0.60, new_media=0.35,
+)
+# Delay of each later step after the previous one: log-normal (median seconds, sigma of log).
+VERIFY_DELAY = (6 * 60.0, 1.2)  # minutes: the SMS code arrives, the parent types it
+FOLLOW_DELAY = (3 * 3600.0, 1.1)  # hours: the caller or the thank-you page asks for a follow
+BOOK_DELAY = (1.5 * SECONDS_PER_DAY, 0.8)  # a day or days: a trial class is booked
+STEP_MIN_SECONDS = 30
+STEP_STREAM = 0x57E95  # the step times' own random stream: [seed, STEP_STREAM]
 FOLLOWUP_ODDS_UPLIFT = dict(ai_bot=1.0, tmk=1.6, sales=2.2, top_sales=2.6)
 
 # ---- behaviour (events) ---------------------------------------------------------------------
@@ -424,6 +456,37 @@ def type_log_dwell() -> np.ndarray:
 def k12_followup_index() -> np.ndarray:
     """Follow-up channel index (``FOLLOWUP_CHANNELS`` order) per funnel step."""
     return np.array([FOLLOWUP_CHANNELS.index(K12_FOLLOWUP[s]) for s in FUNNEL_STEPS])
+
+
+def step_times(rng: np.random.Generator, funnel: np.ndarray, channel: np.ndarray,
+               created: np.ndarray, bound: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The step each lead's form records (0 or 1) and the time of every step after it.
+
+    ``funnel`` is the final step index, ``created`` the lead's time (seconds), ``bound`` the
+    latest time its steps may take (strictly after ``created``). Returns ``form_step`` (per lead)
+    and ``times`` (shape (n, len(FUNNEL_STEPS)); seconds; ``-1`` where the step is not an event:
+    reached at the form, or never reached). Each step follows the previous one; steps that would
+    pass ``bound`` are squeezed proportionally into ``(created, bound)``.
+    """
+    n = funnel.size
+    at_form = (funnel >= 1) & (rng.random(n) < by_channel(VERIFIED_AT_FORM_P)[channel])
+    form_step = np.where(at_form, 1, 0).astype(np.int8)
+    delays = np.zeros((n, len(FUNNEL_STEPS)))
+    for k, (median, sigma) in enumerate((VERIFY_DELAY, FOLLOW_DELAY, BOOK_DELAY), start=1):
+        draw = np.exp(np.log(median) + sigma * rng.standard_normal(n))
+        delays[:, k] = np.where((funnel >= k) & (form_step < k),
+                                np.maximum(draw, STEP_MIN_SECONDS), 0.0)
+    offsets = np.cumsum(delays, axis=1)
+    room = np.maximum(bound - created, 2).astype(float)
+    last = offsets[:, -1]
+    scale = np.where(last >= room, (room - 1) / np.maximum(last, 1.0), 1.0)
+    offsets = np.maximum(np.floor(offsets * scale[:, None]), np.arange(len(FUNNEL_STEPS)))
+    times = np.where(delays > 0, created[:, None] + offsets.astype(np.int64), -1)
+    # squeezing may tie two steps of a short window: keep them in order, one second apart
+    for k in range(2, len(FUNNEL_STEPS)):
+        tied = (times[:, k] >= 0) & (times[:, k - 1] >= 0) & (times[:, k] <= times[:, k - 1])
+        times[tied, k] = times[tied, k - 1] + 1
+    return form_step, times
 
 
 def funnel_index(score: np.ndarray) -> np.ndarray:

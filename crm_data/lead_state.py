@@ -21,9 +21,14 @@ Tables (times are integer UTC epoch microseconds, ``*_us``):
 * ``seen_events`` — keys of events already applied (duplicates are recognised and skipped).
 * ``outbox`` — notifications to the CRM (``pending`` → ``delivered`` | ``dead``), each with its
   idempotency key, attempts, next attempt time and lease (``serving.webhook``).
+* ``lead_outcomes`` — the CRM's outcome of a lead (``converted`` | ``closed``, its time, amount
+  and follow-up channel; ``POST /outcomes`` or the outcomes file): one per lead, final.
+* ``lead_state_meta`` — ``registered_through_us``: the latest answer time whose leads are
+  registered (the start of what a restart recovers from the prediction log).
 
 A re-score's lead update, history rows, outbox rows and queue deletions are one transaction:
-a notification exists exactly when its state change is stored.
+a notification exists exactly when its state change is stored. So are an outcome's row, its
+lead's new status and its notification; a re-score of a lead closed meanwhile is discarded.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +62,11 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "lead_id", "at_us", "recorded_us", "probability", "tier", "channel", "model_version",
     "cause", "funnel_step",
 )
+OUTCOMES: tuple[str, ...] = (CONVERTED, CLOSED)
+# what ``record_outcomes`` says of each outcome
+RECORDED, DUPLICATE_OUTCOME, UNKNOWN_LEAD = "recorded", "duplicate", "unknown_lead"
+TIME_BEFORE_SUBMISSION, OUTCOME_CONFLICT = "time_before_submission", "outcome_conflict"
+WATERMARK = "registered_through_us"
 OUTBOX_COLUMNS: tuple[str, ...] = (
     "id", "idempotency_key", "lead_id", "kind", "payload", "status", "attempts", "created_us",
     "next_attempt_us", "lease_until_us", "delivered_us", "last_error", "event_us",
@@ -94,6 +104,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_us BIGINT, last_error TEXT, event_us BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_attempt_us);
+CREATE TABLE IF NOT EXISTS lead_outcomes (
+    lead_id TEXT PRIMARY KEY, outcome TEXT NOT NULL, outcome_us BIGINT NOT NULL,
+    amount DOUBLE PRECISION, followup_channel TEXT, source TEXT NOT NULL,
+    recorded_us BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lead_state_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
 """
 
 
@@ -190,6 +206,18 @@ class QueuedEvent:
 
 
 @dataclass(frozen=True)
+class OutcomeRow:
+    """The CRM's outcome of a lead (``outcome``: ``converted`` or ``closed``)."""
+
+    lead_id: str
+    outcome: str
+    outcome_us: int
+    amount: float | None = None
+    followup_channel: str | None = None
+    source: str = "api"
+
+
+@dataclass(frozen=True)
 class OutboxMessage:
     """A notification to send (``payload``: the JSON body, signed when sent)."""
 
@@ -216,6 +244,13 @@ class LeadStateStore:
                 tx.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (lock_name,))
             for statement in statements:
                 tx.execute(statement)
+            if not tx.fetchall("SELECT value FROM lead_state_meta WHERE key = ?", (WATERMARK,)):
+                # a new store starts now; one written before the mark: its latest registration
+                found = tx.fetchall("SELECT MAX(recorded_us) FROM score_history WHERE cause = ?",
+                                    ("submission",))
+                start = found[0][0] if found and found[0][0] is not None else now_us()
+                tx.execute("INSERT INTO lead_state_meta (key, value) VALUES (?, ?) "
+                           "ON CONFLICT (key) DO NOTHING", (WATERMARK, int(start)))
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
@@ -276,9 +311,11 @@ class LeadStateStore:
             return tx.fetchall(sql, params)
 
     # ---- leads -----------------------------------------------------------------------------
-    def register(self, leads: Sequence[LeadRow], history: Sequence[HistoryRow]) -> int:
+    def register(self, leads: Sequence[LeadRow], history: Sequence[HistoryRow],
+                 answered_through_us: int | None = None) -> int:
         """Store newly scored leads (a lead id stored already keeps its row) and their first
-        scores; the number of new leads."""
+        scores; the number of new leads. ``answered_through_us``: the answer time of these
+        leads, which moves the ``registered_through_us`` mark forward (never back)."""
         columns = ", ".join(LEAD_COLUMNS)
         marks = ", ".join("?" * len(LEAD_COLUMNS))
         new: set[str] = set()
@@ -290,7 +327,20 @@ class LeadStateStore:
                 if found:
                     new.add(lead.lead_id)
             tx.insert_history([h for h in history if h.lead_id in new])
+            if answered_through_us is not None:
+                tx.execute("UPDATE lead_state_meta SET value = ? WHERE key = ? AND value < ?",
+                           (int(answered_through_us), WATERMARK, int(answered_through_us)))
         return len(new)
+
+    def registered_through(self) -> int:
+        """``registered_through_us``: every lead answered before it (less the few seconds two
+        concurrent batches can interleave) was registered."""
+        rows = self._query("SELECT value FROM lead_state_meta WHERE key = ?", (WATERMARK,))
+        return int(rows[0][0]) if rows else now_us()
+
+    def missing(self, lead_ids: Sequence[str]) -> set[str]:
+        """Those of ``lead_ids`` the store holds no row of."""
+        return set(lead_ids) - set(self.leads(lead_ids))
 
     def leads(self, lead_ids: Sequence[str]) -> dict[str, LeadRow]:
         """The stored rows of ``lead_ids`` (absent ids are left out)."""
@@ -420,26 +470,122 @@ class LeadStateStore:
 
     def apply_rescores(self, leads: Sequence[LeadRow], history: Sequence[HistoryRow],
                        messages: Sequence[OutboxMessage], done_queue_ids: Sequence[int]
-                       ) -> None:
+                       ) -> int:
         """One transaction: updated leads, their new scores, their notifications, and the
-        queue rows they answer removed."""
+        queue rows they answer removed. ``leads`` were read open: one that is not open any
+        more (an outcome closed it meanwhile) keeps its stored row, and its scores and
+        notifications here are discarded; the number of such leads."""
         stamp = now_us()
         sets = ", ".join(f"{c} = ?" for c in LEAD_COLUMNS[1:])
         with self.transaction() as tx:
+            gone = self._not_open(tx, [lead.lead_id for lead in leads])
+            if gone:
+                leads = [lead for lead in leads if lead.lead_id not in gone]
+                history = [h for h in history if h.lead_id not in gone]
+                messages = [m for m in messages if m.lead_id not in gone]
             tx.executemany(f"UPDATE lead_state SET {sets} WHERE lead_id = ?",
                            [(*lead.to_db()[1:], lead.lead_id) for lead in leads])
             tx.insert_history(history)
-            tx.executemany(
-                "INSERT INTO outbox (idempotency_key, lead_id, kind, payload, status, "
-                "attempts, created_us, next_attempt_us, lease_until_us, event_us) VALUES "
-                "(?, ?, ?, ?, ?, 0, ?, ?, 0, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-                [(m.idempotency_key, m.lead_id, m.kind, m.payload, PENDING, stamp, stamp,
-                  m.event_us) for m in messages])
+            tx.insert_outbox(messages, stamp)
             ids = list(done_queue_ids)
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 tx.execute(f"DELETE FROM rescore_queue WHERE id IN "
                            f"({', '.join('?' * len(chunk))})", chunk)
+        return len(gone)
+
+    def _not_open(self, tx: _Tx, lead_ids: Sequence[str]) -> set[str]:
+        """Those of ``lead_ids`` stored with a status other than open (rows locked on
+        PostgreSQL until the transaction ends; SQLite's write transaction holds the file)."""
+        out: set[str] = set()
+        lock = " ORDER BY lead_id FOR UPDATE" if self.postgres else ""  # one lock order
+        ids = sorted(set(lead_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = tx.fetchall(f"SELECT lead_id, status FROM lead_state WHERE lead_id IN "
+                               f"({', '.join('?' * len(chunk))}){lock}", chunk)
+            out.update(r[0] for r in rows if r[1] != OPEN)
+        return out
+
+    # ---- outcomes --------------------------------------------------------------------------
+    def record_outcomes(
+            self, outcomes: Sequence[OutcomeRow],
+            notify: Callable[[LeadRow, OutcomeRow], OutboxMessage | None] | None = None,
+    ) -> list[str]:
+        """Close leads with the CRM's outcomes, in one transaction; per outcome what happened:
+
+        * ``recorded`` — stored; the lead's status is now the outcome (whatever it was: open,
+          dropped, or closed by its window), it is no longer re-scored nor in the nurturing
+          pool, and ``notify(lead, outcome)``'s message (None: none) joins the outbox;
+        * ``duplicate`` — the lead has this outcome already (also earlier in ``outcomes``):
+          nothing changes;
+        * ``outcome_conflict`` — the lead has the other outcome already: it stays (final);
+        * ``unknown_lead`` — no lead with this id was scored;
+        * ``time_before_submission`` — the outcome's time is before the lead's submission.
+        """
+        for outcome in outcomes:
+            if outcome.outcome not in OUTCOMES:
+                raise LeadStateError(f"outcome {outcome.outcome!r} is not one of {OUTCOMES}")
+        ids = sorted({o.lead_id for o in outcomes})
+        lock = " ORDER BY lead_id FOR UPDATE" if self.postgres else ""  # as ``_not_open``
+        columns = ", ".join(LEAD_COLUMNS)
+        sets = ", ".join(f"{c} = ?" for c in LEAD_COLUMNS[1:])
+        stamp = now_us()
+        verdicts: list[str] = []
+        with self.transaction() as tx:
+            leads: dict[str, LeadRow] = {}
+            known: dict[str, str] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" * len(chunk))
+                leads.update((row[0], LeadRow.from_db(row)) for row in tx.fetchall(
+                    f"SELECT {columns} FROM lead_state WHERE lead_id IN ({marks}){lock}", chunk))
+                known.update((r[0], r[1]) for r in tx.fetchall(
+                    f"SELECT lead_id, outcome FROM lead_outcomes WHERE lead_id IN ({marks})",
+                    chunk))
+            changed: dict[str, LeadRow] = {}
+            rows: list[OutcomeRow] = []
+            messages: list[OutboxMessage] = []
+            for outcome in outcomes:
+                lead = leads.get(outcome.lead_id)
+                before = known.get(outcome.lead_id)
+                if lead is None:
+                    verdicts.append(UNKNOWN_LEAD)
+                elif before is not None:
+                    verdicts.append(DUPLICATE_OUTCOME if before == outcome.outcome
+                                    else OUTCOME_CONFLICT)
+                elif outcome.outcome_us < lead.submitted_us:
+                    verdicts.append(TIME_BEFORE_SUBMISSION)
+                else:
+                    verdicts.append(RECORDED)
+                    known[outcome.lead_id] = outcome.outcome
+                    lead.status, lead.updated_us = outcome.outcome, stamp
+                    message = notify(lead, outcome) if notify is not None else None
+                    if message is not None:
+                        messages.append(message)
+                    changed[lead.lead_id] = lead
+                    rows.append(outcome)
+            tx.executemany(
+                "INSERT INTO lead_outcomes (lead_id, outcome, outcome_us, amount, "
+                "followup_channel, source, recorded_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(o.lead_id, o.outcome, o.outcome_us, o.amount, o.followup_channel, o.source,
+                  stamp) for o in rows])
+            tx.executemany(f"UPDATE lead_state SET {sets} WHERE lead_id = ?",
+                           [(*lead.to_db()[1:], lead.lead_id) for lead in changed.values()])
+            tx.insert_outbox(messages, stamp)
+        return verdicts
+
+    def outcomes(self, lead_ids: Sequence[str]) -> dict[str, OutcomeRow]:
+        """The recorded outcomes of ``lead_ids`` (absent ids are left out)."""
+        out: dict[str, OutcomeRow] = {}
+        ids = list(dict.fromkeys(lead_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = self._query(
+                "SELECT lead_id, outcome, outcome_us, amount, followup_channel, source FROM "
+                f"lead_outcomes WHERE lead_id IN ({', '.join('?' * len(chunk))})", chunk)
+            out.update((r[0], OutcomeRow(*r)) for r in rows)
+        return out
 
     # ---- the outbox ------------------------------------------------------------------------
     def claim_due(self, limit: int, lease_seconds: float, now: int | None = None
@@ -549,6 +695,15 @@ class _Tx:
             [(h.lead_id, h.at_us, h.recorded_us, h.probability, h.tier, h.channel,
               h.model_version, h.cause, h.funnel_step) for h in history])
 
+    def insert_outbox(self, messages: Sequence[OutboxMessage], stamp: int) -> None:
+        """Pending notifications, due at ``stamp`` (a key stored already is kept)."""
+        self.executemany(
+            "INSERT INTO outbox (idempotency_key, lead_id, kind, payload, status, "
+            "attempts, created_us, next_attempt_us, lease_until_us, event_us) VALUES "
+            "(?, ?, ?, ?, ?, 0, ?, ?, 0, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+            [(m.idempotency_key, m.lead_id, m.kind, m.payload, PENDING, stamp, stamp,
+              m.event_us) for m in messages])
+
 
 def open_lead_state(settings: Settings) -> LeadStateStore:
     """The store of the settings' profile: SQLite file (embedded) or PostgreSQL (production)."""
@@ -562,11 +717,12 @@ def open_lead_state(settings: Settings) -> LeadStateStore:
     return LeadStateStore.sqlite(settings.lead_state_path)
 
 
-def sync_outcomes(store: LeadStateStore, settings: Settings, as_of: datetime | None = None
+def sync_outcomes(store: LeadStateStore, settings: Settings, as_of: datetime | None = None,
+                  notify: Callable[[LeadRow, OutcomeRow], OutboxMessage | None] | None = None
                   ) -> int:
-    """Close open leads whose outcome is known at ``as_of`` (default now) from the CRM's
-    outcomes table: ``converted`` when paid by then, ``closed`` when the conversion window
-    ended unpaid; the number of leads closed."""
+    """Record the outcomes known at ``as_of`` (default now) in the CRM's outcomes table
+    (``record_outcomes``, source ``file``): ``converted`` when paid by then, ``closed`` when the
+    conversion window ended unpaid; the number of leads closed."""
     import pandas as pd
 
     from crm_data.prediction_log import load_outcomes
@@ -575,16 +731,26 @@ def sync_outcomes(store: LeadStateStore, settings: Settings, as_of: datetime | N
     if outcomes is None or outcomes.empty:
         return 0
     cutoff = pd.Timestamp(as_of or datetime.now(UTC))
+    cutoff_us = to_us(cutoff.to_pydatetime())
     window_us = settings.conversion_window_days * DAY_US
     known = store.leads([str(lead) for lead in outcomes["lead_id"]])
-    statuses: dict[str, str] = {}
-    for lead, paid, paid_at in zip(outcomes["lead_id"], outcomes["converted"],
-                                   outcomes["converted_at"], strict=True):
+    done = store.outcomes(list(known))
+    rows: list[OutcomeRow] = []
+    for lead, paid, paid_at, amount, channel in zip(
+            outcomes["lead_id"], outcomes["converted"], outcomes["converted_at"],
+            outcomes["amount"] if "amount" in outcomes else [None] * len(outcomes),
+            outcomes["followup_channel"] if "followup_channel" in outcomes
+            else [None] * len(outcomes), strict=True):
         row = known.get(str(lead))
-        if row is None or row.status != OPEN:
+        if row is None or row.lead_id in done:
             continue
+        extra = {"amount": None if pd.isna(amount) else float(amount),
+                 "followup_channel": None if pd.isna(channel) else str(channel),
+                 "source": "file"}
         if bool(paid) and not pd.isna(paid_at) and paid_at <= cutoff:
-            statuses[row.lead_id] = CONVERTED
-        elif row.submitted_us + window_us <= to_us(cutoff.to_pydatetime()):
-            statuses[row.lead_id] = CLOSED
-    return store.set_status(statuses)
+            rows.append(OutcomeRow(row.lead_id, CONVERTED,
+                                   to_us(pd.Timestamp(paid_at).to_pydatetime()), **extra))
+        elif row.submitted_us + window_us <= cutoff_us:
+            rows.append(OutcomeRow(row.lead_id, CLOSED, row.submitted_us + window_us, **extra))
+    verdicts = store.record_outcomes(rows, notify) if rows else []
+    return sum(v == RECORDED for v in verdicts)

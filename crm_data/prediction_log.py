@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
@@ -208,6 +208,20 @@ def _frame(rows: list[tuple], feature_texts: list[Any]) -> pd.DataFrame:
     return pd.concat([base, features], axis=1)
 
 
+def _record(row: Sequence[Any]) -> PredictionRecord:
+    """A stored row (``RECORD_COLUMNS`` then the features' JSON) as a record."""
+    values = dict(zip(RECORD_COLUMNS, row[:-1], strict=True))
+    for name in TIMESTAMP_COLUMNS:
+        value = values[name]
+        values[name] = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
+                        if isinstance(value, int) else value.astimezone(UTC))
+    for name in BOOL_COLUMNS:
+        values[name] = bool(values[name])
+    text = row[-1]
+    return PredictionRecord(**values, features=json.loads(text) if isinstance(text, str)
+                            else dict(text or {}))
+
+
 def _check_range(since: datetime | None, until: datetime | None) -> None:
     if since is not None:
         _utc(since, "since")
@@ -233,6 +247,7 @@ class SqlitePredictionLog:
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
         CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_scored_at ON {TABLE} (scored_at);
     """
 
     def __init__(self, path: Path | str, timeout_seconds: float = 30.0) -> None:
@@ -293,6 +308,17 @@ class SqlitePredictionLog:
             rows = self._conn.execute(sql, params).fetchall()
         return _frame([row[:-1] for row in rows], [row[-1] for row in rows])
 
+    def answered_between(self, since: datetime, until: datetime) -> list[PredictionRecord]:
+        """The records with ``since <= scored_at < until``, in log order (the lead state's
+        recovery after a killed service: ``serving.rescoring``)."""
+        _check_range(since, until)
+        sql = (f"SELECT {', '.join(RECORD_COLUMNS)}, features FROM {TABLE} WHERE scored_at >= ? "
+               "AND scored_at < ? ORDER BY id")
+        params = [_to_micros(_utc(since, "since")), _to_micros(_utc(until, "until"))]
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_record(row) for row in rows]
+
     def count(self) -> int:
         with self._lock:
             return int(self._conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0])
@@ -345,6 +371,7 @@ class PostgresPredictionLog:
         );
         CREATE INDEX IF NOT EXISTS {TABLE}_submitted_at ON {TABLE} (submitted_at);
         CREATE INDEX IF NOT EXISTS {TABLE}_request_id ON {TABLE} (request_id);
+        CREATE INDEX IF NOT EXISTS {TABLE}_scored_at ON {TABLE} (scored_at);
     """
 
     def __init__(self, dsn: str, connect_timeout: int = 5) -> None:
@@ -410,6 +437,17 @@ class PostgresPredictionLog:
             with conn.transaction():
                 rows = conn.execute(sql, params).fetchall()
         return _frame([tuple(row[:-1]) for row in rows], [row[-1] for row in rows])
+
+    def answered_between(self, since: datetime, until: datetime) -> list[PredictionRecord]:
+        """The records with ``since <= scored_at < until``, in log order."""
+        _check_range(since, until)
+        sql = (f"SELECT {', '.join(RECORD_COLUMNS)}, features FROM {TABLE} WHERE scored_at >= %s "
+               "AND scored_at < %s ORDER BY id")
+        with self._lock:
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(sql, [_utc(since, "since"), _utc(until, "until")]).fetchall()
+        return [_record(row) for row in rows]
 
     def count(self) -> int:
         with self._lock:

@@ -94,7 +94,8 @@ lead_facts = FeatureView(
 person_behaviour = FeatureView(
     name="person_behaviour", entities=[person], ttl=PERSON_TTL, online=True,
     schema=_fields(BEHAVIOUR_SNAPSHOT_FIELDS), source=person_behaviour_push,
-    description="Behaviour snapshot of a person at each of its leads' created_at.",
+    description="Behaviour snapshot of a person at each of its leads' created_at and later "
+                "funnel steps.",
 )
 person_rfm = FeatureView(
     name="person_rfm", entities=[person], ttl=PERSON_TTL, online=True,

@@ -1,4 +1,6 @@
-"""Person behaviour (analytic) tags: one snapshot per person at each of its leads' ``created_at``.
+"""Person behaviour (analytic) tags: one snapshot per person at each of its leads' ``created_at``
+and at each funnel step one of its leads reached after its form (the step events of the events
+table, ``later_step_times``: a re-score at the step reads the person as of the step's time).
 
 A snapshot of person P at time t sees the events with ``event_time <= t`` of P's leads created
 at or before t (each lead's own pre-submission events included). Leads of P created after t are
@@ -34,7 +36,9 @@ import pyarrow as pa
 from features import request
 from features.history import HISTORY_FIELD, offline_histories
 from features.score2d import ScoringTables
-from features.tags import from_epoch_us
+from features.snapshot import SNAPSHOT_TIMES_SQL
+from features.tags import from_epoch_us, register_later_step_times, to_epoch_us
+from leadscore.schemas import STEP_EVENT_TYPES
 
 DAY_US = 86_400_000_000
 
@@ -51,6 +55,60 @@ def event_weight(url: object, event_type: object, tables: ScoringTables) -> floa
 
 
 EVENT_COLUMNS = ["lead_id", "event_type", "event_time", "url"]
+
+
+def behaviour_events(events: pd.DataFrame | pa.Table) -> pd.DataFrame | pa.Table:
+    """The behaviour rows of an events table: the funnel steps after the form
+    (``leadscore.schemas.STEP_EVENT_TYPES``) move their lead's step and are not behaviour, as
+    ``POST /events`` treats them."""
+    steps = list(STEP_EVENT_TYPES)
+    if isinstance(events, pa.Table):
+        if "event_type" not in events.column_names:
+            return events
+        types = events.column("event_type")
+        if pa.types.is_dictionary(types.type):
+            types = types.cast(types.type.value_type)
+        keep = pa.compute.invert(pa.compute.fill_null(
+            pa.compute.is_in(types, value_set=pa.array(steps, types.type)), False))
+        return events.filter(keep)
+    if "event_type" not in events.columns:
+        return events
+    return events[~events["event_type"].isin(steps)].reset_index(drop=True)
+
+
+def step_events(events: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    """The funnel steps after the form in an events table (``STEP_EVENT_TYPES``):
+    ``lead_id, event_us`` (epoch µs), the rows :func:`behaviour_events` leaves out."""
+    if isinstance(events, pa.Table):
+        names = events.column_names
+        events = events.select([c for c in ("lead_id", "event_type", "event_time")
+                                if c in names]).to_pandas()
+    if "event_type" not in events.columns or "event_time" not in events.columns:
+        return pd.DataFrame({"lead_id": pd.Series([], dtype=object),
+                             "event_us": pd.Series([], dtype="int64")})
+    steps = events[events["event_type"].astype(object).isin(list(STEP_EVENT_TYPES))]
+    return pd.DataFrame({"lead_id": steps["lead_id"].astype(str).to_numpy(dtype=object),
+                         "event_us": to_epoch_us(steps["event_time"], "events.event_time")})
+
+
+def later_step_times(index: pd.DataFrame, steps: pd.DataFrame | None) -> pd.DataFrame:
+    """``person_id, t``: a snapshot time per funnel step reached after its lead's submission
+    (``steps`` from :func:`step_events`; a step at or before its lead's ``created_at`` is the
+    form's), keyed by the lead's person (``index``, ``tags.lead_index``).
+
+    A re-score of the lead at the step (``serving.rescoring``) reads the person as the service
+    holds it then: every event recorded up to the step's time. The snapshot taken there is that
+    row, so the training row at the step joins it exactly (and the online store loaded up to a
+    time holds the person's latest snapshot, lead or step, at or before it)."""
+    if steps is None or steps.empty:
+        return pd.DataFrame({"person_id": pd.Series([], dtype=object),
+                             "t": pd.Series([], dtype="int64")})
+    own = index[["lead_id", "person_id", "created_us"]]
+    rows = steps.merge(own, on="lead_id", how="inner")
+    rows = rows[rows["event_us"].to_numpy() > rows["created_us"].to_numpy()]
+    out = pd.DataFrame({"person_id": rows["person_id"].astype(str).to_numpy(dtype=object),
+                        "t": rows["event_us"].astype("int64").to_numpy()})
+    return out.drop_duplicates().sort_values(["person_id", "t"]).reset_index(drop=True)
 
 
 def _check_events(events: pd.DataFrame | pa.Table) -> None:
@@ -130,7 +188,7 @@ def _snapshot_sql(half_life_days: float) -> str:
         " AS snap_intent",
     ]
     return f"""
-        WITH snaps AS (SELECT DISTINCT person_id, created_us AS t FROM idx)
+        WITH snaps AS ({SNAPSHOT_TIMES_SQL})
         SELECT s.person_id, s.t AS snapshot_us, {", ".join(aggs)}
         FROM snaps s LEFT JOIN ev e
           ON e.person_id = s.person_id AND e.lead_created_us <= s.t AND e.et <= s.t
@@ -145,16 +203,19 @@ def person_behaviour(
     tables: ScoringTables,
     half_life_days: float,
     threads: int | None = None,
+    step_times: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, int]:
     """The ``person_behaviour`` table (``person_id, event_timestamp`` + snapshot fields) and the
     number of dropped events of unknown leads. ``index`` comes from ``tags.lead_index``,
-    ``history`` from ``tags.person_lead_history``."""
+    ``history`` from ``tags.person_lead_history`` (with the same ``step_times``: the snapshots
+    at later funnel steps, :func:`later_step_times`)."""
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         con.register("idx", index[["lead_id", "person_id", "created_us", "channel"]])
+        register_later_step_times(con, step_times)
         dropped = _load_events(con, events, tables)
         snap = con.execute(_snapshot_sql(half_life_days)).df()
         recent = offline_histories(con, half_life_days)

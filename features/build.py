@@ -5,8 +5,9 @@
 ``settings.features_dir``:
 
 - ``lead_facts.parquet`` — one row per lead (``lead_id``, ``created_at``; ``features.tags``);
-- ``person_behaviour.parquet`` — one behaviour snapshot per (person, lead ``created_at``)
-  (``person_id``, ``event_timestamp``; ``features.behaviour``);
+- ``person_behaviour.parquet`` — one behaviour snapshot per (person, lead ``created_at``) and
+  per (person, time of a funnel step one of its leads reached after the form: the step events
+  of ``events.parquet``) (``person_id``, ``event_timestamp``; ``features.behaviour``);
 - ``person_rfm.parquet`` — the order history per (person, lead ``created_at``), and just after
   each order (``features.rfm``);
 
@@ -87,7 +88,8 @@ def read_inputs(settings: Settings) -> dict[str, Any]:
                             arrow=name == "events")
         for name, cols in INPUT_COLUMNS.items()
     }
-    frames["events"] = scrub_event_urls(frames["events"])
+    frames["steps"] = behaviour.step_events(frames["events"])
+    frames["events"] = scrub_event_urls(behaviour.behaviour_events(frames["events"]))
     frames.update(read_identity(settings.identity_dir))
     return frames
 
@@ -171,12 +173,14 @@ def compute_tables(
     index, leads_unresolved = tags.lead_index(frames["leads"], frames["lead_person"])
     members = with_inherited(index, frames.get("inherited", pd.DataFrame(
         columns=["person_id", "lead_id"])))
-    history = tags.person_lead_history(members)
+    step_times = behaviour.later_step_times(index, frames.get("steps"))
+    history = tags.person_lead_history(members, step_times)
     facts = tags.lead_facts(frames["leads"], index, history)
     timings["lead_facts"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
     person_behaviour, events_dropped = behaviour.person_behaviour(
-        members, frames["events"], history, params.tables, params.half_life_days
+        members, frames["events"], history, params.tables, params.half_life_days,
+        step_times=step_times,
     )
     if len(members) > len(index):  # inherited leads count their events once more
         lead_ids = frames["events"].column("lead_id") if isinstance(

@@ -374,7 +374,8 @@ def _intents(history: dict[str, Any], t: np.ndarray, w: np.ndarray, a: np.ndarra
 def offline_histories(con: duckdb.DuckDBPyConnection, half_life_days: float) -> pd.DataFrame:
     """``person_id, snapshot_us, snap_history`` of every snapshot of the offline build.
 
-    Runs on the build's connection: ``idx`` (``lead_id, person_id, created_us, channel``) and
+    Runs on the build's connection: ``idx`` (``lead_id, person_id, created_us, channel``),
+    ``later_step_times`` (the snapshots at later funnel steps, ``features.snapshot``) and
     ``ev`` (events with person, lead time, ``et``, type, URL and weight, see
     ``features.behaviour``). A snapshot at t holds the events visible at t (``et <= t``, lead
     created by t) within ``HORIZON_DAYS``, older ones in the base, and the person's leads
@@ -389,7 +390,7 @@ def offline_histories(con: duckdb.DuckDBPyConnection, half_life_days: float) -> 
 
     lead_order = "ORDER BY l.created_us, l.lead_id"
     return con.sql(f"""
-        WITH snaps AS (SELECT DISTINCT person_id, created_us AS t FROM idx),
+        WITH snaps AS ({sn.SNAPSHOT_TIMES_SQL}),
         ev_part AS (
             SELECT s.person_id, s.t,
                    {recent_list("e.et")} AS t_, {recent_list("e.event_type")} AS y,

@@ -49,6 +49,7 @@ from crm_data.ingest import MASKS_FILE
 from crm_data.prediction_log import open_prediction_log
 from features import request, score2d
 from features.audience import DataBounds
+from features.behaviour import behaviour_events
 from leadscore.config import Settings
 from leadscore.identifiers import scrub_url
 
@@ -244,8 +245,8 @@ def compute_frames(settings: Settings, now: datetime | None = None) -> dict[str,
     now = now or datetime.now(UTC)
     leads = _read(settings.raw_dir / "leads.parquet")
     lead_person = _read(settings.identity_dir / "lead_person.parquet", ["lead_id", "person_id"])
-    events = _read(settings.raw_dir / "events.parquet",
-                   ["lead_id", "event_type", "event_time", "url"])
+    events = behaviour_events(_read(settings.raw_dir / "events.parquet",
+                                    ["lead_id", "event_type", "event_time", "url"]))
     identities = _read(settings.raw_dir / "identities.parquet", ["lead_id", "id_type", "id_hash"])
     masks_path = settings.raw_dir / MASKS_FILE
     masks = (pd.read_parquet(masks_path, columns=["id_hash", "masked"]) if masks_path.is_file()

@@ -51,6 +51,15 @@ BEHAVIOUR_SNAPSHOT_FIELDS: dict[str, str] = {
     # recent events and leads, for evaluating the snapshot at a later time (features.history)
     "snap_history": "string",
 }
+# When the offline build takes a person's snapshots: at each of its leads' ``created_at`` (the
+# build's ``idx``: ``lead_id, person_id, created_us, channel``) and at each later funnel step of
+# its leads (``LATER_STEP_TIMES``: ``person_id, t``, the step's time in epoch µs; a re-score
+# reads the person at that time, ``features.behaviour.later_step_times``). SQL over both.
+LATER_STEP_TIMES = "later_step_times"
+SNAPSHOT_TIMES_SQL = (
+    "SELECT person_id, created_us AS t FROM idx UNION "
+    f"SELECT CAST(person_id AS VARCHAR), CAST(t AS BIGINT) FROM {LATER_STEP_TIMES}"
+)
 RFM_SNAPSHOT_FIELDS: dict[str, str] = {
     "snap_order_count": "int",
     "snap_order_amount": "float",

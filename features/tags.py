@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features import request
+from features.snapshot import LATER_STEP_TIMES, SNAPSHOT_TIMES_SQL
 
 UNRESOLVED_PREFIX = "lead:"
 AS_OF_PERSON = "asof_person_id"  # One ID's person of a lead as of the lead's time
@@ -76,15 +77,27 @@ def lead_index(leads: pd.DataFrame, lead_person: pd.DataFrame) -> tuple[pd.DataF
     return index, int(unresolved.sum())
 
 
-def person_lead_history(index: pd.DataFrame) -> pd.DataFrame:
-    """Per distinct (person, time t) of a lead: earlier leads and channels of that person.
+def register_later_step_times(con: duckdb.DuckDBPyConnection,
+                              step_times: pd.DataFrame | None) -> None:
+    """Register ``step_times`` (``person_id, t``: snapshot times at later funnel steps, see
+    ``features.snapshot.SNAPSHOT_TIMES_SQL``; None: none) on ``con``."""
+    if step_times is None:
+        step_times = pd.DataFrame({"person_id": pd.Series([], dtype=object),
+                                   "t": pd.Series([], dtype="int64")})
+    con.register(LATER_STEP_TIMES, step_times[["person_id", "t"]])
+
+
+def person_lead_history(index: pd.DataFrame,
+                        step_times: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per distinct (person, time t) of a lead, and of a later funnel step of one
+    (``step_times``: ``person_id, t``): earlier leads and channels of that person.
 
     ``leads_before`` / ``channels_before`` count leads created strictly before t;
     ``leads_upto`` / ``channels_upto`` also count those created at t (they become "earlier"
     for any later request, which lets the on-demand view use a stored snapshot exactly).
     """
-    sql = """
-        WITH snaps AS (SELECT DISTINCT person_id, created_us AS t FROM idx)
+    sql = f"""
+        WITH snaps AS ({SNAPSHOT_TIMES_SQL})
         SELECT s.person_id, s.t AS snapshot_us,
                count(*) FILTER (WHERE l.created_us < s.t) AS leads_before,
                count(DISTINCT l.channel) FILTER (WHERE l.created_us < s.t) AS channels_before,
@@ -96,6 +109,7 @@ def person_lead_history(index: pd.DataFrame) -> pd.DataFrame:
     con = duckdb.connect()
     try:
         con.register("idx", index[["person_id", "created_us", "channel"]])
+        register_later_step_times(con, step_times)
         return con.execute(sql).df()
     finally:
         con.close()

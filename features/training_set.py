@@ -1,10 +1,23 @@
 """Point-in-time correct training sets through Feast, and the model's feature list.
 
-One row per lead at its ``created_at``: the entity frame (``lead_id``, ``person_id``,
-``event_timestamp`` = ``created_at``, plus the submitted form as request columns) goes through
+One row per lead at its ``created_at`` (``snapshot`` = ``submission``): the entity frame
+(``lead_id``, ``person_id``, ``event_timestamp`` = ``created_at``, plus the submitted form as
+request columns, its funnel step as the form recorded it) goes through
 ``get_historical_features`` with the feature service ``settings.feature_service``; the person
 snapshot joined is the latest at or before ``created_at`` (built at that very time), and the
 on-demand view computes the same features the online path computes.
+
+Beside it, one row per funnel step the lead reached after its form (``snapshot`` = the step's
+name; the step events of the events table): the same form with that step, at the step's time
+(``snapshot_at``), the person snapshot the build took at that very time
+(``features.behaviour.later_step_times``: every event visible by then counted, as the service
+counts the events it was sent before it re-scores the lead); the features that describe the
+submission itself (``features.training_rows.SUBMISSION_FIXED_FEATURES``) are the submission
+row's, as the service's re-scoring keeps them. No row sees a step its lead had not reached by
+its time. ``created_at`` and the label are the lead's on every row (``features.training_rows``).
+
+``data/training_set_final_step.parquet`` holds, for comparison only, each lead at submission
+with its *final* step (what a replay that sent the future would score); nothing trains on it.
 
 ``label`` = converted within ``settings.conversion_window_days`` of ``created_at`` (outcomes;
 a lead without an outcome row counts as not converted). Leads whose window has not closed by the
@@ -30,9 +43,19 @@ from features import request, tags
 from features.params import DECLARED_FEATURE_SERVICE
 from features.parquet_io import read_parquet
 from features.store import ensure_applied, get_store
+from features.training_rows import (
+    FINAL_STEP_FILE,
+    SNAPSHOT_COLUMN,
+    SNAPSHOT_TIME_COLUMN,
+    SUBMISSION,
+    SUBMISSION_FIXED_FEATURES,
+)
+from leadscore import schemas
 from leadscore.config import Settings
 
-ID_COLUMNS: tuple[str, ...] = ("lead_id", "person_id", "created_at", "label")
+ID_COLUMNS: tuple[str, ...] = ("lead_id", "person_id", "created_at", "label", SNAPSHOT_COLUMN,
+                                SNAPSHOT_TIME_COLUMN)
+STEP_EVENTS = tuple(schemas.FUNNEL_STEPS[1:])
 
 
 def model_feature_columns(store_or_settings: FeatureStore | Settings,
@@ -163,14 +186,68 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame,
     job = store.get_historical_features(entity_df=entities, features=service)
     result = job.to_df()
     columns = model_feature_columns(store, feature_service)
-    keep = ["lead_id", "person_id", "event_timestamp", *columns]
+    passed = [c for c in (SNAPSHOT_COLUMN,) if c in result.columns]
+    keep = ["lead_id", "person_id", "event_timestamp", *passed, *columns]
     return result[keep]
+
+
+def step_entities(entities: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Entity rows at each later step (``steps``: ``lead_id, event_type, event_time``) of the
+    leads of ``entities`` (one row per lead at submission): the lead's form with that step, at
+    the step's time. Steps at or before their lead's submission are not later steps: dropped."""
+    at = pd.to_datetime(steps["event_time"], utc=True)
+    rows = pd.DataFrame({"lead_id": steps["lead_id"].astype(str).to_numpy(),
+                         "_step": steps["event_type"].astype(str).to_numpy(), "_at": at.array})
+    frame = entities.merge(rows, on="lead_id", how="inner", validate="one_to_many")
+    frame = frame[frame["_at"] > pd.to_datetime(frame["event_timestamp"], utc=True)]
+    frame["event_timestamp"] = frame["_at"]
+    frame[request.FORM_PREFIX + "funnel_step"] = frame["_step"].to_numpy()
+    frame["request_ts_s"] = tags.to_epoch_us(frame["_at"], "events.event_time") / 1e6
+    frame[SNAPSHOT_COLUMN] = frame["_step"].to_numpy()
+    return frame.drop(columns=["_step", "_at"]).reset_index(drop=True)
+
+
+def read_step_events(settings: Settings, lead_ids: pd.Series,
+                     end: pd.Timestamp) -> pd.DataFrame:
+    """The funnel-step events (``verified``, ``followed_account``, ``booked_trial``) of
+    ``lead_ids`` recorded by ``end``; the latest of a (lead, step) pair when the CRM sent one
+    twice."""
+    path = settings.raw_dir / "events.parquet"
+    events = read_parquet(path, "raw table 'events'", ["lead_id", "event_type", "event_time"])
+    events = events[events["event_type"].astype(str).isin(STEP_EVENTS)
+                    & events["lead_id"].astype(str).isin(set(lead_ids.astype(str)))]
+    events = events[pd.to_datetime(events["event_time"], utc=True) <= end]
+    return events.sort_values("event_time", kind="stable").drop_duplicates(
+        ["lead_id", "event_type"], keep="first").reset_index(drop=True)
+
+
+def final_steps(leads: pd.DataFrame, steps: pd.DataFrame) -> pd.Series:
+    """Per lead (index ``lead_id``), the furthest funnel step: the form's or a later step's."""
+    order = {s: i for i, s in enumerate(schemas.FUNNEL_STEPS)}
+    form = leads.set_index(leads["lead_id"].astype(str))["funnel_step"].astype(str).map(order)
+    later = steps.assign(_r=steps["event_type"].astype(str).map(order)).groupby(
+        steps["lead_id"].astype(str))["_r"].max()
+    furthest = pd.concat([form, later.reindex(form.index)], axis=1).max(axis=1)
+    return furthest.astype(int).map(dict(enumerate(schemas.FUNNEL_STEPS)))
+
+
+def _fix_submission_features(features: pd.DataFrame) -> pd.DataFrame:
+    """Later rows take the submission row's ``SUBMISSION_FIXED_FEATURES`` of their lead."""
+    first = features[SNAPSHOT_COLUMN] == SUBMISSION
+    fixed = features.loc[first].set_index("lead_id")
+    later = ~first
+    for name in SUBMISSION_FIXED_FEATURES:
+        if name in features.columns:
+            features.loc[later, name] = features.loc[later, "lead_id"].map(fixed[name]).to_numpy()
+    return features
 
 
 def build_training_set(
     settings: Settings, out: Path | None = None, as_of: datetime | None = None
 ) -> pd.DataFrame:
-    """Write and return the training set (one row per lead whose label window has closed).
+    """Write and return the training set (leads whose label window has closed: a row at
+    submission and one per later step, see the module docstring; the final-step comparison rows
+    beside it in ``FINAL_STEP_FILE``).
 
     ``as_of`` builds it as it could have been built at that moment: only leads whose
     conversion window closed by then, so no label uses an outcome recorded later (default:
@@ -194,27 +271,52 @@ def build_training_set(
     closed = labels["window_closed"].to_numpy()
     store = get_store(settings)
     ensure_applied(store, settings)
-    entities = entity_frame(leads.loc[closed].reset_index(drop=True), lead_person)
-    features = historical_features(store, entities, settings.feature_service)
-    features = features.rename(columns={"event_timestamp": "created_at"})
+    closed_leads = leads.loc[closed].reset_index(drop=True)
+    entities = entity_frame(closed_leads, lead_person)
+    entities[SNAPSHOT_COLUMN] = SUBMISSION
+    steps = read_step_events(settings, entities["lead_id"], end)
+    later = step_entities(entities, steps)
+    # yesterday's replay sent each form with its lead's final step: scored for comparison only
+    final = entities.assign(**{
+        request.FORM_PREFIX + "funnel_step": entities["lead_id"].map(
+            final_steps(closed_leads, steps)).to_numpy(), SNAPSHOT_COLUMN: "final_step"})
+    # two retrievals: the comparison rows share their lead's key and time with its first row
+    features = pd.concat([
+        historical_features(store, pd.concat([entities, later], ignore_index=True),
+                            settings.feature_service),
+        historical_features(store, final, settings.feature_service)], ignore_index=True)
+    features = features.rename(columns={"event_timestamp": SNAPSHOT_TIME_COLUMN})
+    created = pd.Series(tags.from_epoch_us(tags.to_epoch_us(
+        entities["event_timestamp"], "leads.created_at")).array, index=entities["lead_id"])
+    features.insert(2, "created_at", features["lead_id"].map(created).array)
     label_map = labels.set_index("lead_id")["label"]
     features.insert(3, "label", features["lead_id"].map(label_map).astype("int64"))
-    features = features.sort_values(["created_at", "lead_id"], kind="stable").reset_index(drop=True)
+    features = features.sort_values(["created_at", "lead_id", SNAPSHOT_TIME_COLUMN],
+                                    kind="stable").reset_index(drop=True)
+    is_final = (features[SNAPSHOT_COLUMN] == "final_step").to_numpy()
+    comparison = features[is_final].drop(columns=[SNAPSHOT_COLUMN]).reset_index(drop=True)
+    features = _fix_submission_features(features[~is_final].reset_index(drop=True))
     version = feature_service_version(store, settings.feature_service)
+    at_submission = int((features[SNAPSHOT_COLUMN] == SUBMISSION).sum())
     summary: dict[str, Any] = {
         "rows": len(features),
+        "leads": at_submission,
+        "rows_by_snapshot": {str(k): int(v) for k, v in
+                             features[SNAPSHOT_COLUMN].value_counts(sort=False).items()},
         "excluded_open_window": int((~closed).sum()),
-        "positive_rate": float(features["label"].mean()) if len(features) else 0.0,
+        "positive_rate": float(features.loc[features[SNAPSHOT_COLUMN] == SUBMISSION,
+                                            "label"].mean()) if len(features) else 0.0,
         "data_end": end.isoformat(),
         "feature_service_version": version,
         "seconds": round(time.perf_counter() - started, 2),
     }
     target = Path(out) if out is not None else settings.data_dir / "training_set.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(features, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[b"leadscore.summary"] = json.dumps(summary).encode()
-    pq.write_table(table.replace_schema_metadata(meta), target)
+    for frame, path in ((features, target), (comparison, target.parent / FINAL_STEP_FILE)):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"leadscore.summary"] = json.dumps(summary).encode()
+        pq.write_table(table.replace_schema_metadata(meta), path)
     summary["path"] = str(target)
     features.attrs["summary"] = summary
     return features

@@ -33,6 +33,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "email_click", "whitepaper_download", "live_class", "offline_event", "trial_class",
     "wechat_read", "app_open",
 )
+# The funnel steps a lead reaches after its form: events of the lead (``event_type`` = the step),
+# at their own times, beside the behaviour events (``POST /events`` takes both). The leads
+# table's ``funnel_step`` is the step the form recorded at submission.
+STEP_EVENT_TYPES: tuple[str, ...] = FUNNEL_STEPS[1:]
 GRADES: tuple[str, ...] = tuple(f"G{i}" for i in range(1, 13))
 SUBJECTS: tuple[str, ...] = ("math", "english", "chinese", "physics", "chemistry", "coding", "art")
 DEVICES: tuple[str, ...] = ("ios", "android", "pc", "mac", "other")
@@ -99,7 +103,7 @@ EVENTS = TableSchema(
     (
         Column("event_id", "string", unique=True),
         Column("lead_id", "string"),
-        Column("event_type", "string", allowed=EVENT_TYPES),
+        Column("event_type", "string", allowed=EVENT_TYPES + STEP_EVENT_TYPES),
         Column("event_time", "timestamp"),
         Column("url", "string"),
         Column("dwell_seconds", "float"),

@@ -1,7 +1,8 @@
 """The index of weekly reports: one row per report folder, with trend plots.
 
 Reads every ``<drift root>/<label>/drift.json`` (and ``business.json`` beside it) and writes an
-HTML page listing them (link, drift share, flag, cohort AUC, LVR) plus ``drift_trends.png``.
+HTML page listing them (link, drift share, flag, cohort AUC, LVR, the week's routing page) plus
+``drift_trends.png``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def write_index(drift_root: Path, index_path: Path) -> Path:
         link = Path(os.path.relpath(e.folder / "drift.html", index_path.parent)).as_posix()
         business = Path(os.path.relpath(e.folder / "business.png", index_path.parent)).as_posix()
         flag = "DRIFT" if e.dataset_drift else "quiet"
+        routing_page = e.folder / "routing.html"
+        routing_link = Path(os.path.relpath(routing_page, index_path.parent)).as_posix()
+        routing = (f'<a href="{html.escape(routing_link)}">policies</a>'
+                   if routing_page.exists() else "–")
         rows.append(
             "<tr>"
             f"<td><a href=\"{html.escape(link)}\">{html.escape(e.label)}</a></td>"
@@ -113,6 +118,7 @@ def write_index(drift_root: Path, index_path: Path) -> Path:
             f"{'' if e.cohort_n is None else f' (n={e.cohort_n})'}</td>"
             f"<td>{_fmt(e.lvr_percent, '{:+.1f}%')}</td>"
             f"<td><a href=\"{html.escape(business)}\">chart</a></td>"
+            f"<td>{routing}</td>"
             "</tr>"
         )
     trend = f'<img src="{TREND_PNG}" alt="trends">' if entries else "<p>No report yet.</p>"
@@ -123,7 +129,7 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td.drift{{color:#b00;font-weight:bold}}</style></head>
 <body><h1>Weekly drift and business reports</h1>
 <table><tr><th>week</th><th>predictions</th><th>drift share</th><th>cohort AUC</th>
-<th>LVR</th><th>business</th></tr>
+<th>LVR</th><th>business</th><th>routing</th></tr>
 {chr(10).join(rows)}
 </table>
 <h2>Trends</h2>

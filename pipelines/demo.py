@@ -162,6 +162,8 @@ def stage_serve(ctx: DemoContext) -> dict[str, Any]:
                     events["calls"] += 1
                     events["accepted"] += pushed["accepted"]
                     events["rejected"] += sum(pushed["rejected"].values())
+                if not step.submissions:  # the last steps of leads, after every form
+                    continue
                 if len(step.submissions) == 1 and len(answers) < SAMPLE_ANSWERS:
                     answers.append(_post(client, "/predict", step.submissions[0]))
                 else:
@@ -210,6 +212,8 @@ def stage_drift(ctx: DemoContext) -> dict[str, Any]:
         "cohort_n": (drift.get("cohort") or {}).get("n"),
         "cohort_auc": (drift.get("cohort") or {}).get("auc"),
         "cohort_ece": (drift.get("cohort") or {}).get("ece"),
+        "served_auc_by_stage": {stage: figures["auc"] for stage, figures in (
+            (report.business.get("auc_by_stage") or {}).get("stages") or {}).items()},
         "index": str(report.index_path),
     }
 

@@ -2,7 +2,11 @@
 
 ``replay_plan`` interleaves, in time order, the behaviour events (``POST /events``) and the form
 submissions (``/predict``, ``/predict_batch``) of the replayed period, so the service sees at
-each submission what the offline point-in-time build sees at that time.
+each submission what the offline point-in-time build sees at that time. A submission carries
+the funnel step its form recorded (``submitted``, or ``verified`` for a form that verifies the
+phone); the steps the lead reaches later (``verified``, ``followed_account``,
+``booked_trial``) are events of the lead sent at their own times, after the lead's submission,
+and the service re-scores the lead on each.
 
 The raw identifiers of generated leads are never stored; the generator draws them again in
 memory from the same seed and matched to the stored hashes, so the service receives them
@@ -18,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from leadscore.config import Settings
+from leadscore.schemas import STEP_EVENT_TYPES
 from serving.schemas import MAX_BATCH
 
 _FORM_FIELDS = ("grade", "subject", "city", "city_tier", "device")
@@ -124,8 +129,10 @@ def _pending_events(settings: Settings, since: pd.Timestamp, until: pd.Timestamp
 
     An event becomes visible at ``max(event_time, its lead's created_at)`` (a later lead's
     pre-submission events are hidden from earlier leads, as in ``features.behaviour``). The
-    store holds each person's snapshot at its last lead created by ``since``, so the events
-    visible after that lead are pending (for persons without one, all of them).
+    store holds each person's latest snapshot by ``since``: the offline build takes one at each
+    lead's ``created_at`` and at each funnel step a lead reached after its form
+    (``features.behaviour.later_step_times``), so the events visible after the latest of those
+    are pending (for persons without one, all of them).
     """
     leads = pd.read_parquet(settings.raw_dir / "leads.parquet",
                             columns=["lead_id", "created_at"])
@@ -133,12 +140,18 @@ def _pending_events(settings: Settings, since: pd.Timestamp, until: pd.Timestamp
                                   columns=["lead_id", "person_id"])
     leads = leads.merge(lead_person, on="lead_id", how="left")
     leads["person_id"] = leads["person_id"].fillna("lead:" + leads["lead_id"])
-    loaded = (leads[leads["created_at"] <= since].groupby("person_id")["created_at"].max()
-              .rename("loaded_at"))
     events = pd.read_parquet(settings.raw_dir / "events.parquet",
                              columns=["lead_id", "event_type", "event_time", "url",
                                       "dwell_seconds"])
     events = events.merge(leads, on="lead_id", how="inner")
+    later_step = (events["event_type"].isin(STEP_EVENT_TYPES)
+                  & (events["event_time"] > events["created_at"])).to_numpy()
+    snapshots = pd.concat([
+        leads[["person_id", "created_at"]].rename(columns={"created_at": "at"}),
+        events.loc[later_step, ["person_id", "event_time"]].rename(columns={"event_time": "at"}),
+    ], ignore_index=True)
+    loaded = (snapshots[snapshots["at"] <= since].groupby("person_id")["at"].max()
+              .rename("loaded_at"))
     events["visible_at"] = events[["event_time", "created_at"]].max(axis=1)
     events = events.join(loaded, on="person_id")
     pending = events["person_id"].isin(persons) & (events["visible_at"] <= until) & (
@@ -164,8 +177,9 @@ def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime 
     time order.
 
     The online store is assumed loaded with the offline snapshots up to ``since``
-    (``features.build.materialize(end=since)``): snapshots at leads, so the events visible after
-    each person's last lead and before ``since`` are the ``backlog`` (:func:`load_backlog`
+    (``features.build.materialize(end=since)``): snapshots at leads and at their later funnel
+    steps, so the events visible after each person's latest snapshot and before ``since`` are
+    the ``backlog`` (:func:`load_backlog`
     records them as the live service would have, as they happened; some are older than
     ``POST /events`` accepts). Only persons who submit from ``since`` on get events (the others'
     events change no answer and would cost the demo minutes). Each step first pushes every event
@@ -175,6 +189,11 @@ def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime 
     submissions of one person at different times. The first ``singles`` submissions get a
     step each (for ``/predict``); then up to ``max_batch`` per step. Events come in ``/events``
     bodies of at most ``MAX_BATCH``.
+
+    Funnel-step events (``STEP_EVENT_TYPES``) belong to a lead: only those of replayed leads
+    are sent (never in the backlog: they are not behaviour), each after its lead's submission
+    (a step reached before its lead's batch is scored waits for the next step's events; those
+    left after the last submission make a last step of events alone).
     """
     submissions = replay_submissions(settings, seed, since, until, drift)
     if not submissions:
@@ -185,22 +204,38 @@ def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime 
     times = [pd.Timestamp(body["submitted_at"]) for body in submissions]
     persons = {person_of.get(body["lead_id"], "lead:" + body["lead_id"]) for body in submissions}
     events = _pending_events(settings, pd.Timestamp(since), times[-1], persons)
+    is_step = events["event_type"].isin(STEP_EVENT_TYPES).to_numpy()
+    replayed = {body["lead_id"] for body in submissions}
+    events = events[~is_step | events["lead_id"].isin(replayed).to_numpy()]
+    is_step = events["event_type"].isin(STEP_EVENT_TYPES).to_numpy()
     early = (events["visible_at"] < pd.Timestamp(since)).to_numpy()
-    backlog = events.loc[early, _BACKLOG_COLUMNS].reset_index(drop=True)
+    backlog = events.loc[early & ~is_step, _BACKLOG_COLUMNS].reset_index(drop=True)
     events = events[~early]
     visible = _naive_utc(events["visible_at"]).to_numpy()
     steps: list[ReplayStep] = []
     batch: list[int] = []
     seen: dict[str, pd.Timestamp] = {}
+    scored: set[str] = set()  # leads submitted in earlier steps
+    waiting: list[Any] = []  # step events of leads not yet submitted when they were visible
     pushed = 0
 
+    def chunked(rows: list[Any]) -> list[dict[str, Any]]:
+        bodies = [_event_body(row) for row in rows]
+        return [{"events": bodies[i:i + MAX_BATCH]} for i in range(0, len(bodies), MAX_BATCH)]
+
     def close() -> None:
-        nonlocal pushed
+        nonlocal pushed, waiting
         last = times[batch[-1]].tz_convert("UTC").tz_localize(None).to_datetime64()
         upto = int(visible.searchsorted(last, side="right"))
-        bodies = [_event_body(row) for row in events.iloc[pushed:upto].itertuples(index=False)]
-        chunks = [{"events": bodies[i:i + MAX_BATCH]} for i in range(0, len(bodies), MAX_BATCH)]
-        steps.append(ReplayStep(chunks, [submissions[i] for i in batch]))
+        rows, held = list(waiting), []
+        for row in events.iloc[pushed:upto].itertuples(index=False):
+            if row.event_type in STEP_EVENT_TYPES and row.lead_id not in scored:
+                held.append(row)
+            else:
+                rows.append(row)
+        steps.append(ReplayStep(chunked(rows), [submissions[i] for i in batch]))
+        scored.update(submissions[i]["lead_id"] for i in batch)
+        waiting = held
         pushed = upto
         batch.clear()
         seen.clear()
@@ -213,6 +248,8 @@ def replay_plan(settings: Settings, seed: int, since: datetime, until: datetime 
         batch.append(i)
         seen.setdefault(person, times[i])
     close()
+    if waiting:
+        steps.append(ReplayStep(chunked(waiting), []))
     return ReplayPlan(backlog, steps)
 
 

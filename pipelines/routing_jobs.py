@@ -259,7 +259,7 @@ def learned_allocation(settings: Settings, tuning: pd.DataFrame, policy: Any,
     policy leads by; otherwise the cold-start prior (``relative_conversion``) and why."""
     from routing.evaluate import channel_matrix, policy_assignments
     from training.uplift_metrics import bootstrap_mean, dr_scores
-    from training.uplift_work import check_enough, randomised_rows, training_frame
+    from training.uplift_work import check_enough, randomised_evidence, training_frame
 
     prior = {"source": "cold_start_prior",
              "relative_conversion": {n: s.relative_conversion
@@ -269,7 +269,8 @@ def learned_allocation(settings: Settings, tuning: pd.DataFrame, policy: Any,
         return {**prior, "reason": "no uplift champion (run `leadscore uplift train`)"}
     history = training_frame(settings)
     first = pd.to_datetime(tuning["created_at"], utc=True).min()
-    evidence = check_enough(randomised_rows(history, first))
+    rows, sources = randomised_evidence(settings, history, first)
+    evidence = {**check_enough(rows), "sources": sources}
     if not evidence["enough"]:
         return {**prior, "reason": "too few randomised outcomes", "evidence": evidence}
     model, uri = champion

@@ -187,6 +187,9 @@ def run_weekly_report(
             )
         previous = log.read(period.since - period.length, period.since)
         maturing = log.read(period.since - window, period.until - window)
+        from monitoring.routing_offpolicy import read_routing_rows
+
+        routing_rows = read_routing_rows(log, period.since, period.until, window)
     finally:
         if owns_log:
             log.close()
@@ -205,7 +208,8 @@ def run_weekly_report(
         )
     try:
         return _write_reports(settings, period, root, folder, reference, info, current,
-                              previous, maturing, outcomes, threshold, notes, log_mlflow)
+                              previous, maturing, outcomes, threshold, notes, log_mlflow,
+                              routing_rows)
     except OSError as exc:
         raise DriftEnvironmentError(
             f"cannot write the report in {folder}: {os_problem(exc)}") from None
@@ -236,6 +240,30 @@ def nurturing_section(settings: Settings, period: Period, outcomes: pd.DataFrame
     return summary
 
 
+def stage_auc_section(settings: Settings, period: Period, outcomes: pd.DataFrame | None,
+                      folder: Path, notes: list[str]) -> dict[str, Any] | None:
+    """The matured leads' served AUC at submission and after each funnel step
+    (``monitoring.stage_auc``), written to ``<folder>/auc_by_stage.json``; None (and a note)
+    without a lead state."""
+    import json
+
+    from crm_data.lead_state import open_lead_state
+    from monitoring.stage_auc import stage_auc_summary
+
+    if settings.profile != "production" and not settings.lead_state_path.exists():
+        return None
+    try:
+        with open_lead_state(settings) as store:
+            summary = stage_auc_summary(store, outcomes, period.since, period.until,
+                                        settings.conversion_window_days)
+    except Exception as exc:  # noqa: BLE001 - a missing figure must not stop the drift report
+        notes.append(f"AUC by funnel stage skipped: the lead state could not be read "
+                     f"({type(exc).__name__})")
+        return None
+    (folder / "auc_by_stage.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def _check_writable(folder: Path) -> None:
     """Fail fast, before reading or measuring anything, when ``folder`` cannot be written
     (a read-only folder or file system, missing permissions, no inode or byte left)."""
@@ -252,6 +280,7 @@ def _write_reports(
     settings: Settings, period: Period, root: Path, folder: Path, reference: pd.DataFrame,
     info: Any, current: pd.DataFrame, previous: pd.DataFrame, maturing: pd.DataFrame,
     outcomes: pd.DataFrame | None, threshold: float, notes: list[str], log_mlflow: bool,
+    routing_rows: Any = None,
 ) -> WeeklyReport:
     from monitoring.business import business_report
     from monitoring.index_page import write_index
@@ -267,9 +296,11 @@ def _write_reports(
               "until": period.until.isoformat()}
     business = business_report(current, previous, cohort, folder, settings, header)
     business["nurturing"] = nurturing_section(settings, period, outcomes, folder, notes)
+    business["auc_by_stage"] = stage_auc_section(settings, period, outcomes, folder, notes)
     from monitoring.routing_offpolicy import routing_section
 
-    business["routing"] = routing_section(settings, cohort, folder, notes)
+    business["routing"] = routing_section(settings, cohort, folder, notes, routing_rows,
+                                          outcomes, period.until, period.label)
     index_path = (settings.reports_dir / "index.html" if root == default_drift_root(settings)
                   else root / "index.html")
     write_index(root, index_path)
@@ -279,7 +310,8 @@ def _write_reports(
         from sqlalchemy.exc import SQLAlchemyError
 
         files = [folder / name for name in ("drift.json", "drift.html", "business.json",
-                                            "business.png", "cohort.html")]
+                                            "business.png", "cohort.html", "routing.json",
+                                            "routing.html", "routing.png")]
         try:
             run_id = log_to_mlflow(settings, period.label, result.summary, files)
         except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException) as exc:

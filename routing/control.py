@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from leadscore.schemas import FOLLOWUP_CHANNELS, ROUTING_ARMS
-from routing.policy import RoutingPolicy
+from routing.policy import RoutingPolicy, check_probabilities
 from routing.rules import rule_2d_channels
 
 _SCALE = float(2**64)
@@ -117,42 +117,84 @@ def exploration_channels(lead_ids: Sequence[Any], policy: RoutingPolicy,
     return np.array(picks, dtype=object), 1.0 / len(options)
 
 
-def allocated_channels(effects: Any, policy: RoutingPolicy) -> np.ndarray:
-    """Per lead, the channel of ``routing.allocate.choose_one`` with the shadow prices and
-    cost weight the policy file records (``optimization.allocation``, written by `route
-    optimize` from the uplift champion); ``effects``: leads × FOLLOWUP_CHANNELS uplift."""
-    from routing.allocate import choose_one
+class LearnedAllocation:
+    """The learned allocation a policy file records (``optimization.allocation``, written by
+    `route optimize` from the uplift champion), read once: per lead the channel of
+    ``routing.allocate.choose_one`` (``argmax effect − λ·cost − shadow price``; the same
+    arithmetic, in the same order, vectorised over leads) and the tier the policy maps it to.
+    """
 
-    allocation = policy.optimization.get("allocation") or {}
-    shadow = allocation.get("shadow_prices")
-    if not shadow or allocation.get("source") != "uplift":
-        raise ValueError("optimization.allocation: the policy records no learned allocation "
-                         "(run `leadscore route optimize` with an uplift champion)")
-    weight = float(allocation.get("cost_weight", 0.0))
-    costs = {c: float(policy.channels[c].cost_per_lead) for c in FOLLOWUP_CHANNELS}
-    matrix = np.asarray(effects, dtype=float).reshape(-1, len(FOLLOWUP_CHANNELS))
-    return np.array([choose_one(row, FOLLOWUP_CHANNELS, costs, shadow, weight)
-                     for row in matrix], dtype=object)
+    def __init__(self, policy: RoutingPolicy) -> None:
+        allocation = policy.optimization.get("allocation") or {}
+        shadow = allocation.get("shadow_prices")
+        if not shadow or allocation.get("source") != "uplift":
+            raise ValueError("optimization.allocation: the policy records no learned "
+                             "allocation (run `leadscore route optimize` with an uplift "
+                             "champion)")
+        weight = float(allocation.get("cost_weight", 0.0))
+        self.channels = tuple(FOLLOWUP_CHANNELS)
+        # choose_one's ``row[j] - cost_weight * cost - shadow``, term by term
+        self.weighted_cost = np.array([weight * float(policy.channels[c].cost_per_lead)
+                                       for c in self.channels])
+        self.shadow = np.array([float(shadow.get(c, 0.0)) for c in self.channels])
+        self.names = np.array(self.channels, dtype=object)
+        self.tiers = np.array([policy.tier_of_channel(c) for c in self.channels], dtype=object)
+
+    def choose(self, effects: Any) -> np.ndarray:
+        """Position in ``channels`` per lead; ``effects``: leads × FOLLOWUP_CHANNELS uplift
+        (``routing.allocate.AllocationError`` naming ``effects`` when malformed)."""
+        matrix = np.asarray(effects, dtype=float)
+        if matrix.size % len(self.channels) or (matrix.ndim == 2
+                                                 and matrix.shape[1] != len(self.channels)):
+            from routing.allocate import AllocationError
+
+            raise AllocationError(f"effects: expected {len(self.channels)} values per lead (one "
+                                  f"per channel {list(self.channels)}), got the shape "
+                                  f"{matrix.shape}")
+        matrix = matrix.reshape(-1, len(self.channels))
+        if not np.isfinite(matrix).all():
+            from routing.allocate import AllocationError
+
+            bad = matrix[~np.isfinite(matrix).all(axis=1)][0]
+            raise AllocationError(f"effects: expected {len(self.channels)} finite values (one "
+                                  f"per channel {list(self.channels)}), got {bad.tolist()}")
+        return np.argmax(matrix - self.weighted_cost - self.shadow, axis=1)
+
+    def route(self, effects: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(tier, channel) per lead."""
+        chosen = self.choose(effects)
+        return self.tiers[chosen], self.names[chosen]
+
+
+def allocated_channels(effects: Any, policy: RoutingPolicy | LearnedAllocation) -> np.ndarray:
+    """Per lead, the channel of ``routing.allocate.choose_one`` with the shadow prices and
+    cost weight the policy file records (:class:`LearnedAllocation`, built once per call
+    unless given); ``effects``: leads × FOLLOWUP_CHANNELS uplift."""
+    rule = policy if isinstance(policy, LearnedAllocation) else LearnedAllocation(policy)
+    return rule.names[rule.choose(effects)]
 
 
 def route_leads(
     person_ids: Sequence[Any], probability: Any, rule_score: Any, policy: RoutingPolicy,
     rule_threshold: float | None = None, lead_ids: Sequence[Any] | None = None,
-    effects: Any = None,
+    effects: Any = None, allocation: LearnedAllocation | None = None,
 ) -> RoutedLeads:
     """Tier, channel, control flag, arm and propensity per lead as served (before capacity).
 
     Policy leads take the policy's tier and channel — or, given the uplift model's ``effects``
     (leads × FOLLOWUP_CHANNELS) and a policy that records a learned allocation, the channel
-    :func:`allocated_channels` chooses (tier: the one the policy maps it to); control leads the
-    rule_2d channel, exploration leads a drawn channel (by ``lead_ids``; the person ids when not
-    given), each with the tier that the policy maps to its channel, so tier and channel always
-    agree.
+    :func:`allocated_channels` chooses (tier: the one the policy maps it to; ``allocation``:
+    the policy's :class:`LearnedAllocation` read once by the caller, else read here); control
+    leads the rule_2d channel, exploration leads a drawn channel (by ``lead_ids``; the person
+    ids when not given), each with the tier that the policy maps to its channel, so tier and
+    channel always agree.
     """
-    tiers, channels = policy.assign(probability)
-    if effects is not None:
-        channels = allocated_channels(effects, policy)
-        tiers = np.array([policy.tier_of_channel(c) for c in channels], dtype=object)
+    if effects is None:
+        tiers, channels = policy.assign(probability)
+    else:
+        check_probabilities(probability)
+        rule = allocation if allocation is not None else LearnedAllocation(policy)
+        tiers, channels = rule.route(effects)
     arms = assign_arms(person_ids, policy)
     control = arms == ARM_CONTROL
     explore = arms == ARM_EXPLORATION

@@ -69,6 +69,17 @@ class ChannelSpec:
         return math.inf
 
 
+def check_probabilities(probabilities: Any) -> np.ndarray:
+    """The probabilities as a flat float array; ValueError when one is missing or outside
+    [0, 1]."""
+    p = np.asarray(probabilities, dtype=float).ravel()
+    if np.isnan(p).any():
+        raise ValueError("probability: contains missing values (NaN)")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("probability: values must lie in [0, 1]")
+    return p
+
+
 @dataclass(frozen=True)
 class RoutingPolicy:
     """A validated routing policy. Build it with :func:`load_policy` or :func:`policy_from_dict`."""
@@ -95,11 +106,7 @@ class RoutingPolicy:
 
         Cut-offs are ordered (A ≥ B ≥ C), so a higher probability never gets a lower tier.
         """
-        p = np.asarray(probabilities, dtype=float).ravel()
-        if np.isnan(p).any():
-            raise ValueError("probability: contains missing values (NaN)")
-        if ((p < 0) | (p > 1)).any():
-            raise ValueError("probability: values must lie in [0, 1]")
+        p = check_probabilities(probabilities)
         c = self.cutoffs
         tiers = np.select([p >= c["A"], p >= c["B"], p >= c["C"]], ["A", "B", "C"], default="D")
         lookup = np.array([self.tier_channel[t] for t in TIERS], dtype=object)

@@ -20,7 +20,7 @@ answered here, so BentoML's routing only ever sees valid input and both paths re
 invalid body gets ``refusal``: a 422 with one entry per problem (field location, type, message;
 never the input) and one WARNING log line naming the fields — not BentoML's ERROR traceback.
 ``validating_route`` is the handler of a route that only needs that check (``/events``,
-``/reload``).
+``/outcomes``, ``/reload``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from serving.schemas import (
     EventsRequest,
     FormFields,
     Identifiers,
+    OutcomesRequest,
     ReloadRequest,
     Submission,
     parse_request,
@@ -51,7 +52,7 @@ logger = logging.getLogger("leadscore.service")
 # by the client) is logged as <key>, so no client text reaches the log
 LOGGED_FIELDS = frozenset(
     name for model in (Submission, FormFields, Identifiers, BatchRequest, Event, EventsRequest,
-                       ReloadRequest) for name in model.model_fields)
+                       OutcomesRequest, ReloadRequest) for name in model.model_fields)
 MAX_LOGGED_PROBLEMS = 5
 
 

@@ -339,6 +339,12 @@ class BackgroundLogWriter:
                 return False, "replaying the prediction journal of an earlier run"
         return True, None
 
+    def wait_replayed(self, timeout: float | None = None) -> bool:
+        """Wait until what dead processes left in the journal is in the log (True), or
+        ``timeout`` seconds (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._replaying, timeout)
+
     def close(self, timeout: float | None = None) -> None:
         """Store what can be stored within ``timeout`` (default ``drain_seconds``) and stop;
         what is left stays in the journal for the next start."""
@@ -549,6 +555,7 @@ class BackgroundLogWriter:
                 continue
             with self._cond:
                 self._replaying = False
+                self._cond.notify_all()
                 if self._log_error is not None:
                     logger.warning("prediction log writable again")
                     self._log_error = None

@@ -58,6 +58,9 @@ ERRORS_BY_PATH: dict[str, dict[int, tuple[str, str]]] = {
     "/predict": dict([*API_ERRORS.items(), UNAVAILABLE]),
     "/predict_batch": dict([*API_ERRORS.items(), UNAVAILABLE]),
     "/events": dict([*API_ERRORS.items(), UNAVAILABLE]),
+    "/outcomes": dict([*API_ERRORS.items(),
+                       (503, ("The lead state is not available, or it is recovering the leads "
+                              "answered before a restart: retry shortly.", ERROR))]),
     "/reload": dict(API_ERRORS),
     "/healthz": dict([HEADERS_TOO_LARGE]),
     "/livez": dict([HEADERS_TOO_LARGE]),

@@ -35,7 +35,7 @@ from features.params import FeatureParams
 from leadscore.config import Settings
 from leadscore.identifiers import email_domain_type, hash_identifier
 from leadscore.schemas import CITY_TIER_BY_NAME
-from routing.control import RoutedLeads, route_leads
+from routing.control import LearnedAllocation, RoutedLeads, route_leads
 from routing.policy import RoutingPolicy, resolve_active_policy
 from serving.fast_online_reader import (
     OnlineFeatureReader,
@@ -170,20 +170,29 @@ class Predictor:
         # the uplift champion when the policy file records a learned allocation: policy leads
         # are then routed by ``routing.control.allocated_channels`` (shadow prices), else tiers
         self.uplift: Any = None
+        self._allocation: LearnedAllocation | None = None
 
     def load_uplift(self, model: Any) -> None:
-        """Route policy leads by this uplift model's effects (``routing.control``)."""
+        """Route policy leads by this uplift model's effects (``routing.control``): its
+        distilled boosters read into flat arrays and the policy's allocation (costs, λ, shadow
+        prices) read once, here, not per request. ValueError when the policy records no
+        learned allocation or the model lacks one of the follow-up channels."""
         from leadscore.schemas import FOLLOWUP_CHANNELS
+        from serving.fast_forest import DistilledEffects
 
-        self._uplift_positions = [model.arms.index(c) for c in FOLLOWUP_CHANNELS]
+        allocation = LearnedAllocation(self.policy)
+        missing = [c for c in FOLLOWUP_CHANNELS if c not in model.arms]
+        if missing:
+            raise ValueError(f"uplift model: no arm for the channel(s) {missing}")
+        self._effects = DistilledEffects(model, FOLLOWUP_CHANNELS)
+        self._allocation = allocation
         self.uplift = model
 
     def channel_effects(self, columns: dict[str, list[Any]]) -> np.ndarray | None:
         """Leads × FOLLOWUP_CHANNELS uplift of the loaded uplift model (None without one)."""
-        model = self.uplift
-        if model is None:
+        if self.uplift is None:
             return None
-        return model.fast_uplift(columns)[:, self._uplift_positions]
+        return self._effects(columns)
 
     @classmethod
     def from_settings(cls, settings: Settings, background_log: bool = True,
@@ -392,7 +401,8 @@ class Predictor:
         """Tier, channel, control flag, arm and propensity per lead
         (:func:`routing.control.route_leads`; by the uplift ``effects`` when given)."""
         return route_leads(person_ids, probability, rule_score, self.policy,
-                           self.rule_threshold, lead_ids=lead_ids, effects=effects)
+                           self.rule_threshold, lead_ids=lead_ids, effects=effects,
+                           allocation=self._allocation)
 
     def predict(self, submissions: Sequence[Submission]) -> list[Prediction]:
         """Score submissions in order and append them to the prediction log."""

@@ -24,6 +24,17 @@ below 0.13); the lead is routed with its probability clipped into the band it ke
 and channel always agree. A lead below ``drop_below_probability`` for ``drop_after_days`` (by
 the times of its scores) is ``dropped``: kept, never re-scored again, and the CRM is told.
 
+* ``Rescorer.handle_outcomes`` (``POST /outcomes``): the CRM's outcomes close their leads
+  (``converted`` / ``closed``): the outcome row, the lead's status and — for a lead the CRM was
+  notified of before — a final notification (``change``: the outcome) are one transaction.
+* ``Rescorer.recover`` (first thing of the worker after a start): a lead is registered ~10 ms
+  after its answer, so a SIGKILL can lose its registration; its answer's record, though, was
+  fsync'd to the prediction journal before the answer (``x-leadscore-durable: true``). Once the
+  journal of the dead process is replayed into the prediction log, the leads answered since
+  the store's ``registered_through_us`` mark (less ``RECOVERY_MARGIN_SECONDS``) that the store
+  lacks are registered from their records (``lead_from_record``). Until then ``/events`` and
+  ``/outcomes`` naming a lead the store lacks wait (at most ``RECOVERY_WAIT_SECONDS``, then 503).
+
 Event rules (docs/api.md, "Re-scoring"): a funnel step needs its lead (``unknown_lead``), may
 not predate the lead's submission (``event_before_lead``), and only moves forward (an earlier
 or equal step: ``step_not_forward``); a step of a lead that is no longer open:
@@ -47,18 +58,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 from pydantic_core import to_json
 
 from crm_data.lead_state import (
     CLOSED,
     DAY_US,
     DROPPED,
+    DUPLICATE_OUTCOME,
     MICROS,
     OPEN,
+    OUTCOME_CONFLICT,
+    RECORDED,
+    TIME_BEFORE_SUBMISSION,
     HistoryRow,
     LeadRow,
     LeadStateStore,
     OutboxMessage,
+    OutcomeRow,
     QueuedEvent,
     from_us,
     now_us,
@@ -66,12 +83,14 @@ from crm_data.lead_state import (
     sync_outcomes,
     to_us,
 )
+from crm_data.prediction_log import PredictionRecord, open_prediction_log
 from features.online import submission_requests
+from features.request import FORM_FIELDS, UNKNOWN
 from leadscore.config import Settings
 from leadscore.schemas import FUNNEL_STEPS, TIERS
 from serving.fast_online_reader import OnlineStoreError
 from serving.log_writer import BatchingWriter, lower_thread_priority
-from serving.schemas import Event, EventsResponse
+from serving.schemas import Event, EventsResponse, OutcomeItem, OutcomeRefusal, OutcomesResponse
 
 logger = logging.getLogger("leadscore.rescoring")
 
@@ -100,6 +119,34 @@ BEFORE_LEAD = "event_before_lead"
 NOT_FORWARD = "step_not_forward"
 NOT_OPEN = "lead_not_open"
 DUPLICATE = "duplicate_event"
+# recovery of registrations a killed process lost (``Rescorer.recover``)
+RECOVERY_MARGIN_SECONDS = 60.0  # concurrent batches' answer times interleave by far less
+RECOVERY_WAIT_SECONDS = 10.0  # /events and /outcomes wait this long for it, then 503
+# a landing page of each page type (``features.request.url_page_type``): a recovered lead's
+# form keeps its page type, the only thing the model sees of the page
+PAGE_OF_TYPE: dict[str, str] = {
+    "recruitment": "/recruit", "pricing": "/pricing", "trial": "/trial", "live": "/live",
+    "download": "/download", "course": "/course", "article": "/article", "home": "/",
+    "other": "/p", UNKNOWN: "",
+}
+# per refused outcome: (field, reason) of the store's verdicts
+OUTCOME_VERDICTS: dict[str, tuple[str, str]] = {
+    UNKNOWN_LEAD: ("lead_id", UNKNOWN_LEAD),
+    TIME_BEFORE_SUBMISSION: ("time", TIME_BEFORE_SUBMISSION),
+    OUTCOME_CONFLICT: ("outcome", OUTCOME_CONFLICT),
+}
+OUTCOME_MESSAGES: dict[str, str] = {
+    UNKNOWN_LEAD: "no lead with this lead_id was scored by this service",
+    TIME_BEFORE_SUBMISSION: "time is before the lead's submitted_at",
+    OUTCOME_CONFLICT: "the lead has the other outcome already (an outcome is final)",
+}
+
+
+class LeadStateRecovering(RuntimeError):
+    """The lead state is being recovered from the prediction log: retry shortly."""
+
+    public_message = ("the service is recovering leads answered before a restart from the "
+                      "prediction log; retry in a few seconds")
 
 
 # ---- pure rules -------------------------------------------------------------------------------
@@ -173,6 +220,59 @@ def trend(history: Sequence[HistoryRow], margin: float, days: float = RISE_DAYS)
     return "steady"
 
 
+def form_from_features(features: dict[str, Any]) -> dict[str, Any]:
+    """The form of a logged answer, rebuilt from its features: the form fields the model sees
+    (normalised already; normalising them again changes nothing), the landing page as a page
+    of its type (``PAGE_OF_TYPE``)."""
+    form = {name: features.get(name) for name in FORM_FIELDS if name != "landing_page"}
+    form["landing_page"] = PAGE_OF_TYPE.get(str(features.get("landing_page_type")), "/p")
+    return form
+
+
+def lead_from_record(record: PredictionRecord, drop_below: float
+                     ) -> tuple[LeadRow, HistoryRow]:
+    """The lead-state row and first score of a lead from its prediction-log record (what the
+    registrar would have stored, the form rebuilt by ``form_from_features``)."""
+    submitted, recorded = to_us(record.submitted_at), to_us(record.scored_at)
+    features = record.features
+    step = str(features.get("funnel_step") or FUNNEL_STEPS[0])
+    step = step if step in STEP_RANK else FUNNEL_STEPS[0]
+    p = float(record.probability)
+    lead = LeadRow(
+        lead_id=record.lead_id, person_id=record.person_id, submitted_us=submitted,
+        request=form_from_features(features),
+        fixed={name: features[name] for name in FIXED_FEATURES if name in features},
+        funnel_step=step, status=OPEN, probability=p, tier=record.tier, channel=record.channel,
+        control=bool(record.control), model_version=record.model_version, first_probability=p,
+        first_tier=record.tier, scored_us=submitted, pushed_tier=record.tier,
+        pushed_channel=record.channel, low_since_us=submitted if p < drop_below else None,
+        updated_us=recorded)
+    return lead, HistoryRow(record.lead_id, submitted, recorded, p, record.tier,
+                            record.channel, record.model_version, SUBMISSION, step)
+
+
+def outcome_refusal(index: int, error: ValidationError) -> OutcomeRefusal:
+    """The refusal of an outcome item that failed validation: its first problem's field and a
+    reason (``unknown_outcome``, ``unknown_followup_channel``, ``missing``, ``unknown_field``,
+    ``invalid_<field>``, ``amount_without_conversion``, ``not_an_object``)."""
+    problem = error.errors(include_url=False, include_context=False, include_input=False)[0]
+    loc, kind = problem["loc"], problem["type"]
+    field = str(loc[0]) if loc else "amount" if kind == "amount_without_conversion" else "item"
+    if kind == "missing":
+        reason = "missing"
+    elif kind == "extra_forbidden":
+        reason = "unknown_field"
+    elif kind == "literal_error" and field in ("outcome", "followup_channel"):
+        reason = f"unknown_{field}"
+    elif kind == "model_type":
+        reason = "not_an_object"
+    elif kind == "amount_without_conversion":
+        reason = kind
+    else:
+        reason = f"invalid_{field}"
+    return OutcomeRefusal(index=index, field=field, reason=reason, message=problem["msg"])
+
+
 # ---- registration of answered submissions -----------------------------------------------------
 class LeadRegistrar(BatchingWriter):
     """Stores newly scored leads and their first score, off the request path."""
@@ -181,9 +281,13 @@ class LeadRegistrar(BatchingWriter):
     logger = logger
 
     def __init__(self, store: LeadStateStore,
-                 build: Callable[[tuple], list[tuple[LeadRow, HistoryRow]]]) -> None:
+                 build: Callable[[tuple], list[tuple[LeadRow, HistoryRow]]],
+                 marks: Callable[[], bool] = lambda: True) -> None:
         self.store = store
         self.build = build
+        # whether the stored batches may move the ``registered_through_us`` mark (not while
+        # the leads a killed process lost are not recovered yet)
+        self.marks = marks
         super().__init__(max_queued_batches=10_000, max_records_per_write=200,
                          linger_seconds=0.01, name="lead-registrar")
 
@@ -192,7 +296,8 @@ class LeadRegistrar(BatchingWriter):
 
     def _store(self, batches: list[tuple]) -> None:
         rows = [row for batch in batches for row in self.build(batch)]
-        self.store.register([lead for lead, _ in rows], [h for _, h in rows])
+        through = max(to_us(batch[-1]) for batch in batches) if self.marks() else None
+        self.store.register([lead for lead, _ in rows], [h for _, h in rows], through)
 
     def _close_target(self) -> None:
         self.store.close()
@@ -225,6 +330,9 @@ class Rescorer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._recovered = threading.Event()
+        self._recover_span: tuple[int, int] | None = None
+        self.recovered_leads = 0
         self.rescored = 0
         self.batches = 0
         self.last_error: str | None = None
@@ -242,11 +350,16 @@ class Rescorer:
         store = open_lead_state(settings)
         deliverer = WebhookDeliverer.from_settings(open_lead_state(settings), settings)
         rescorer = cls(predictor, settings, store, open_lead_state(settings), None, deliverer)
-        rescorer.registrar = LeadRegistrar(open_lead_state(settings), rescorer.lead_rows)
+        rescorer.registrar = LeadRegistrar(open_lead_state(settings), rescorer.lead_rows,
+                                           rescorer._recovered.is_set)
         return rescorer
 
     def start(self) -> Rescorer:
-        """Run the worker (it first closes leads whose outcome is known) and the deliverer."""
+        """Run the worker (it first recovers the leads a killed process lost, then records
+        the outcomes of the outcomes file) and the deliverer."""
+        # answered before now and after the mark: what the recovery looks for in the log
+        self._recover_span = (self.store.registered_through()
+                              - int(RECOVERY_MARGIN_SECONDS * MICROS), now_us())
         self._thread = threading.Thread(target=self._run, name="rescorer", daemon=True)
         self._thread.start()
         if self.deliverer is not None:
@@ -283,7 +396,8 @@ class Rescorer:
             self.registrar.add([batch])
         else:
             rows = self.lead_rows(batch)
-            self.store.register([r for r, _ in rows], [h for _, h in rows])
+            self.store.register([r for r, _ in rows], [h for _, h in rows],
+                                to_us(scored_at) if self._recovered.is_set() else None)
 
     def lead_rows(self, batch: tuple) -> list[tuple[LeadRow, HistoryRow]]:
         """The lead-state rows and first scores of one ``register`` batch."""
@@ -317,6 +431,8 @@ class Rescorer:
         rejected: Counter = Counter()
         steps = [e for e in events if e.event_type in FUNNEL_EVENT_TYPES]
         leads = self.store.leads([e.lead_id for e in steps]) if steps else {}
+        if any(e.lead_id not in leads for e in steps) and self.await_recovery():
+            leads = self.store.leads([e.lead_id for e in steps])
         placed: list[tuple[Event, str]] = []
         for event in events:
             if event.event_type in FUNNEL_EVENT_TYPES:
@@ -367,10 +483,134 @@ class Rescorer:
             return NOT_FORWARD
         return None
 
+    # ---- POST /outcomes --------------------------------------------------------------------
+    def handle_outcomes(self, items: Sequence[Any]) -> OutcomesResponse:
+        """Validate each outcome on its own (a bad one is refused with its field and reason,
+        the others are applied) and close the leads (``LeadStateStore.record_outcomes``)."""
+        if self.registrar is not None and self.registrar.pending:
+            self.registrar.flush(timeout=FLUSH_BEFORE_EVENTS_SECONDS)
+        refused: list[OutcomeRefusal] = []
+        valid: list[tuple[int, OutcomeRow]] = []
+        for index, item in enumerate(items):
+            try:
+                outcome = OutcomeItem.model_validate(item)
+            except ValidationError as exc:
+                refused.append(outcome_refusal(index, exc))
+                continue
+            valid.append((index, OutcomeRow(
+                outcome.lead_id, outcome.outcome, to_us(outcome.time), outcome.amount,
+                outcome.followup_channel, "api")))
+        ids = [row.lead_id for _, row in valid]
+        if ids and self.store.missing(ids):
+            self.await_recovery()  # a lead a killed process lost is registered first
+        notified: list[OutboxMessage] = []
+
+        def notify(lead: LeadRow, outcome: OutcomeRow) -> OutboxMessage | None:
+            message = self.outcome_message(lead, outcome)
+            if message is not None:
+                notified.append(message)
+            return message
+
+        verdicts = self.store.record_outcomes([row for _, row in valid], notify) if valid else []
+        for (index, _), verdict in zip(valid, verdicts, strict=True):
+            if verdict in OUTCOME_VERDICTS:
+                field, reason = OUTCOME_VERDICTS[verdict]
+                refused.append(OutcomeRefusal(index=index, field=field, reason=reason,
+                                              message=OUTCOME_MESSAGES[verdict]))
+        if notified and self.deliverer is not None:
+            self.deliverer.notify()
+        refused.sort(key=lambda r: r.index)
+        rejected = Counter(r.reason for r in refused)
+        if rejected:
+            logger.warning("outcomes refused: %s", ", ".join(
+                f"{reason} {n}" for reason, n in sorted(rejected.items())))
+        return OutcomesResponse(recorded=sum(v == RECORDED for v in verdicts),
+                                duplicates=sum(v == DUPLICATE_OUTCOME for v in verdicts),
+                                notified=len(notified), rejected=dict(rejected),
+                                refused=refused)
+
+    def outcome_message(self, lead: LeadRow, outcome: OutcomeRow) -> OutboxMessage | None:
+        """The final notification of a lead closed by its outcome (``change``: ``converted``
+        or ``closed``, the next ``sequence``) when the CRM was notified of the lead before: a
+        retried older change arriving later then loses to it (receivers keep the highest
+        sequence). None for a lead never notified (the CRM sent the outcome: nothing to
+        supersede) and without a webhook."""
+        if not self.settings.webhook_url or lead.changes == 0:
+            return None
+        return self._message(lead, outcome.outcome, "outcome", outcome.outcome_us,
+                             lead.scored_us)
+
+    # ---- recovery of registrations a killed process lost -----------------------------------
+    def await_recovery(self, timeout: float = RECOVERY_WAIT_SECONDS) -> bool:
+        """Wait for the recovery when it is under way (True once done; raise
+        ``LeadStateRecovering`` after ``timeout``); False when it was done already."""
+        if self._recovered.is_set() or self._recover_span is None:
+            return False
+        if not self._recovered.wait(timeout):
+            raise LeadStateRecovering(LeadStateRecovering.public_message)
+        return True
+
+    def recovery_status(self) -> tuple[bool, str | None]:
+        """(done, reason) for ``/readyz``."""
+        if self._recovered.is_set() or self._recover_span is None:
+            return True, None
+        return False, "recovering leads answered before a restart from the prediction log"
+
+    def recover(self, since_us: int, until_us: int, log: Any = None) -> int:
+        """Register the leads answered in ``[since_us, until_us)`` that the store lacks, from
+        their first prediction-log record (``log``: default the profile's); the number
+        registered. The store's mark then moves to ``until_us``."""
+        owned = log is None
+        log = open_prediction_log(self.settings) if owned else log
+        try:
+            records = log.answered_between(from_us(since_us), from_us(until_us))
+        finally:
+            if owned:
+                log.close()
+        oldest = now_us() - self.window_us  # older leads would only be closed
+        first: dict[str, PredictionRecord] = {}
+        for record in records:
+            if to_us(record.submitted_at) >= oldest:
+                first.setdefault(record.lead_id, record)
+        missing = self.worker_store.missing(list(first)) if first else set()
+        drop_below = self.settings.drop_below_probability
+        rows = [lead_from_record(first[lead_id], drop_below)
+                for lead_id in first if lead_id in missing]
+        count = self.worker_store.register([r for r, _ in rows], [h for _, h in rows],
+                                           until_us)
+        if count:
+            logger.warning("recovered %d lead(s) answered before a restart but not registered "
+                           "(from the prediction log)", count)
+        return count
+
+    def _recover_lost(self) -> None:
+        """``recover`` once the journal of a dead process is in the log (retried on errors
+        until it works or the service stops); then ``/events`` and ``/outcomes`` proceed."""
+        if self._recover_span is None:
+            self._recovered.set()
+            return
+        wait = getattr(getattr(self.predictor, "log", None), "wait_replayed", None)
+        delay = 0.2
+        while not self._stop.is_set():
+            if wait is not None and not wait(1.0):
+                continue
+            try:
+                self.recovered_leads += self.recover(*self._recover_span)
+            except Exception as exc:  # noqa: BLE001 - log or store trouble: retried
+                self.last_error = type(exc).__name__
+                logger.warning("recovering leads from the prediction log failed (%s); "
+                               "retrying", self.last_error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._recovered.set()
+            return
+
     # ---- the worker ------------------------------------------------------------------------
     def _close_known_outcomes(self) -> None:
         try:
-            closed = sync_outcomes(self.worker_store, self.settings)
+            closed = sync_outcomes(self.worker_store, self.settings,
+                                   notify=self.outcome_message)
             if closed:
                 logger.info("closed %d lead(s) with a known outcome", closed)
         except Exception as exc:  # noqa: BLE001 - a damaged outcomes file must not stop serving
@@ -378,6 +618,7 @@ class Rescorer:
 
     def _run(self) -> None:
         lower_thread_priority(WORKER_NICE)
+        self._recover_lost()
         self._close_known_outcomes()
         last_sweep = 0.0
         while not self._stop.is_set():
@@ -487,7 +728,12 @@ class Rescorer:
                          for pi, lead in zip(p, leads, strict=True)])
         rule = np.asarray(columns.get("rule_score", [0.0] * len(leads)), dtype=float)
         lead_ids = [lead.lead_id for lead in leads]
-        routed = (self.predictor.route(persons, held, rule, lead_ids=lead_ids)
+        # a re-score routes as /predict does: by the learned effects when an uplift model is
+        # loaded (policy leads), by the held probability's tier otherwise
+        effects = (self.predictor.channel_effects(columns)
+                   if hasattr(self.predictor, "channel_effects") else None)
+        extra = {} if effects is None else {"effects": effects}
+        routed = (self.predictor.route(persons, held, rule, lead_ids=lead_ids, **extra)
                   if self._route_takes_leads else self.predictor.route(persons, held, rule))
         if hasattr(routed, "tiers"):
             tiers, channels, control = routed.tiers, routed.channels, routed.control
@@ -571,5 +817,7 @@ def wait_until(predicate: Any, timeout: float, step: float = 0.02) -> bool:
     return bool(predicate())
 
 
-__all__ = ["MICROS", "LeadRegistrar", "RescoreResult", "Rescorer", "change_kind", "event_key",
-           "held_probability", "idempotency_key", "probabilities", "tier_bands", "trend"]
+__all__ = ["MICROS", "LeadRegistrar", "LeadStateRecovering", "RescoreResult", "Rescorer",
+           "change_kind", "event_key", "form_from_features", "held_probability",
+           "idempotency_key", "lead_from_record", "outcome_refusal", "probabilities",
+           "tier_bands", "trend"]

@@ -27,13 +27,22 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from leadscore.identifiers import scrub_text, scrub_url
-from leadscore.schemas import CHANNELS, DEVICES, EVENT_TYPES, FUNNEL_STEPS, GRADES, SUBJECTS
+from leadscore.schemas import (
+    CHANNELS,
+    DEVICES,
+    EVENT_TYPES,
+    FOLLOWUP_CHANNELS,
+    FUNNEL_STEPS,
+    GRADES,
+    SUBJECTS,
+)
 
 Channel = Literal[CHANNELS]  # type: ignore[valid-type]
 FunnelStep = Literal[FUNNEL_STEPS]  # type: ignore[valid-type]
@@ -186,6 +195,69 @@ class EventsRequest(BaseModel):
     model_config = STRICT
 
     events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class OutcomeItem(BaseModel):
+    """The CRM's outcome of a lead: it paid (``converted``) or it is closed unpaid."""
+
+    model_config = STRICT
+
+    lead_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-:.]+$")
+    outcome: Literal["converted", "closed"]
+    time: datetime = Field(description="When it converted (paid) or was closed; ISO 8601 "
+                           "with offset, not before the lead's submitted_at.")
+    amount: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False,
+                                 description="Paid amount (converted only).")
+    followup_channel: Literal[FOLLOWUP_CHANNELS] | None = Field(  # type: ignore[valid-type]
+        None, description="Who followed the lead up.")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_text(cls, value: Any) -> Any:
+        return _iso_text(value, "time")
+
+    @field_validator("time")
+    @classmethod
+    def _time_sane(cls, value: datetime) -> datetime:
+        return _check_time(value, "time")
+
+    @model_validator(mode="after")
+    def _amount_needs_conversion(self) -> OutcomeItem:
+        if self.outcome == "closed" and self.amount:
+            raise PydanticCustomError(
+                "amount_without_conversion",
+                "amount: only a converted lead has a paid amount (a closed one: none or 0)")
+        return self
+
+
+class OutcomesRequest(BaseModel):
+    """``POST /outcomes``: each item is checked on its own (``OutcomeItem``); a bad one is
+    refused in the answer with its field and reason, the others are recorded."""
+
+    model_config = STRICT
+
+    outcomes: Annotated[list[JsonValue], WithJsonSchema({
+        "type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+        "items": OutcomeItem.model_json_schema(),
+        "title": "Outcomes"})] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class OutcomeRefusal(BaseModel):
+    """An outcome not recorded: its position in the request, the field and why."""
+
+    index: int
+    field: str
+    reason: str
+    message: str
+
+
+class OutcomesResponse(BaseModel):
+    recorded: int = Field(description="Leads closed by these outcomes now.")
+    duplicates: int = Field(0, description="Outcomes the leads had already (ignored).")
+    notified: int = Field(0, description="Final notifications queued for the webhook.")
+    rejected: dict[str, int] = Field(default_factory=dict,
+                                     description="Refused outcomes by reason.")
+    refused: list[OutcomeRefusal] = Field(default_factory=list)
 
 
 class ReloadRequest(BaseModel):

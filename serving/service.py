@@ -3,9 +3,10 @@
 ``leadscore serve`` (or ``python -m serving.launcher serving.service:LeadScoring`` with
 ``LEADSCORE_WORKDIR`` and ``LEADSCORE_API_KEY`` set: ``bentoml serve`` with its Prometheus files
 on a RAM-backed folder of its own, see ``serving.launcher``) runs it. Endpoints: ``POST
-/predict``, ``/predict_batch``, ``/events``, ``/reload`` (Bearer key), ``/healthz``, ``/livez``,
-``/readyz``, ``/metrics`` (``serving.http_metrics``: one series per route, ``other`` for any other
-path) and the OpenAPI docs at ``/docs`` and ``/docs.json`` (``serving.openapi``; open).
+/predict``, ``/predict_batch``, ``/events``, ``/outcomes``, ``/reload`` (Bearer key), ``/healthz``,
+``/livez``, ``/readyz``, ``/metrics`` (``serving.http_metrics``: one series per route, ``other``
+for any other path) and the OpenAPI docs at ``/docs`` and ``/docs.json`` (``serving.openapi``;
+open).
 See docs/api.md.
 
 Settings are read when the service starts (not at import), so ``bentoml build`` can import this
@@ -48,12 +49,15 @@ from serving.openapi import service_openapi
 from serving.portrait_api import AGENT_PATHS, portrait_app, portrait_openapi
 from serving.portrait_api import ROUTE_LABELS as PORTRAIT_LABELS
 from serving.predictor import Predictor
+from serving.rescoring import LeadStateRecovering
 from serving.schemas import (
     BatchRequest,
     BatchResponse,
     Event,
     EventsRequest,
     EventsResponse,
+    OutcomesRequest,
+    OutcomesResponse,
     Prediction,
     ReloadRequest,
     Submission,
@@ -66,7 +70,7 @@ SERVICE_NAME = "lead-scoring"
 # routing and parsing (see ``serving.fast_routes``); filled when the service starts
 FAST_ROUTES: dict[str, FastRoute] = {}
 # the API routes (metrics label them by name; every other path is "other")
-API_ROUTES = ("/predict", "/predict_batch", "/events", "/reload")
+API_ROUTES = ("/predict", "/predict_batch", "/events", "/outcomes", "/reload")
 # whether the answered predictions' records were on disk (fsync'd journal) before the answer;
 # see docs/api.md, "Durability of the prediction log"
 DURABLE_HEADER = b"x-leadscore-durable"
@@ -185,6 +189,7 @@ def _start_rescoring(predictor: Predictor, settings: Any) -> Any:
         return None
     predictor.on_scored = rescoring.register
     lead_routes.bind(rescoring)
+    READINESS["lead_state"] = rescoring.recovery_status
     return rescoring
 
 
@@ -224,6 +229,7 @@ class LeadScoring:
         FAST_ROUTES.clear()
         FAST_ROUTES.update({"/predict": self._fast_predict, "/predict_batch": self._fast_batch,
                             "/events": validating_route("/events", EventsRequest),
+                            "/outcomes": validating_route("/outcomes", OutcomesRequest),
                             "/reload": validating_route("/reload", ReloadRequest)})
         READINESS.clear()
         READINESS["prediction_log"] = self.predictor.log_status
@@ -333,9 +339,25 @@ class LeadScoring:
             logger.warning("event push failed: %s", exc)
             return _unavailable(getattr(exc, "public_message",
                                         "the online feature store is unreachable; retry later"))
+        except LeadStateRecovering as exc:
+            return _unavailable(exc.public_message)
         except Exception as exc:  # noqa: BLE001 - Feast/SQLite write errors: store trouble
             logger.warning("event push failed: %s", type(exc).__name__)
             return _unavailable("the online feature store could not be updated; retry later")
+
+    @bentoml.api(route="/outcomes", input_spec=OutcomesRequest, output_spec=OutcomesResponse)
+    def outcomes(self, outcomes: list[Any]) -> OutcomesResponse | JSONResponse:
+        """Close leads with the CRM's outcomes (converted / closed); each item is checked on
+        its own and a bad one refused with its field and reason (docs/api.md, "Outcomes")."""
+        if self.rescoring is None:
+            return _unavailable("the lead state is not available (see the service log)")
+        try:
+            return self.rescoring.handle_outcomes(outcomes)
+        except LeadStateRecovering as exc:
+            return _unavailable(exc.public_message)
+        except Exception as exc:  # noqa: BLE001 - lead-state store trouble: retry later
+            logger.warning("outcomes not recorded: %s", type(exc).__name__)
+            return _unavailable("the lead state could not be written; retry later")
 
     @bentoml.api(route="/reload")
     def reload(self) -> dict:

@@ -1,6 +1,8 @@
 """``train_model``: tune, fit, calibrate, evaluate against baselines, log and register.
 
-The pipeline on the point-in-time training set (one row per lead, built by Feast):
+The pipeline on the point-in-time training set (built by Feast: a row per lead at submission
+and one per funnel step it reached later, ``features.training_rows``; a lead's rows share its
+``created_at``, so every split keeps them together):
 
 1. split by time (train on older leads, tune on the next slice, test on the newest slice),
    with an embargo of one conversion window before the test slice and
@@ -10,7 +12,10 @@ The pipeline on the point-in-time training set (one row per lead, built by Feast
    among tuned LightGBM, default LightGBM, logistic regression and their blend, and its
    calibration (identity unless a calibrator gains beyond noise), both on forward-in-time
    predictions over the train and validation slices (``training.selection``);
-4. evaluate the shipped model, every candidate and the rule score on the test slice;
+4. evaluate the shipped model, every candidate and the rule score on the test slice's leads at
+   submission (the CRM's call), and side by side at each later funnel step (each lead scored
+   with what is known once it reached or passed the step) and with the final step sent at
+   submission (what a replay that sent the future measured): ``auc_by_stage``;
 5. log the packaged model (signature, input example, feature-service version, data window),
    register it, alias it ``challenger`` and apply the champion gate (``training.registry``);
 6. write the report, the hold-out scores for routing and, for a new champion only, the drift
@@ -38,7 +43,15 @@ import sklearn
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from features.training_rows import (
+    FINAL_STEP_FILE,
+    SNAPSHOT_COLUMN,
+    SNAPSHOT_TIME_COLUMN,
+    rows_at_stage,
+    submission_rows,
+)
 from leadscore.config import Settings
+from leadscore.schemas import FUNNEL_STEPS
 from training.baselines import fit_baselines
 from training.drift_reference import write_reference
 from training.evaluate import assign_tiers, compare_models
@@ -73,7 +86,10 @@ TIME_COLUMNS = ("created_at", "event_timestamp")
 LABEL_COLUMN = "label"
 ID_COLUMNS = ("lead_id", "person_id")
 NON_FEATURE_COLUMNS = frozenset({*ID_COLUMNS, *TIME_COLUMNS, LABEL_COLUMN,
-                                 "created_timestamp", "label_timestamp"})
+                                 "created_timestamp", "label_timestamp", SNAPSHOT_COLUMN,
+                                 SNAPSHOT_TIME_COLUMN})
+AT_SUBMISSION = "at_submission"
+FINAL_STEP_AT_SUBMISSION = "final_step_sent_at_submission"
 DEFAULT_CUTOFFS: dict[str, float] = {"A": 0.35, "B": 0.15, "C": 0.05}
 MODEL_KEY = "shipped"  # the chosen model, calibrated; candidates keep their own names
 RULE_SCORE = "rule_score"
@@ -318,7 +334,8 @@ def _write_holdout(settings: Settings, test: pd.DataFrame, split_time_column: st
 def _reference_frame(inputs: TrainingInputs, split: TimeSplit, model: PackagedModel,
                      cutoffs: Mapping[str, float], seed: int) -> pd.DataFrame:
     """Drift reference: a sample (≤ 20k) of validation+test rows with probability and tier."""
-    recent = pd.concat([split.valid, split.test], ignore_index=True)
+    recent = pd.concat([submission_rows(split.valid), submission_rows(split.test)],
+                       ignore_index=True)
     if len(recent) > REFERENCE_MAX_ROWS:
         recent = recent.sample(REFERENCE_MAX_ROWS, random_state=seed).sort_values(split.time_col)
     reference = recent[inputs.feature_columns].reset_index(drop=True).copy()
@@ -326,6 +343,56 @@ def _reference_frame(inputs: TrainingInputs, split: TimeSplit, model: PackagedMo
     reference["probability"] = probability
     reference["tier"] = assign_tiers(probability, cutoffs)
     return reference
+
+
+def stage_views(test: pd.DataFrame, final_rows: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """One row per test lead at each stage: at submission, after each later funnel step (what
+    is known once the lead reached or passed it) and, when given, with the final step sent at
+    submission (``final_rows``: the comparison rows of ``FINAL_STEP_FILE``)."""
+    views = {AT_SUBMISSION: submission_rows(test)}
+    if SNAPSHOT_COLUMN in test.columns:
+        for step in FUNNEL_STEPS[1:]:
+            views[f"after_{step}"] = rows_at_stage(test, step)
+    if final_rows is not None:
+        leads = set(views[AT_SUBMISSION]["lead_id"].astype(str))
+        final = final_rows[final_rows["lead_id"].astype(str).isin(leads)]
+        if len(final) == len(leads):
+            views[FINAL_STEP_AT_SUBMISSION] = final.reset_index(drop=True)
+    return views
+
+
+def auc_by_stage(views: Mapping[str, pd.DataFrame],
+                 scorers: Mapping[str, Callable[[pd.DataFrame], np.ndarray]],
+                 ) -> dict[str, Any]:
+    """ROC AUC of every scorer on every stage's rows, side by side (``{"stages": {stage: {n,
+    positives, steps_reached, auc: {model: value}}}}``)."""
+    from sklearn.metrics import roc_auc_score
+
+    stages: dict[str, Any] = {}
+    for stage, rows in views.items():
+        y = rows[LABEL_COLUMN].astype(int).to_numpy()
+        reached = (rows[SNAPSHOT_COLUMN].astype(str) != "submission").sum() if (
+            SNAPSHOT_COLUMN in rows.columns) else 0
+        aucs = {}
+        for name, score in scorers.items():
+            aucs[name] = (round(float(roc_auc_score(y, score(rows))), 4)
+                          if 0 < y.sum() < len(y) else None)
+        stages[stage] = {"n": int(len(rows)), "positives": int(y.sum()),
+                         "rows_after_a_later_step": int(reached), "auc": aucs}
+    return {"stages": stages,
+            "definition": "each test lead once: at submission (the funnel step its form "
+                          "recorded); after_<step>: its latest row at a stage up to <step> (a "
+                          "lead that never reached <step> keeps its latest earlier row); "
+                          f"{FINAL_STEP_AT_SUBMISSION}: features at submission with the lead's "
+                          "final step, what a replay that sent the future measured"}
+
+
+def _final_step_rows(source: str) -> pd.DataFrame | None:
+    path = Path(source).parent / FINAL_STEP_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    return frame if LABEL_COLUMN in frame.columns else None
 
 
 # ---- the pipeline -------------------------------------------------------------------------
@@ -445,10 +512,13 @@ def train_model(
             raise ValueError(f"the {name} slice holds a single class; need more leads")
     features, cats = inputs.feature_columns, inputs.categorical_columns
     levels = categorical_levels(split.train, cats)
+    # the test leads once each, at submission: what the CRM's call scores (gate, hold-out,
+    # calibration check); the later steps' rows are evaluated beside it (auc_by_stage)
+    test = submission_rows(split.test)
     x_train, x_valid, x_test = (prepare_features(p, features, levels)
-                                for p in (split.train, split.valid, split.test))
+                                for p in (split.train, split.valid, test))
     y_train, y_valid, y_test = (p[LABEL_COLUMN].astype(int).to_numpy()
-                                for p in (split.train, split.valid, split.test))
+                                for p in (split.train, split.valid, test))
 
     setup_tracking(settings)
     windows = split.windows()
@@ -467,7 +537,8 @@ def train_model(
             "feature_service": settings.feature_service,
             "feature_service_version": inputs.feature_service_version,
             "n_features": len(features),
-            "n_train": len(split.train), "n_valid": len(split.valid), "n_test": len(split.test),
+            "n_train": len(split.train), "n_valid": len(split.valid), "n_test": len(test),
+            "n_test_rows_all_stages": len(split.test),
             "train_start": windows["train"]["start"], "train_end": windows["train"]["end"],
             "valid_start": windows["valid"]["start"], "valid_end": windows["valid"]["end"],
             "test_start": windows["test"]["start"], "test_end": windows["test"]["end"],
@@ -508,20 +579,39 @@ def train_model(
                       "trained_at": datetime.now(UTC).isoformat(),
                       "model_kind": choice.chosen},
         )
-        raw_test = model.raw_scores(split.test)
-        p_test = model.predict_proba(split.test)
+        raw_test = model.raw_scores(test)
+        p_test = model.predict_proba(test)
         if choice.simple_model_wins:
             say(f"the simple model wins: {choice.reason}")
 
         say("evaluating against the baselines on the test slice")
         tuned_test = booster.predict(x_test, num_iteration=booster.best_iteration)
-        linear_test = baselines[LOGISTIC].predict_proba(split.test)
+        linear_test = baselines[LOGISTIC].predict_proba(test)
         predictions = {MODEL_KEY: p_test, f"{MODEL_KEY}_uncalibrated": raw_test,
                        TUNED: tuned_test, DEFAULT_LIGHTGBM: default_booster.predict(x_test),
                        LOGISTIC: linear_test,
                        BLEND: blend(tuned_test, linear_test, choice.blend_weight or 0.0),
-                       RULE_SCORE: baselines[RULE_SCORE].predict_proba(split.test)}
+                       RULE_SCORE: baselines[RULE_SCORE].predict_proba(test)}
         comparison = compare_models(y_test, predictions, cutoffs)
+
+        def tuned_scores(rows: pd.DataFrame) -> np.ndarray:
+            return booster.predict(prepare_features(rows, features, levels),
+                                   num_iteration=booster.best_iteration)
+
+        scorers: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
+            MODEL_KEY: model.predict_proba, TUNED: tuned_scores,
+            DEFAULT_LIGHTGBM: lambda rows: default_booster.predict(
+                prepare_features(rows, features, levels)),
+            LOGISTIC: baselines[LOGISTIC].predict_proba,
+            BLEND: lambda rows: blend(tuned_scores(rows),
+                                      baselines[LOGISTIC].predict_proba(rows),
+                                      choice.blend_weight or 0.0),
+            RULE_SCORE: baselines[RULE_SCORE].predict_proba}
+        by_stage = auc_by_stage(stage_views(split.test, _final_step_rows(inputs.source)),
+                                scorers)
+        for stage, figures in by_stage["stages"].items():
+            mlflow.log_metrics({f"test_auc_{stage}_{name}": value
+                                for name, value in figures["auc"].items() if value is not None})
         uncalibrated = comparison[f"{MODEL_KEY}_uncalibrated"]
         for name, metrics in _metrics_table(comparison).items():
             mlflow.log_metrics({f"test_{k}_{name}": v for k, v in metrics.items()
@@ -537,8 +627,7 @@ def train_model(
             plots_dir = Path(tmp)
             calibration_plot(y_test, predictions, plots_dir / "calibration.png")
             gains_plot(y_test, predictions, plots_dir / "gains.png")
-            shap_rows = split.test.sample(min(SHAP_MAX_ROWS, len(split.test)),
-                                          random_state=settings.seed)
+            shap_rows = test.sample(min(SHAP_MAX_ROWS, len(test)), random_state=settings.seed)
             shap_summary_plot(model.contributions(shap_rows), features,
                               prepare_features(shap_rows, features, levels),
                               plots_dir / "shap_summary.png")
@@ -546,7 +635,7 @@ def train_model(
 
         say("logging and registering the model")
         published = publish_model(
-            settings, model, split.test, y_test, p_test, promote=promote,
+            settings, model, test, y_test, p_test, promote=promote,
             feature_service_version=inputs.feature_service_version,
         )
         decision, version, promoted, reason = (
@@ -554,7 +643,7 @@ def train_model(
         champion_version = decision.champion_version
 
         say("writing the report, hold-out scores and drift reference")
-        holdout_path = _write_holdout(settings, split.test, split.time_col, p_test, cutoffs)
+        holdout_path = _write_holdout(settings, test, split.time_col, p_test, cutoffs)
         reference = _reference_frame(inputs, split, model, cutoffs, settings.seed)
         reference_paths: tuple[Path, ...] = ()
         if promoted:  # the one writer of the drift reference, and only for a new champion
@@ -590,6 +679,10 @@ def train_model(
             "test_metrics": comparison,
             "test_metrics_uncalibrated": uncalibrated,
             "metrics_side_by_side": _metrics_table(comparison),
+            "auc_by_stage": by_stage,
+            "rows_by_snapshot": ({str(k): int(v) for k, v in frame[SNAPSHOT_COLUMN]
+                                  .value_counts(sort=False).items()}
+                                 if SNAPSHOT_COLUMN in frame.columns else None),
             "outputs": {"holdout_scored": str(holdout_path),
                         **({"reference": str(reference_paths[0]),
                             "reference_meta": str(reference_paths[1])}
@@ -617,6 +710,8 @@ def train_model(
         "embargo_days": embargo["gap_days"],
         "embargo_rows_dropped": sum(embargo["rows_dropped"].values()),
         "metrics": _metrics_table(comparison),
+        "auc_by_stage": {stage: figures["auc"].get(MODEL_KEY)
+                         for stage, figures in by_stage["stages"].items()},
         "ece_before_calibration": uncalibrated["ece"],
         "ece_after_calibration": comparison[MODEL_KEY]["ece"],
         "calibration_method": calibrator.method,

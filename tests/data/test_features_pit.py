@@ -15,10 +15,24 @@ from features.build import build_features, materialize
 from features.online import online_features
 from features.request import MODEL_FEATURES
 from features.store import get_store
-from features.training_set import build_training_set, feature_service_version
+from features.training_rows import (
+    SNAPSHOT_COLUMN,
+    SNAPSHOT_TIME_COLUMN,
+    SUBMISSION,
+    SUBMISSION_FIXED_FEATURES,
+    submission_rows,
+)
+from features.training_set import ID_COLUMNS, feature_service_version
+from features.training_set import build_training_set as build_all_rows
 from leadscore.config import Settings, get_settings
 
 N_LEADS = 1200
+
+
+def build_training_set(settings: Settings, **kwargs: object) -> pd.DataFrame:
+    """The training set's rows at submission (one per lead; the later steps' rows are tested
+    on their own below)."""
+    return submission_rows(build_all_rows(settings, **kwargs))
 
 
 def _generate(settings: Settings) -> None:
@@ -57,12 +71,13 @@ def test_training_set_shape_and_defaults(workdir) -> None:
     summary = training.attrs["summary"]
     assert len(training) + summary["excluded_open_window"] == N_LEADS
     assert summary["excluded_open_window"] > 0
-    assert list(training.columns[4:]) == list(MODEL_FEATURES)
+    assert [c for c in training.columns if c not in ID_COLUMNS] == list(MODEL_FEATURES)
     assert not training[list(MODEL_FEATURES)].isna().any().any()
     assert set(training["label"].unique()) <= {0, 1}
     assert summary["feature_service_version"].startswith(settings.feature_service + "@")
     on_disk = pd.read_parquet(settings.data_dir / "training_set.parquet")
-    assert len(on_disk) == len(training)
+    assert len(on_disk) == summary["rows"] and len(training) == summary["leads"]
+    assert (training[SNAPSHOT_COLUMN] == SUBMISSION).all()
 
 
 def test_leads_see_only_earlier_leads_of_their_person(workdir) -> None:
@@ -263,3 +278,122 @@ def test_a_later_leads_identifier_never_changes_an_earlier_leads_features(workdi
     assert len(earlier) and (earlier["monetary"] < 7777).all()
     if len(later):
         assert (later["monetary"] >= 7777).all()
+
+
+def test_no_row_sees_a_funnel_step_reached_after_its_time(workdir) -> None:
+    """Each row's funnel step was reached by the row's time: the form's step at submission,
+    a later step only from its step event on; every later step a lead reached has its row, and
+    the features describing the submission stay the submission row's."""
+    settings, training = workdir
+    rows = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet").set_index("lead_id")
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    steps = events[events["event_type"].isin(["verified", "followed_account", "booked_trial"])]
+    step_at = steps.set_index(["lead_id", "event_type"])["event_time"]
+    assert len(steps) > 50 and set(rows[SNAPSHOT_COLUMN]) == {
+        SUBMISSION, "verified", "followed_account", "booked_trial"}
+    at = pd.to_datetime(rows[SNAPSHOT_TIME_COLUMN], utc=True)
+    first = rows[SNAPSHOT_COLUMN] == SUBMISSION
+    # at submission: the step the form recorded (submitted, or verified by the form itself)
+    assert (rows.loc[first, "funnel_step"].to_numpy()
+            == leads.loc[rows.loc[first, "lead_id"], "funnel_step"].to_numpy()).all()
+    assert set(rows.loc[first, "funnel_step"]) == {"submitted", "verified"}
+    assert (at[first] == pd.to_datetime(rows.loc[first, "created_at"], utc=True)).all()
+    # later rows: their step, reached at (and not after) their time
+    later = rows[~first]
+    assert (later["funnel_step"] == later[SNAPSHOT_COLUMN]).all()
+    reached = pd.to_datetime(step_at.reindex(pd.MultiIndex.from_arrays(
+        [later["lead_id"], later["funnel_step"]])).to_numpy(), utc=True)
+    assert not pd.isna(reached).any()
+    assert (reached <= at[~first].to_numpy()).all()
+    assert (at[~first].to_numpy() > pd.to_datetime(later["created_at"], utc=True).to_numpy()).all()
+    # every step event of a closed lead has its row; nothing else does
+    closed = steps[steps["lead_id"].isin(set(training["lead_id"]))]
+    assert len(later) == len(closed)
+    # the submission's own features are kept; the label is the lead's
+    base = rows[first].set_index("lead_id")
+    for name in (*SUBMISSION_FIXED_FEATURES, "label", "created_at"):
+        assert (later[name].to_numpy() == base.loc[later["lead_id"], name].to_numpy()).all(), name
+    # the comparison rows (a lead's final step sent at submission) are not training rows
+    final = pd.read_parquet(settings.data_dir / "training_set_final_step.parquet")
+    assert len(final) == len(training) and SNAPSHOT_COLUMN not in final.columns
+    order = {s: i for i, s in enumerate(("submitted", "verified", "followed_account",
+                                         "booked_trial"))}
+    assert (final.set_index("lead_id")["funnel_step"].map(order)
+            >= base["funnel_step"].map(order).reindex(final["lead_id"]).to_numpy()).all()
+
+
+def test_a_step_rows_features_are_what_the_service_computes_at_the_step(workdir) -> None:
+    """A later step's row equals what the live path gives the lead at the step's time: the
+    online store loaded at the lead's submission, then every event of the person visible by
+    the step sent through the service's own snapshot update (``POST /events``,
+    ``serving.events.BehaviourUpdater``) and every later lead of the person recorded (as
+    ``/predict`` records it), then the lead read online at the step's time with the step in its
+    form (orders as the store's next load gives them). The features describing the
+    submission itself are the submission row's on both sides
+    (``serving.rescoring.FIXED_FEATURES``), so they are left out here."""
+    from features.fast_materialize import materialize_fast
+    from features.request import normalise_category
+    from leadscore.identifiers import scrub_url
+    from serving.events import BehaviourUpdater, PersonEvent, PersonLead, epoch_us
+
+    settings, training = workdir
+    rows = pd.read_parquet(settings.data_dir / "training_set.parquet")
+    leads = pd.read_parquet(settings.raw_dir / "leads.parquet")
+    lp = pd.read_parquet(settings.identity_dir / "lead_person.parquet")
+    events = pd.read_parquet(settings.raw_dir / "events.parquet")
+    behaviour = events[~events["event_type"].isin(["verified", "followed_account",
+                                                   "booked_trial"])]
+    # persons One ID never merged: their events are those of their own leads
+    unmerged = lp.groupby("person_id")["asof_person_id"].transform(
+        lambda keys: (keys == keys.name).all())
+    own = lp[unmerged].merge(leads[["lead_id", "created_at", "channel"]], on="lead_id")
+    seen = behaviour.merge(own, on="lead_id")
+    seen["visible_at"] = seen[["event_time", "created_at"]].max(axis=1)
+
+    later = rows[(rows[SNAPSHOT_COLUMN] != SUBMISSION) & rows["person_id"].isin(own["person_id"])]
+    at = pd.to_datetime(later[SNAPSHOT_TIME_COLUMN], utc=True)
+    created = pd.to_datetime(later["created_at"], utc=True)
+    pending = [seen[(seen["person_id"] == p) & (seen["visible_at"] > c) & (seen["visible_at"] <= a)]
+               for p, c, a in zip(later["person_id"], created, at, strict=True)]
+    n_pending = np.array([len(p) for p in pending])
+    # steps after behaviour the submission did not see: the rows the old build got wrong
+    active = later[n_pending > 0]
+    assert len(active) >= 5, "too few step rows with behaviour since the submission"
+    picks = pd.concat([active.sample(5, random_state=5),
+                       later[(later[SNAPSHOT_COLUMN] == "booked_trial") & (n_pending > 0)]
+                       .head(1)]).drop_duplicates(["lead_id", SNAPSHOT_COLUMN])
+    base = rows[rows[SNAPSHOT_COLUMN] == SUBMISSION].set_index("lead_id")
+    compared = [c for c in MODEL_FEATURES if c not in SUBMISSION_FIXED_FEATURES]
+    form_of = leads.set_index("lead_id")
+    grew = 0
+    for _, row in picks.iterrows():
+        person = row["person_id"]
+        submitted = pd.Timestamp(row["created_at"]).to_pydatetime()
+        step_at = pd.Timestamp(row[SNAPSHOT_TIME_COLUMN]).to_pydatetime()
+        materialize(settings, end=submitted, full=True)  # the store as of the submission
+        mine = seen[(seen["person_id"] == person) & (seen["visible_at"] > submitted)
+                    & (seen["visible_at"] <= step_at)].sort_values(["visible_at", "event_time"])
+        later_leads = own[(own["person_id"] == person) & (own["created_at"] > submitted)
+                          & (own["created_at"] <= step_at)]
+        updater = BehaviourUpdater.from_settings(settings)
+        try:
+            updater.record_leads([PersonLead(person, lead_id, epoch_us(t.to_pydatetime()), ch)
+                                  for lead_id, t, ch in zip(
+                                      later_leads["lead_id"], later_leads["created_at"],
+                                      normalise_category(later_leads["channel"].tolist(),
+                                                         "channel"), strict=True)])
+            updater.apply([PersonEvent(person, e.event_type, epoch_us(e.event_time.to_pydatetime()),
+                                       scrub_url(e.url) if isinstance(e.url, str) else "")
+                           for e in mine.itertuples(index=False)])
+        finally:
+            updater.close()
+        # orders: the live path learns one linked by a later lead's identifier at the next
+        # load of the store (the known gap of tests/integration/test_event_replay.py)
+        materialize_fast(get_store(settings), submitted, step_at, feature_views=["person_rfm"])
+        form = {**form_of.loc[row["lead_id"]].to_dict(), "funnel_step": row[SNAPSHOT_COLUMN]}
+        served = online_features(get_store(settings), form, person, step_at)
+        diffs = {k: (served[k], row[k]) for k in compared if not _same(served[k], row[k])}
+        assert not diffs, f"lead {row['lead_id']} at {row[SNAPSHOT_COLUMN]}: {diffs}"
+        grew += int(row["events_total"] > base.loc[row["lead_id"], "events_total"])
+    assert grew >= 3, "the step rows should count the behaviour since the submission"

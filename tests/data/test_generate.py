@@ -22,7 +22,9 @@ from leadscore.config import get_settings
 from leadscore.schemas import (
     CHANNELS,
     FOLLOWUP_CHANNELS,
+    FUNNEL_STEPS,
     RAW_TABLES,
+    STEP_EVENT_TYPES,
     TRUTH_LEADS_COLUMNS,
 )
 
@@ -47,10 +49,23 @@ def frames(crm) -> dict[str, pd.DataFrame]:
     return {name: table.to_pandas() for name, table in crm.tables.items()}
 
 
+def _final_steps(leads: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
+    """Per lead (in ``leads`` order), the furthest step: the form's or a later step event's."""
+    order = {s: i for i, s in enumerate(FUNNEL_STEPS)}
+    later = events[events.event_type.isin(STEP_EVENT_TYPES)]
+    furthest = later.event_type.map(order).groupby(later.lead_id).max()
+    form = leads.funnel_step.map(order).to_numpy()
+    rank = np.maximum(form, furthest.reindex(leads.lead_id).fillna(0).to_numpy()).astype(int)
+    return pd.Series(np.asarray(FUNNEL_STEPS)[rank], index=leads.index)
+
+
 @pytest.fixture(scope="module")
 def lead_view(frames) -> pd.DataFrame:
-    return (frames["leads"].merge(frames["outcomes"], on="lead_id")
-            .merge(frames["truth"], on="lead_id"))
+    """Leads with outcome and truth; ``funnel_step`` is the lead's final step (the mechanism's),
+    ``form_step`` the step its form recorded."""
+    leads = frames["leads"].rename(columns={"funnel_step": "form_step"})
+    leads["funnel_step"] = _final_steps(frames["leads"], frames["events"])
+    return leads.merge(frames["outcomes"], on="lead_id").merge(frames["truth"], on="lead_id")
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -213,6 +228,7 @@ def test_earlier_orders_precede_the_person_and_conversions_become_orders(frames)
 
 def test_events_per_lead_and_both_sides_of_submission(lead_view, frames) -> None:
     events = frames["events"].merge(frames["leads"][["lead_id", "created_at"]], on="lead_id")
+    events = events[~events.event_type.isin(STEP_EVENT_TYPES)]  # behaviour only
     per_lead = len(events) / len(frames["leads"])
     assert 5 <= per_lead <= 30
     before = (events.event_time < events.created_at).mean()
@@ -466,3 +482,48 @@ def test_exam_season_and_holidays_shape_volume_and_conversion(lead_view) -> None
     assert (gap * weights).sum() / weights[gap.index].sum() > 0.3  # summer sign-ups convert more
     shift = m.season(np.array(["2026-07-01", "2026-06-10", "2026-10-03"], dtype="datetime64[D]"))
     assert shift[0][0] > 1 > shift[0][2] and shift[1][0] > 0 > shift[1][1]
+
+
+def test_later_funnel_steps_are_events_at_their_own_times(lead_view, frames) -> None:
+    """The form records submitted (or verified, for forms that verify the phone); each later
+    step is an event of the lead after the previous one, before its conversion and its first
+    trial class, inside the window; verification takes minutes, a booking days."""
+    leads, events = frames["leads"], frames["events"]
+    assert set(leads.funnel_step) == {"submitted", "verified"}
+    steps = events[events.event_type.isin(STEP_EVENT_TYPES)].merge(
+        lead_view[["lead_id", "created_at", "form_step", "funnel_step", "converted",
+                   "converted_at", "channel"]], on="lead_id")
+    assert len(steps) > 0.3 * len(leads)
+    assert (steps.url == "").all() and (steps.dwell_seconds == 0).all()
+    assert not steps.duplicated(["lead_id", "event_type"]).any()
+    order = {s: i for i, s in enumerate(FUNNEL_STEPS)}
+    rank = steps.event_type.map(order)
+    # each step after the form up to the final one, and none beyond it or at the form
+    assert (rank > steps.form_step.map(order)).all()
+    assert (rank <= steps.funnel_step.map(order)).all()
+    expected = (lead_view.funnel_step.map(order) - lead_view.form_step.map(order)).sum()
+    assert len(steps) == expected
+    after = steps.event_time > steps.created_at
+    assert after.all()
+    assert (steps.event_time <= steps.created_at + pd.Timedelta(days=WINDOW)).all()
+    won = steps[steps.converted]
+    assert (won.event_time <= won.converted_at).all()
+    wide = steps.pivot(index="lead_id", columns="event_type", values="event_time")
+    both = wide.dropna(subset=["verified", "followed_account"])
+    assert (both.followed_account > both.verified).all()
+    both = wide.dropna(subset=["followed_account", "booked_trial"])
+    assert (both.booked_trial > both.followed_account).all()
+    trials = events[events.event_type == "trial_class"].merge(
+        lead_view[["lead_id", "created_at"]], on="lead_id")
+    first_trial = trials[trials.event_time > trials.created_at].groupby("lead_id").event_time.min()
+    booked = wide.booked_trial.dropna()
+    assert (booked <= first_trial.reindex(booked.index)).all()
+    delay = (steps.event_time - steps.created_at).dt.total_seconds()
+    by_step = delay.groupby(steps.event_type).median()
+    assert by_step["verified"] < 3600 < by_step["followed_account"] < 86_400 < by_step[
+        "booked_trial"]
+    # forms that verify the phone themselves: by channel, as documented
+    verifying = lead_view[lead_view.funnel_step != "submitted"]
+    share = (verifying.form_step == "verified").groupby(verifying.channel).mean()
+    for channel, p in m.VERIFIED_AT_FORM_P.items():
+        assert share[channel] == pytest.approx(p, abs=0.06), channel

@@ -22,6 +22,7 @@ from features.score2d import load_scoring_tables
 from features.store import get_store
 from features.training_set import entity_frame, historical_features
 from leadscore.config import Settings, get_settings
+from leadscore.schemas import STEP_EVENT_TYPES
 from pipelines.demo_traffic import load_backlog, replay_plan
 from serving.events import PersonEvent, PersonLead, next_row
 from serving.predictor import Predictor
@@ -125,8 +126,13 @@ def test_replayed_events_and_leads_give_the_offline_rows(workdir: Settings) -> N
     try:
         for step in plan.steps:
             for body in step.events:
-                answer = predictor.push_events([Event.model_validate(e) for e in body["events"]])
-                assert answer.accepted == len(body["events"]) and not answer.rejected
+                # behaviour goes to the person's snapshot; a funnel step re-scores its lead
+                # (serving.rescoring), it is no behaviour
+                behaviour = [e for e in body["events"] if e["event_type"] not in STEP_EVENT_TYPES]
+                if not behaviour:
+                    continue
+                answer = predictor.push_events([Event.model_validate(e) for e in behaviour])
+                assert answer.accepted == len(behaviour) and not answer.rejected
             subs = [Submission.model_validate(s) for s in step.submissions]
             resolved = [predictor.resolve(s) for s in subs]
             columns, _ = predictor.features(subs, resolved)
@@ -182,8 +188,44 @@ def test_replay_never_shows_a_submission_a_later_event(workdir: Settings) -> Non
             at, person = pd.Timestamp(sub["submitted_at"]), person_of[sub["lead_id"]]
             leaks = [e for e in pushed if e[0] == person and e[1] <= at < e[2]]
             assert not leaks, (sub["lead_id"], leaks[:3])
-        last = pd.Timestamp(step.submissions[-1]["submitted_at"])
-        assert all(visible <= last for _, _, visible in pushed)
+        if step.submissions:  # the last step may hold the last leads' funnel steps alone
+            last = pd.Timestamp(step.submissions[-1]["submitted_at"])
+            assert all(visible <= last for _, _, visible in pushed)
+
+
+def test_replay_sends_the_forms_step_and_later_steps_as_events(workdir: Settings) -> None:
+    """/predict carries the step the form recorded; every later step of a replayed lead reached
+    by the last submission arrives as an event of the lead, after the lead's submission, at
+    its own time — never in the backlog, never the final step in the form."""
+    leads = pd.read_parquet(workdir.raw_dir / "leads.parquet").set_index("lead_id")
+    events = pd.read_parquet(workdir.raw_dir / "events.parquet")
+    created = leads["created_at"].sort_values()
+    since = created.iloc[int(len(created) * 0.7)].floor("D").to_pydatetime()
+    plan = replay_plan(workdir, SEED, since, since + timedelta(days=14), max_batch=50)
+    assert not plan.backlog["event_type"].isin(STEP_EVENT_TYPES).any()
+    submitted: dict[str, pd.Timestamp] = {}
+    sent: list[dict] = []
+    for step in plan.steps:
+        for body in step.events:
+            for event in body["events"]:
+                if event["event_type"] in STEP_EVENT_TYPES:
+                    assert event["lead_id"] in submitted, event  # its lead was scored before
+                    assert pd.Timestamp(event["event_time"]) > submitted[event["lead_id"]]
+                    sent.append(event)
+        for sub in step.submissions:
+            assert sub["funnel_step"] == leads.loc[sub["lead_id"], "funnel_step"]
+            submitted[sub["lead_id"]] = pd.Timestamp(sub["submitted_at"])
+    forms = pd.Series({lead: leads.loc[lead, "funnel_step"] for lead in submitted})
+    assert set(forms) <= {"submitted", "verified"} and (forms == "submitted").any()
+    last = max(submitted.values())
+    steps = events[events["event_type"].isin(STEP_EVENT_TYPES)
+                   & events["lead_id"].isin(set(submitted))
+                   & (events["event_time"] <= last)]
+    assert len(steps) >= 10
+    got = sorted((e["lead_id"], e["event_type"], pd.Timestamp(e["event_time"])) for e in sent)
+    want = sorted(zip(steps["lead_id"], steps["event_type"], steps["event_time"], strict=True))
+    assert got == want
+    assert all(Event.model_validate(e).lead_id for e in sent)
 
 
 def test_a_scored_submission_is_an_earlier_lead_of_the_next(

@@ -136,3 +136,25 @@ def test_a_redirect_loop_and_a_hanging_receiver_are_bounded_failures(
         assert time.monotonic() - started < 1.5  # cut at the read timeout
         assert "timeout" in store.outbox_status()["last_errors"]
         deliverer.close()
+
+
+def test_outcomes_close_leads_and_win_over_a_concurrent_rescore(store: LeadStateStore) -> None:
+    from crm_data.lead_state import OutcomeRow
+
+    mark = now_us() + 10**9
+    store.register([_lead("L-1"), _lead("L-2")], [], answered_through_us=mark)
+    assert store.registered_through() == mark
+    read_open = store.open_leads_of(["P1"])
+    got = store.record_outcomes([OutcomeRow("L-1", "converted", 2_000, 10.0, "sales"),
+                                 OutcomeRow("L-1", "converted", 2_500),
+                                 OutcomeRow("L-2", "closed", 500),  # before its submission
+                                 OutcomeRow("L-9", "closed", 2_000)])
+    assert got == ["recorded", "duplicate", "time_before_submission", "unknown_lead"]
+    assert store.record_outcomes([OutcomeRow("L-1", "closed", 3_000)]) == ["outcome_conflict"]
+    for lead in read_open:
+        lead.tier = "A"
+    assert store.apply_rescores(read_open, [], _messages(0), []) == 1  # L-1 closed meanwhile
+    rows = store.leads(["L-1", "L-2"])
+    assert (rows["L-1"].status, rows["L-1"].tier) == ("converted", "D")
+    assert (rows["L-2"].status, rows["L-2"].tier) == ("open", "A")
+    assert store.outcomes(["L-1", "L-2"])["L-1"].amount == 10.0

@@ -17,7 +17,11 @@ import pytest
 
 from crm_data.lead_state import LeadStateStore
 from tests.integration.service_fixtures import ServedService, ServiceWorkdir
-from tests.integration.webhook_receiver import WebhookReceiver, varied_submissions
+from tests.integration.webhook_receiver import (
+    WebhookReceiver,
+    engaged_events,
+    varied_submissions,
+)
 
 pytestmark = pytest.mark.slow
 SECRET = "faults-secret"
@@ -114,3 +118,73 @@ def test_sigkill_and_a_failing_receiver_lose_no_notification(
             assert not behind, f"{len(behind)} accepted steps lost, e.g. {behind[:3]}"
         finally:
             service.stop()
+
+
+def test_a_sigkill_right_after_the_answers_loses_no_lead(
+        service_workdir: ServiceWorkdir, tmp_path: Path) -> None:
+    """Leads answered (durably) and then killed before their registration was stored — made
+    certain by holding the lead-state file's write lock meanwhile — are recovered from the
+    prediction log at the restart: their steps are accepted, re-scored and notified."""
+    import sqlite3
+
+    workdir = service_workdir.settings.workdir
+    path = service_workdir.settings.lead_state_path
+    with WebhookReceiver(SECRET) as receiver:
+        service = _serve(workdir, tmp_path / "first.log", receiver)
+        run = uuid.uuid4().hex[:6]
+        ids = [f"L-LOST-{run}-{i}" for i in range(30)]
+        holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")  # the registrar waits for the file: not stored
+        try:
+            with httpx.Client(headers=service.headers, timeout=60) as client:
+                subs = varied_submissions(ids, seed=7)
+                batch = client.post(service.url + "/predict_batch",
+                                    json={"submissions": subs[:-5]})
+                singles = [client.post(service.url + "/predict", json=sub) for sub in subs[-5:]]
+            for answer in (batch, *singles):
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["x-leadscore-durable"] == "true"
+            os.killpg(service.process.pid, signal.SIGKILL)  # right after the answers
+            service.process.wait(timeout=30)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        answered = {a["lead_id"]: a for a in [*batch.json()["predictions"],
+                                              *(single.json() for single in singles)]}
+        with LeadStateStore.sqlite(path) as store:
+            assert store.missing(ids) == set(ids), "the kill did not hit the window"
+        service = _serve(workdir, tmp_path / "second.log", receiver)
+        try:
+            answer = httpx.post(service.url + "/events", headers=service.headers, timeout=60,
+                                json={"events": engaged_events(ids)})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["rejected"] == {}, answer.json()  # no unknown_lead
+            with LeadStateStore.sqlite(path) as store:
+                assert _wait(lambda: store.queue_length() == 0, 60)
+                rows = store.leads(ids)
+                history = {lead: [h.cause for h in store.history(lead)] for lead in ids}
+            for lead in ids:
+                assert rows[lead].funnel_step == "booked_trial"
+                assert history[lead][0] == "submission" and history[lead][-1] == "booked_trial"
+                assert (rows[lead].first_tier, rows[lead].person_id) == (
+                    answered[lead]["tier"], answered[lead]["person_id"])
+            changed = {lead for lead in ids if rows[lead].changes}
+            assert len(changed) >= len(ids) // 2, "the engaged leads kept their tiers"
+            assert _wait(lambda: changed <= {d.body["lead_id"]
+                                             for d in list(receiver.deliveries.values())}, 30)
+            for lead in changed:
+                first = min((d.body for d in list(receiver.deliveries.values())
+                             if d.body["lead_id"] == lead), key=lambda b: b["sequence"])
+                assert (first["previous"]["tier"], first["previous"]["channel"]) == (
+                    answered[lead]["tier"], answered[lead]["channel"])
+        finally:
+            service.stop()
+
+
+def _wait(predicate, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return bool(predicate())

@@ -29,7 +29,11 @@ from tests.integration.service_fixtures import (
     ServiceWorkdir,
     submission,
 )
-from tests.integration.webhook_receiver import WebhookReceiver, varied_submissions
+from tests.integration.webhook_receiver import (
+    WebhookReceiver,
+    engaged_events,
+    varied_submissions,
+)
 
 SECRET = "webhook-test-secret"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -72,10 +76,12 @@ def _new_lead(service: ServedService, step: str = "submitted", **extra: object) 
 
 
 def _changing_lead(service: ServedService, tries: int = 40) -> tuple[dict, dict]:
-    """(first answer, lead after its booked trial) of a new policy-arm lead whose booked trial
-    changed its tier or channel: varied forms are tried until one crosses a cut-off (the small
-    test model's probabilities differ from build to build). A lead that did not change must
-    not have been notified."""
+    """(first answer, lead after its booked trial) of a new policy-arm lead whose engagement
+    (pages and classes, then a booked trial: ``engaged_events``; a booked trial alone no longer
+    lifts a new person's lead across the lowest cut-off of the test model) changed its tier or
+    channel: varied forms are tried until one crosses a cut-off (the small test model's
+    probabilities differ from build to build). A lead that did not change must not have been
+    notified."""
     forms = varied_submissions([f"L-RS-{uuid.uuid4().hex[:10]}" for _ in range(tries)],
                                seed=random.randrange(1000))
     for body in forms:
@@ -83,9 +89,8 @@ def _changing_lead(service: ServedService, tries: int = 40) -> tuple[dict, dict]
         first = _post(service, "/predict", body).json()
         if first.get("arm", "policy") != "policy" or first["control"]:
             continue
-        accepted = _post(service, "/events", {"events": [_step(first["lead_id"],
-                                                               "booked_trial")]})
-        assert accepted.status_code == 200 and accepted.json()["accepted"] == 1, accepted.text
+        accepted = _post(service, "/events", {"events": engaged_events([first["lead_id"]])})
+        assert accepted.status_code == 200 and accepted.json()["rejected"] == {}, accepted.text
         lead = _wait_history(service, first["lead_id"], 2)
         changed = (lead["answer"]["tier"], lead["answer"]["channel"]) != (first["tier"],
                                                                           first["channel"])
@@ -276,3 +281,56 @@ def test_no_raw_identifier_in_notifications_or_the_store(
             for row in conn.execute(f"SELECT * FROM {table}"):
                 text = " ".join(map(str, row))
                 assert KNOWN_PHONE_DIGITS not in text and "wx_" not in text, table
+
+
+def _notified_lead(service: ServedService, tries: int = 5) -> tuple[str, int]:
+    """A new lead whose engagement changed its answer, and how many times the CRM was told."""
+    for _ in range(tries):
+        lead_id = _new_lead(service)["lead_id"]
+        answer = _post(service, "/events", {"events": engaged_events([lead_id])})
+        assert answer.status_code == 200 and answer.json()["rejected"] == {}, answer.text
+        deadline = time.monotonic() + 10
+        lead = _lead(service, lead_id).json()
+        while lead["funnel_step"] != "booked_trial" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lead = _lead(service, lead_id).json()
+        if lead["pushed"]["notifications"]:
+            return lead_id, lead["pushed"]["notifications"]
+    raise AssertionError(f"no engaged lead of {tries} changed its answer")
+
+
+def test_an_outcome_closes_the_lead_and_ends_its_notifications(
+        served: ServedService, receiver: WebhookReceiver) -> None:
+    receiver.mode = "ok"  # whatever an earlier test left
+    lead_id, told = _notified_lead(served)
+    now = datetime.now(UTC).isoformat()
+    outcome = {"lead_id": lead_id, "outcome": "converted", "time": now, "amount": 2999.0,
+               "followup_channel": "sales"}
+    answer = _post(served, "/outcomes", {"outcomes": [
+        outcome, {"lead_id": "L-RS-never-scored", "outcome": "closed", "time": now},
+        {"lead_id": lead_id, "outcome": "won", "time": now}]})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert (got["recorded"], got["notified"]) == (1, 1)
+    assert [(r["index"], r["field"], r["reason"]) for r in got["refused"]] == [
+        (1, "lead_id", "unknown_lead"), (2, "outcome", "unknown_outcome")]
+    retried = _post(served, "/outcomes", {"outcomes": [outcome]}).json()
+    assert (retried["recorded"], retried["duplicates"], retried["refused"]) == (0, 1, [])
+    # the final notification has the next sequence: an older change arriving late loses
+    deadline = time.monotonic() + 10
+    final: list = []
+    while time.monotonic() < deadline and not final:
+        final = [d.body for d in list(receiver.deliveries.values())
+                 if d.body["lead_id"] == lead_id and d.body["change"] == "converted"]
+        time.sleep(0.05)
+    assert len(final) == 1 and final[0]["sequence"] == told + 1, final
+    assert final[0]["answer"]["status"] == "converted"
+    closed = _lead(served, lead_id).json()
+    assert closed["status"] == "converted" and closed["pushed"]["notifications"] == told + 1
+    pool = httpx.get(f"{served.url}/nurture?limit=1000", headers=served.headers).json()
+    assert lead_id not in {lead["lead_id"] for lead in pool["leads"]}
+    step = _post(served, "/events", {"events": [_step(lead_id, "followed_account", 0.1)]})
+    assert step.json()["rejected"] == {"lead_not_open": 1}  # no more re-scoring
+    assert httpx.post(f"{served.url}/outcomes", json={"outcomes": [outcome]},
+                      timeout=10).status_code == 401
+    assert "/outcomes" in httpx.get(served.url + "/docs.json").json()["paths"]

@@ -46,3 +46,20 @@ def test_uplift_train_below_the_evidence_floor_is_refused_and_writes_nothing(
     assert result.exit_code == 2, result.output
     assert "randomised" in result.output
     assert not out.exists() and not (tmp_path / "uplift.json").exists()
+
+
+def test_route_optimize_prints_the_allocation_it_records(
+        service_workdir: ServiceWorkdir, tmp_path: Path) -> None:
+    workdir = str(service_workdir.settings.workdir)
+    out = tmp_path / "policy.yaml"
+    result = CliRunner().invoke(app, ["route", "optimize", "--workdir", workdir, "--out",
+                                      str(out), "--grid-size", "6"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(out.with_suffix(".report.json").read_text())["allocation"]
+    text = " ".join(result.output.split())
+    assert f"allocation: {recorded['source']}" in text
+    if recorded["source"] == "cold_start_prior":
+        assert recorded["reason"] in text
+        lines = result.output.splitlines()
+        for channel, value in recorded["relative_conversion"].items():
+            assert any(f" {channel} " in line and f" {value:.3f} " in line for line in lines)

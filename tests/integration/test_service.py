@@ -52,10 +52,11 @@ def test_open_endpoints_need_no_key(client: httpx.Client) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     spec = client.get("/docs.json").json()
-    assert {"/predict", "/predict_batch", "/events", "/reload"} <= set(spec["paths"])
+    assert {"/predict", "/predict_batch", "/events", "/outcomes", "/reload"} <= set(spec["paths"])
 
 
-@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/events", "/reload"])
+@pytest.mark.parametrize("path", ["/predict", "/predict_batch", "/events", "/outcomes",
+                                  "/reload"])
 def test_api_needs_the_right_key(client: httpx.Client, path: str) -> None:
     missing = client.post(path, json={})
     assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]

@@ -34,7 +34,7 @@ from tests.integration.service_fixtures import (
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MIN_CASES = 1000
-PER_MODE = 170  # per POST operation and generation mode: 3 × 2 × 170 = 1,020 body cases
+PER_MODE = 170  # per POST operation and generation mode: 4 × 2 × 170 = 1,360 body cases
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 CASES: Counter = Counter()
@@ -51,7 +51,7 @@ def _recent(body: object) -> None:
     """Move every request time in a generated body into the accepted window (a minute ago), so
     that valid bodies reach a prediction and its 200 answer is checked against the spec too."""
     if isinstance(body, dict):
-        for key in ("submitted_at", "event_time"):
+        for key in ("submitted_at", "event_time", "time"):
             if isinstance(body.get(key), str):
                 body[key] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
         for value in body.values():
@@ -77,7 +77,7 @@ def _cases(operation, mode: GenerationMode, examples: int) -> None:  # noqa: ANN
 
 
 BASE_URL: list[str] = []
-PREDICTION_API = ("/predict", "/predict_batch", "/events", "/reload")
+PREDICTION_API = ("/predict", "/predict_batch", "/events", "/outcomes", "/reload")
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_no_input_causes_a_server_error(fuzz_served: ServedService) -> None:
     posts = {label: n for label, n in CASES.items()
              if label.split(" ", 1)[0] == "POST" and label.split(" ", 1)[1] in PREDICTION_API}
     assert total >= MIN_CASES, f"only {total} generated cases: {dict(CASES)}"
-    assert len(posts) == 4, dict(CASES)
+    assert len(posts) == 5, dict(CASES)
     # the mounted apps' operations (portraits, assignments, audiences) are fuzzed too
     assert {"POST /assignments", "POST /audiences/count", "POST /audiences"} <= set(CASES)
     assert min(n for label, n in posts.items() if "reload" not in label) >= 300, dict(CASES)

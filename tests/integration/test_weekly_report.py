@@ -154,6 +154,16 @@ def test_index_lists_every_week_written(workdir: Path, cli_runs: dict) -> None:
     assert (workdir / "reports" / "drift_trends.png").stat().st_size > 5_000
 
 
+def test_every_week_has_a_routing_page_linked_from_the_index(workdir: Path, cli_runs: dict
+                                                             ) -> None:
+    index = (workdir / "reports" / "index.html").read_text()
+    for label in QUIET_WEEKS + DRIFT_WEEKS:
+        assert f'href="drift/{label}/routing.html"' in index
+    # these weeks logged no exploration lead: the page says why there is no table
+    page = (workdir / "reports" / "drift" / DRIFT_WEEKS[0] / "routing.html").read_text()
+    assert "fewer than 30 exploration leads" in page
+
+
 def test_cli_bad_input_exits_2_with_a_clear_message(workdir: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()

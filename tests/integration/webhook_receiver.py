@@ -136,3 +136,19 @@ def varied_submissions(ids: list[str], seed: int = 1) -> list[dict]:
                       "city": rng.choice(["Beijing", "Hangzhou", "Foshan", "Luoyang"]),
                       "device": rng.choice(DEVICES)},
              "identifiers": {"phone": f"+86 139 {rng.randrange(10**8):08d}"}} for lead in ids]
+
+
+def engaged_events(lead_ids: list[str], now: datetime | None = None) -> list[dict]:
+    """Per lead: pages and classes visited minutes ago, then a booked trial — the answer of a
+    new person's lead moves well across a tier cut-off (the step and the intent both rise)."""
+    now = now or datetime.now(UTC)
+    kinds = ("pricing_page", "trial_class", "live_class", "course_page", "web_visit", "app_open")
+    events = []
+    for lead in lead_ids:
+        events.extend({"lead_id": lead, "event_type": kind, "dwell_seconds": 300,
+                       "url": "/pricing" if kind == "pricing_page" else "/course",
+                       "event_time": (now - timedelta(minutes=3, seconds=j)).isoformat()}
+                      for j, kind in enumerate(kinds))
+        events.append({"lead_id": lead, "event_type": "booked_trial",
+                       "event_time": now.isoformat()})
+    return events

@@ -1,7 +1,8 @@
 """Behaviour tests of the trained model on generated CRM data (generator → One ID → Feast →
 training set → ``train_model``), checked through the champion loaded from the MLflow registry.
 
-- directional: booking a trial class raises the probability; 30 idle days lower it;
+- directional: booking a trial class (at the booking time) raises the probability; 30 idle
+  days lower it;
 - invariance: lead id, person id and hashed identifiers do not change the probability;
 - minimum functionality: the model beats both baselines on AUC and log loss on the newest
   leads (the logistic regression by a margin: the generator's conversion mechanism saturates,
@@ -9,8 +10,9 @@ training set → ``train_model``), checked through the champion loaded from the 
   express), and its calibration error stays below 0.03 on the newest leads.
 
 Two champions. The directional, invariance, reason and tag checks use one trained on 5,000
-leads (3 trials): the effects they test are large there (booking a trial multiplies the mean
-probability about fourfold; about 97% of recently active leads drop after 30 idle days). The
+leads (3 trials): 30 idle days lower the probability of about 93% of the recently active leads
+(100% at 20,000); booking a trial, at the booking time, raises it a little (about 1.02-1.04× on
+average: the behaviour visible by then carries most of what a booking says). The
 quality margins use one trained on 20,000 leads (8 trials; marked ``slow``): at 10,000 the
 newest slice holds ~1,500 leads (~140 conversions), too few for the AUC difference to the
 logistic regression to clear its own sampling noise on every seed.
@@ -28,6 +30,7 @@ import pandas as pd
 import pytest
 
 from leadscore.config import Settings, get_settings
+from leadscore.schemas import FUNNEL_STEPS
 
 BEHAVIOUR_LEADS = 5_000
 BEHAVIOUR_TRIALS = 3
@@ -44,6 +47,7 @@ def trained_on_generated(root: Path, n_leads: int, trials: int) -> Iterator[dict
     from crm_data.generate import generate_crm
     from crm_data.identity import resolve_identities
     from features.build import build_features
+    from features.training_rows import submission_rows
     from features.training_set import build_training_set
     from training.registry import setup_tracking
     from training.split import time_split
@@ -65,10 +69,13 @@ def trained_on_generated(root: Path, n_leads: int, trials: int) -> Iterator[dict
         inputs = load_training_inputs(settings)
         setup_tracking(settings)
         champion = mlflow.pyfunc.load_model(f"models:/{settings.model_name}@champion")
-        test = time_split(inputs.frame, time_column_of(inputs.frame)).test
+        # the test leads at submission (one row each; the later steps' rows are scored in the
+        # training report's auc_by_stage)
+        test_all = time_split(inputs.frame, time_column_of(inputs.frame)).test
+        test = submission_rows(test_all)
         try:
             yield {"settings": settings, "summary": summary, "model": champion,
-                   "test": test, "inputs": inputs}
+                   "test": test, "test_all": test_all, "inputs": inputs}
         finally:
             get_settings.cache_clear()
 
@@ -102,19 +109,44 @@ def _scoring_points() -> dict:
 
 
 def test_booking_a_trial_class_raises_the_probability(trained: dict) -> None:
-    rows = trained["test"]
-    rows = rows[rows["funnel_step"] != "booked_trial"].copy()
+    """The test leads that booked a trial, each scored at its booking time (its ``booked_trial``
+    row: the behaviour as of then) with the booking and without it (the step it was at just
+    before, the practitioners' score moved back with it): booking raises the probability.
+
+    Not by 1.5×: that was a booking sent at submission, beside behaviour that had not happened
+    yet. At the booking time the behaviour visible then already carries most of the engagement
+    a booking expresses; in the generated data the booking's own odds ratio given the rows'
+    behaviour and channel is about 1.15 (90% band ~1.0-1.3 by a bootstrap over leads, at 5,000
+    and at 20,000 leads), i.e. about 1.1× in probability, while booked rows convert ~1.5× as
+    often as followed-account rows only before the behaviour is accounted for."""
+    booked, unbooked = _booked_and_unbooked(trained)
+    before, after = _probability(trained, unbooked), _probability(trained, booked)
+    assert after.mean() > before.mean(), (after.mean(), before.mean())
+    assert (after >= before).mean() > 0.9, (after >= before).mean()
+
+
+def _booked_and_unbooked(trained: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test leads' ``booked_trial`` rows (scored at their booking time) and the same rows
+    with the step they were at just before it (fit and rule scores moved back to match)."""
+    from features.training_rows import SNAPSHOT_COLUMN, SNAPSHOT_TIME_COLUMN
+
+    rows = trained["test_all"]
+    booked = rows[rows[SNAPSHOT_COLUMN] == "booked_trial"].reset_index(drop=True)
+    assert len(booked) > 50, "too few test leads booked a trial"
+    earlier = rows[rows["lead_id"].isin(set(booked["lead_id"]))
+                   & (rows[SNAPSHOT_COLUMN] != "booked_trial")]
+    step_before = (earlier.sort_values(["lead_id", SNAPSHOT_TIME_COLUMN], kind="stable")
+                   .groupby("lead_id").tail(1).set_index("lead_id")["funnel_step"])
     points = _scoring_points()["fit"]["funnel_step"]
-    booked = rows.copy()
-    booked["funnel_step"] = "booked_trial"
-    booked["funnel_step_ordinal"] = 3
-    # the practitioners' score moves with the funnel step too, as it would for a real lead
-    gain = points["booked_trial"] - rows["funnel_step"].map(points).fillna(0.0)
-    booked["fit_score"] = rows["fit_score"] + gain
-    booked["rule_score"] = rows["rule_score"] + gain
-    before, after = _probability(trained, rows), _probability(trained, booked)
-    assert after.mean() > 1.5 * before.mean()
-    assert (after > before).mean() > 0.9
+    unbooked = booked.copy()
+    unbooked["funnel_step"] = booked["lead_id"].map(step_before).to_numpy()
+    assert unbooked["funnel_step"].notna().all()
+    unbooked["funnel_step_ordinal"] = unbooked["funnel_step"].map(
+        {step: i for i, step in enumerate(FUNNEL_STEPS)})
+    loss = points["booked_trial"] - unbooked["funnel_step"].map(points).fillna(0.0)
+    unbooked["fit_score"] = booked["fit_score"] - loss
+    unbooked["rule_score"] = booked["rule_score"] - loss
+    return booked, unbooked
 
 
 def test_thirty_idle_days_lower_the_probability(trained: dict) -> None:
@@ -133,7 +165,7 @@ def test_thirty_idle_days_lower_the_probability(trained: dict) -> None:
     idle["rule_score"] = rows["rule_score"] + penalty
     before, after = _probability(trained, rows), _probability(trained, idle)
     assert after.mean() < before.mean()
-    assert (after < before).mean() > 0.8
+    assert (after < before).mean() > 0.8, (after < before).mean()
 
 
 def test_identifiers_do_not_change_the_probability(trained: dict) -> None:
@@ -178,12 +210,28 @@ def test_shipped_model_is_not_worse_than_the_logistic_regression(
     assert shipped["roc_auc"] > logistic["roc_auc"] - LOGISTIC_AUC_MARGIN, metrics
 
 
-def test_reasons_name_the_trial_booking(trained: dict) -> None:
-    rows = trained["test"]
-    booked = rows[rows["funnel_step"] == "booked_trial"].head(20)
-    explained = trained["model"].unwrap_python_model().predict_with_reasons(booked, top_k=3)
-    texts = [reason["text"] for row in explained for reason in row["positive_reasons"]]
-    assert "booked a trial class" in texts
+BOOKING_FEATURES = ("funnel_step", "funnel_step_ordinal", "fit_score", "rule_score")
+
+
+def test_reasons_carry_the_trial_booking(trained: dict) -> None:
+    """The reasons explain a booking's rise: the contributions of the features a booking moves
+    (the step and the practitioners' scores that count it) are higher with the booking than
+    without it, for the same lead at the same time. (Counted honestly at booking time, the
+    person's behaviour usually leads the top three reasons, so the booking's own text is not
+    required among them.)"""
+    booked, unbooked = _booked_and_unbooked(trained)
+    model = trained["model"].unwrap_python_model()
+    width = len(trained["inputs"].feature_columns)
+
+    def booking_part(rows: pd.DataFrame) -> np.ndarray:
+        explained = model.predict_with_reasons(rows, top_k=width)
+        return np.array([sum(r["contribution"] for r in (*row["positive_reasons"],
+                                                          *row["negative_reasons"])
+                             if r["feature"] in BOOKING_FEATURES) for row in explained])
+
+    gain = booking_part(booked) - booking_part(unbooked)
+    assert gain.mean() > 0, gain.mean()
+    assert (gain >= 0).mean() > 0.9, (gain >= 0).mean()
 
 
 def test_score_publishes_predictive_tags_online(trained: dict) -> None:

@@ -168,8 +168,9 @@ def test_weekly_routing_table_from_logged_exploration_rows(world, tmp_path) -> N
 
     frame, p = _judged(world)
     cohort = pd.DataFrame({
-        "lead_id": frame["lead_id"], "arm": frame["arm"], "channel": frame["followup_channel"],
-        "propensity": frame["propensity"], "converted": frame["label"],
+        "lead_id": frame["lead_id"], "submitted_at": frame["created_at"], "arm": frame["arm"],
+        "channel": frame["followup_channel"], "propensity": frame["propensity"],
+        "converted": frame["label"],
         "probability": p[:, _col("ai_bot")], "rule_score": np.linspace(0, 100, len(frame)),
         "funnel_step": "verified"})
     notes: list[str] = []
