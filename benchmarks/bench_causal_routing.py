@@ -41,6 +41,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from leadscore.config import Settings
@@ -80,6 +81,129 @@ def share_policy(path: Path) -> Path:
     return path
 
 
+FRONTIER_WEIGHTS = (0.0, 0.0002, 0.0004, 0.0006, 0.0008, 0.001, 0.0013, 0.0016, 0.002, 0.0025,
+                    0.003, 0.004)
+
+
+def _truth_point(p: np.ndarray, channels: np.ndarray, cost: np.ndarray) -> tuple:
+    from leadscore.schemas import FOLLOWUP_CHANNELS
+
+    pos = np.array([FOLLOWUP_CHANNELS.index(c) for c in channels])
+    conv = float(p[np.arange(len(pos)), pos].sum())
+    spent = float(cost[pos].sum())
+    return conv, spent / max(conv, 1e-9)
+
+
+def frontier(settings: Settings, policy_path: Path, tuning_share: float,
+             seed: int) -> dict:
+    """Is the goal reachable at all? By the truth on the judged days, the cost per conversion of
+    the LP allocation over a grid of λ, for three effect matrices: the learned model's, the
+    **ceiling** (LightGBM regressions of the *true* effects on the same features, fitted on the
+    same randomised training leads: the best any learner of these features could hope for) and
+    the **oracle** (the true effects, which no model sees: they hold the latent segment). Each
+    is read at the best optimised rule's conversions (linear between grid points)."""
+    import pandas as pd
+    from lightgbm import LGBMRegressor
+
+    from features.training_set import categorical_feature_columns, model_feature_columns
+    from leadscore.schemas import FOLLOWUP_CHANNELS
+    from pipelines.routing_jobs import _evaluation_frame, load_uplift_champion
+    from routing.evaluate import _final, channel_matrix, uplift_channels
+    from routing.policy import load_policy
+    from routing.simulate import day_index, split_by_day
+    from training.uplift_work import first_holdout_time, randomised_rows, training_frame
+
+    policy = load_policy(policy_path)
+    frame = _evaluation_frame(settings, None, None)
+    policy = policy.with_absolute_capacities(
+        day_index(frame["created_at"], policy.capacity_day_timezone).median_daily_leads)
+    _, judged = split_by_day(frame, tuning_share, policy.capacity_day_timezone)
+    truth_cols = [f"propensity_{c}" for c in FOLLOWUP_CHANNELS]
+    p = judged[truth_cols].to_numpy(float)
+    # judged as `route evaluate` judges: on the randomised judged leads (all leads are routed)
+    randomised = (judged["arm"] == "exploration").to_numpy()
+    cost = np.array([policy.channels[c].cost_per_lead for c in FOLLOWUP_CHANNELS])
+    model, _ = load_uplift_champion(settings)
+    learned, _ = channel_matrix(model, judged)
+    # the ceiling: the true effects regressed on the uplift model's features, same rows
+    rows = randomised_rows(training_frame(settings), first_holdout_time(settings))
+    truth = pd.read_parquet(settings.truth_dir / "leads_truth.parquet")
+    rows = rows.merge(truth[["lead_id", *truth_cols]], on="lead_id", how="left")
+    columns = [c for c in model_feature_columns(settings) if c in rows.columns]
+    categorical = [c for c in categorical_feature_columns(settings) if c in columns]
+
+    def encode(f: pd.DataFrame) -> pd.DataFrame:
+        out = f[columns].copy()
+        for c in categorical:
+            out[c] = pd.Categorical(out[c].astype("string"),
+                                    categories=sorted(rows[c].dropna().astype(str).unique()))
+        return out
+
+    ceiling = np.zeros_like(p)
+    x_rows, x_judged = encode(rows), encode(judged)
+    true_rows = rows[truth_cols].to_numpy(float)
+    for j, channel in enumerate(FOLLOWUP_CHANNELS):
+        if channel == "ai_bot":
+            continue
+        target = true_rows[:, j] - true_rows[:, FOLLOWUP_CHANNELS.index("ai_bot")]
+        reg = LGBMRegressor(n_estimators=400, learning_rate=0.03, num_leaves=31,
+                            min_child_samples=40, subsample=0.8, subsample_freq=1,
+                            colsample_bytree=0.8, random_state=seed, verbose=-1, n_jobs=2)
+        ceiling[:, j] = reg.fit(x_rows, target).predict(x_judged)
+    oracle = p - p[:, [FOLLOWUP_CHANNELS.index("ai_bot")]]
+    bot = FOLLOWUP_CHANNELS.index("ai_bot")
+    sources = {"learned": learned - learned[:, [bot]], "ceiling": ceiling, "oracle": oracle}
+    out: dict = {"correlation_with_true_effect": {}, "curves": {}}
+    for name, eff in sources.items():
+        out["correlation_with_true_effect"][name] = {
+            c: round(float(np.corrcoef(eff[randomised, j], oracle[randomised, j])[0, 1]), 3)
+            for j, c in enumerate(FOLLOWUP_CHANNELS) if j != bot}
+        curve = []
+        for weight in FRONTIER_WEIGHTS:
+            channels, _ = uplift_channels(eff, judged, policy, weight)
+            final, _ = _final(channels, judged, policy)
+            conv, cpa = _truth_point(p[randomised], final[randomised], cost)
+            curve.append({"cost_weight": weight, "conversions": round(conv, 1),
+                          "cost_per_conversion": round(cpa, 2)})
+        out["curves"][name] = curve
+    return out
+
+
+def at_conversions(curve: list[dict], target: float) -> float | None:
+    """Cost per conversion where the curve reaches ``target`` conversions (conversions fall as
+    λ grows; linear between the two grid points around it; None when never reached)."""
+    best = None
+    for a, b in zip(curve, curve[1:], strict=False):
+        lo, hi = sorted((a["conversions"], b["conversions"]))
+        if lo <= target <= hi and hi > lo:
+            t = (target - a["conversions"]) / (b["conversions"] - a["conversions"])
+            value = a["cost_per_conversion"] + t * (b["cost_per_conversion"]
+                                                    - a["cost_per_conversion"])
+            best = value if best is None else min(best, value)
+    return best
+
+
+def report_frontier(settings: Settings, policy: Path, args: argparse.Namespace,
+                    report: dict) -> dict:
+    """The truth frontier beside the best optimised rule's truth point, printed."""
+    versus = report.get("uplift_vs_best_optimised_rule", {})
+    reach = frontier(settings, policy, args.tuning_share, args.seed)
+    rule = report["policies"][versus.get("against", "rule_2d_optimised")]["truth"]
+    reach["rule"] = {"name": versus.get("against"), "conversions": rule["conversions"],
+                     "cost_per_conversion": rule["cost_per_conversion"]}
+    print(f"frontier by the truth (judged randomised leads); {reach['rule']['name']}: "
+          f"{rule['conversions']:.1f} conv at {rule['cost_per_conversion']:.1f}")
+    for name, curve in reach["curves"].items():
+        cpa = at_conversions(curve, rule["conversions"])
+        reach.setdefault("at_rule_conversions", {})[name] = cpa
+        change = (f"{cpa / rule['cost_per_conversion'] - 1:+.1%}" if cpa else "not reached")
+        print(f"  {name:8s} corr {reach['correlation_with_true_effect'][name]}  "
+              f"cost/conv at the rule's conversions: {change}  "
+              + " ".join(f"{c['conversions']:.0f}@{c['cost_per_conversion']:.0f}"
+                         for c in curve))
+    return reach
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, required=True)
@@ -92,6 +216,10 @@ def main() -> None:
     parser.add_argument("--tuning-share", type=float, default=0.3)
     parser.add_argument("--reuse", action="store_true", help="keep the built work folder")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--frontier-only", action="store_true",
+                        help="with --reuse: only the truth frontier of the built work folder")
+    parser.add_argument("--no-frontier", action="store_true",
+                        help="skip the truth frontier (learned vs ceiling vs oracle effects)")
     args = parser.parse_args()
 
     from pipelines.routing_jobs import run_evaluate, run_uplift_train
@@ -101,6 +229,12 @@ def main() -> None:
     if not (args.reuse and (settings.reports_dir / "holdout_scored.parquet").exists()):
         world = build_world(settings, args.leads, args.days, args.seed, args.trials)
     policy = share_policy(settings.workdir / "bench_policy.yaml")
+    if args.frontier_only:
+        report = json.loads((settings.reports_dir / "routing_evaluate.json").read_text())
+        reach = report_frontier(settings, policy, args, report)
+        if args.out:
+            args.out.write_text(json.dumps({"frontier": reach}, indent=2), encoding="utf-8")
+        return
     started = time.perf_counter()
     uplift = run_uplift_train(settings, policy, folds=args.uplift_folds,
                               trials=args.uplift_trials, register=False)
@@ -130,6 +264,8 @@ def main() -> None:
                   f"{v['cost_per_conversion_change']:+.1%} {v['cost_per_conversion_change_ci']}, "
                   f"conversions {v['conversions_difference']:+.1f} "
                   f"{v['conversions_difference_ci']}")
+    if not args.no_frontier:
+        out["frontier"] = report_frontier(settings, policy, args, report)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
