@@ -282,13 +282,16 @@ class Predictor:
         return None, NOT_SCORED_YET if hashes else NO_IDENTIFIER
 
     def _person(self, hashes: list[str], lead_id: str | None) -> str | None:
+        """A lead One ID placed keeps its person; else its identifiers' (One ID's, then those
+        of persons founded here), else the person its lead founded here or founds."""
         identity = self.identity
-        person = lookup_person(hashes, identity.identifier_person)
+        person = identity.lead_person.get(lead_id) if lead_id else None
+        if person is None:
+            person = lookup_person(hashes, identity.identifier_person)
         if person is None:
             person = lookup_person(hashes, self._new_links)
         if person is None and lead_id:
-            person = (identity.lead_person.get(lead_id) or self._new_links.get("lead:" + lead_id)
-                      or new_person_id(lead_id))
+            person = self._new_links.get("lead:" + lead_id) or new_person_id(lead_id)
         return person
 
     def _remember(self, hashes: list[str], lead_id: str, person: str) -> None:
@@ -333,9 +336,11 @@ class Predictor:
     def _resolve(self, sub: Submission, hashes: list[str], rejected: dict[str, str],
                  domain_type: Callable[[Any], str]) -> Resolved:
         identity = self.identity
-        person = lookup_person(hashes, identity.identifier_person)
+        # a lead One ID placed keeps its person: an identifier's latest owner may be another
+        # person (a sibling's shared phone, a re-issued number's later owner)
+        person = identity.lead_person.get(sub.lead_id)
         if person is None:
-            person = identity.lead_person.get(sub.lead_id)
+            person = lookup_person(hashes, identity.identifier_person)
         if person is None:  # not in One ID's state: link what this lead founds or joins
             # ``_person`` without the two One ID lookups just made
             new_links = self._new_links
