@@ -186,21 +186,28 @@ def at_conversions(curve: list[dict], target: float) -> float | None:
 def report_frontier(settings: Settings, policy: Path, args: argparse.Namespace,
                     report: dict) -> dict:
     """The truth frontier beside the best optimised rule's truth point, printed."""
-    versus = report.get("uplift_vs_best_optimised_rule", {})
     reach = frontier(settings, policy, args.tuning_share, args.seed)
-    rule = report["policies"][versus.get("against", "rule_2d_optimised")]["truth"]
-    reach["rule"] = {"name": versus.get("against"), "conversions": rule["conversions"],
-                     "cost_per_conversion": rule["cost_per_conversion"]}
-    print(f"frontier by the truth (judged randomised leads); {reach['rule']['name']}: "
-          f"{rule['conversions']:.1f} conv at {rule['cost_per_conversion']:.1f}")
+    reach["rules"] = {}
+    for rule, entry in report["policies"].items():
+        if not rule.endswith("_optimised"):
+            continue
+        truth = entry["truth"]
+        reach["rules"][rule] = {"conversions": truth["conversions"],
+                                "cost_per_conversion": truth["cost_per_conversion"],
+                                "at_its_conversions": {}}
+        print(f"frontier by the truth (judged randomised leads) at {rule}'s "
+              f"{truth['conversions']:.1f} conversions ({truth['cost_per_conversion']:.1f} "
+              "per conversion):")
+        for name, curve in reach["curves"].items():
+            cpa = at_conversions(curve, truth["conversions"])
+            reach["rules"][rule]["at_its_conversions"][name] = cpa
+            change = (f"{cpa / truth['cost_per_conversion'] - 1:+.1%}" if cpa
+                      else "not reached")
+            print(f"  {name:8s} corr {reach['correlation_with_true_effect'][name]}  "
+                  f"cost/conv at the rule's conversions: {change}")
     for name, curve in reach["curves"].items():
-        cpa = at_conversions(curve, rule["conversions"])
-        reach.setdefault("at_rule_conversions", {})[name] = cpa
-        change = (f"{cpa / rule['cost_per_conversion'] - 1:+.1%}" if cpa else "not reached")
-        print(f"  {name:8s} corr {reach['correlation_with_true_effect'][name]}  "
-              f"cost/conv at the rule's conversions: {change}  "
-              + " ".join(f"{c['conversions']:.0f}@{c['cost_per_conversion']:.0f}"
-                         for c in curve))
+        print(f"  {name:8s} curve " + " ".join(
+            f"{c['conversions']:.0f}@{c['cost_per_conversion']:.0f}" for c in curve))
     return reach
 
 
@@ -245,7 +252,6 @@ def main() -> None:
            "uplift": {"seconds": uplift_seconds, "evidence": uplift["evidence"],
                       "per_arm": uplift["per_arm"], "cpu_seconds": uplift.get("cpu_seconds")},
            "evaluation": report}
-    versus = report.get("uplift_vs_best_optimised_rule", {})
     print(f"judged: {report['judged_days']} days, {report['judged_leads']} leads, "
           f"{report['judged_randomised_leads']} randomised")
     for name, entry in report["policies"].items():
@@ -257,13 +263,17 @@ def main() -> None:
                            f"{entry[est]['cost_per_conversion']:7.1f} [{ci[0]:6.1f},{ci[1]:6.1f}]")
         row.append(f"viol {entry['capacity_violations']}")
         print("  ".join(row))
-    for est in ("truth", "dr", "snips"):
-        if est in versus:
-            v = versus[est]
-            print(f"uplift vs {versus['against']} by {est}: cost/conv "
-                  f"{v['cost_per_conversion_change']:+.1%} {v['cost_per_conversion_change_ci']}, "
-                  f"conversions {v['conversions_difference']:+.1f} "
-                  f"{v['conversions_difference_ci']}")
+    best = report.get("uplift_vs_best_optimised_rule", {}).get("against")
+    for rule, versus in report.get("uplift_vs_optimised_rules", {}).items():
+        for est in ("truth", "dr", "snips"):
+            if est in versus:
+                v = versus[est]
+                low, high = v["cost_per_conversion_change_ci"]
+                c_low, c_high = v["conversions_difference_ci"]
+                print(f"uplift vs {rule}{' (best by the estimate)' if rule == best else ''} "
+                      f"by {est}: cost/conv {v['cost_per_conversion_change']:+.1%} "
+                      f"[{low:+.1%}, {high:+.1%}], conversions "
+                      f"{v['conversions_difference']:+.1f} [{c_low:+.1f}, {c_high:+.1f}]")
     if not args.no_frontier:
         out["frontier"] = report_frontier(settings, policy, args, report)
     if args.out:

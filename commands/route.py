@@ -261,8 +261,9 @@ def evaluate_command(
             row.append(_money(r["truth"]["cost_per_conversion"]))
         table.add_row(*row, str(r["capacity_violations"]))
     console.print(table)
-    versus = result.get("uplift_vs_best_optimised_rule")
-    if versus:
+    best = result.get("uplift_vs_best_optimised_rule")
+    for versus in (result.get("uplift_vs_optimised_rules") or {best["against"]: best}
+                   if best else {}).values():
         for estimator in ("truth", "dr", "snips"):
             if estimator in versus:
                 v = versus[estimator]

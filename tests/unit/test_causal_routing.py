@@ -127,7 +127,9 @@ def test_route_by_probability_is_not_optimal_and_estimates_agree_with_truth(worl
                                  cost_weight=1 / 400)
     report = evaluate_assignments(
         frame, {"by_probability": by_probability, "uplift": by_effect,
-                "rule_2d_optimised": by_probability}, policy, outcome_model=p, n_boot=400)
+                "rule_2d_optimised": by_probability,
+                "rule_funnel_optimised": by_probability.copy()},
+        policy, outcome_model=p, n_boot=400)
     truth = {k: v["truth"] for k, v in report["policies"].items()}
     assert report["policies"]["uplift"]["capacity_violations"] == 0
     # the effect-based allocation is clearly cheaper per conversion, by the truth
@@ -135,6 +137,13 @@ def test_route_by_probability_is_not_optimal_and_estimates_agree_with_truth(worl
         "cost_per_conversion"]
     versus = report["uplift_vs_best_optimised_rule"]
     assert versus["truth"]["cost_per_conversion_change_ci"][1] < 0
+    # every optimised rule gets its paired comparison; the best by the estimate is one of them
+    by_rule = report["uplift_vs_optimised_rules"]
+    assert set(by_rule) == {"rule_2d_optimised", "rule_funnel_optimised"}
+    assert by_rule[versus["against"]] == versus
+    # the same assignments under two names: the same paired comparison
+    assert (by_rule["rule_funnel_optimised"]["truth"]["conversions_difference"]
+            == by_rule["rule_2d_optimised"]["truth"]["conversions_difference"])
     # truth and every off-policy estimate agree within their intervals
     for name, entry in report["policies"].items():
         for estimator in ("ips", "snips", "dr"):

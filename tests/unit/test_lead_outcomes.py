@@ -176,14 +176,17 @@ def _record(lead_id: str, scored: datetime, submitted: datetime | None = None) -
 def test_leads_a_killed_service_did_not_register_are_recovered_from_the_log(
         store: LeadStateStore, tmp_path: Path) -> None:
     rescorer = _rescorer(store, tmp_path)
+    # times from the clock of this test (the module's NOW is taken at collection, which
+    # may be minutes before this test runs)
+    now = datetime.now(UTC)
     since, until = now_us() - 60_000_000, now_us()
-    inside = NOW - timedelta(seconds=10)
+    inside = now - timedelta(seconds=10)
     with SqlitePredictionLog(tmp_path / "predictions.sqlite") as log:
         log.append([_record("L-1", inside),                        # registered already
                     _record("L-LOST", inside),                     # lost by the kill
                     _record("L-LOST", inside + timedelta(seconds=1)),  # its resubmission
-                    _record("L-EARLIER", NOW - timedelta(hours=1)),   # before the span
-                    _record("L-STALE", inside, NOW - timedelta(days=40))])  # window over
+                    _record("L-EARLIER", now - timedelta(hours=1)),   # before the span
+                    _record("L-STALE", inside, now - timedelta(days=40))])  # window over
         assert rescorer.recover(since, until, log) == 1
         assert rescorer.recover(since, until, log) == 0  # once only
     lead = store.leads(["L-LOST"])["L-LOST"]
@@ -196,7 +199,7 @@ def test_leads_a_killed_service_did_not_register_are_recovered_from_the_log(
     assert store.missing(["L-EARLIER", "L-STALE"]) == {"L-EARLIER", "L-STALE"}
     assert store.registered_through() == until
     # its funnel step is accepted and queued for its re-score
-    step = Event(lead_id="L-LOST", event_type="booked_trial", event_time=NOW)
+    step = Event(lead_id="L-LOST", event_type="booked_trial", event_time=now)
     answer = rescorer.handle_events([step])
     assert (answer.accepted, answer.rescoring_queued, answer.rejected) == (1, 1, {})
 
