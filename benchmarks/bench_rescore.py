@@ -25,16 +25,15 @@ shared with other jobs. One JSON line (also ``reports/bench_rescore.json``).
     nice -n 10 .venv/bin/python benchmarks/bench_rescore.py --workdir DIR \\
         --event-rate 200 --duration 60 --predict-rate 200 --predict-duration 30
 
-Last measured (2026-12-07, shared 2-core machine, load average 6.5 → 4.3; docs/scaling.md,
-"Re-scoring on events and the CRM webhook"), side by side with the targets:
+Last measured (2026-12-07, quiet 2-core machine, load 0.6 -> 1.6; the 20,000-lead main job's
+work folder; docs/scaling.md, "Re-scoring on events and the CRM webhook"), beside the targets:
 
-    batch path                        2,579 leads per CPU-s (2,420 with the store)   ≥ 2,000/s
-                                      1,176 leads/s wall (half a core free)
-    event accepted → webhook          p50 257 ms, p99 441 ms, max 538 ms             p99 ≤ 1 s
-      (200/s offered, 194.5/s achieved, 60 s, 1,646 notifications)
-    notifications lost                0 (4,714 delivered over two runs, 0 dead)       0
-    /predict at 200/s, no events      achieved 80.8/s, p99 267 ms   (machine overloaded:
-    /predict at 200/s + 200 events/s  achieved 94.7/s, p99 274 ms    not a service figure)
+    batch path               2,915 leads/s wall, 4,329/CPU-s (5,180/s with store)  >= 2,000/s
+    event -> webhook         p50 30 ms, p99 67 ms, max 94 ms (200/s, 60 s)         p99 <= 1 s
+    notifications lost       0 (3,752 delivered, each key once, 0 dead)            0
+    /predict 200/s alone     200/s achieved, p50 8.8 ms, p99 62 ms                 p99 <= 10 ms
+    /predict + 200 events/s  176/s achieved, p50 44 ms, p99 85 ms (missed: the service, two
+                             Python load generators and the receiver share 2 cores)
 
 Load goes only to 127.0.0.1, bounded in count (rate × duration) and time.
 """
