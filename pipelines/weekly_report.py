@@ -215,29 +215,41 @@ def run_weekly_report(
             f"cannot write the report in {folder}: {os_problem(exc)}") from None
 
 
+def _lead_state_section(settings: Settings, period: Period, outcomes: pd.DataFrame | None,
+                        folder: Path, notes: list[str], summarise: Any, file_name: str,
+                        what: str, note_without_state: str | None) -> dict[str, Any] | None:
+    """``summarise(store, outcomes, since, until, window_days)`` over the service's lead state,
+    written to ``<folder>/<file_name>``; None (and a note) without a readable lead state."""
+    import json
+
+    from crm_data.lead_state import open_lead_state
+
+    if settings.profile != "production" and not settings.lead_state_path.exists():
+        if note_without_state:
+            notes.append(note_without_state)
+        return None
+    try:
+        with open_lead_state(settings) as store:
+            summary = summarise(store, outcomes, period.since, period.until,
+                                settings.conversion_window_days)
+    except Exception as exc:  # noqa: BLE001 - a missing figure must not stop the drift report
+        notes.append(f"{what} skipped: the lead state could not be read "
+                     f"({type(exc).__name__})")
+        return None
+    (folder / file_name).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def nurturing_section(settings: Settings, period: Period, outcomes: pd.DataFrame | None,
                       folder: Path, notes: list[str]) -> dict[str, Any] | None:
     """The nurturing figures (``monitoring.nurturing``) from the service's lead state, written
     to ``<folder>/nurturing.json``; None (and a note) when there is no lead state."""
-    import json
-
-    from crm_data.lead_state import open_lead_state
     from monitoring.nurturing import nurturing_summary
 
-    if settings.profile != "production" and not settings.lead_state_path.exists():
-        notes.append("no lead state yet (the service has not scored a lead): nurturing "
-                     "figures skipped")
-        return None
-    try:
-        with open_lead_state(settings) as store:
-            summary = nurturing_summary(store, outcomes, period.since, period.until,
-                                        settings.conversion_window_days)
-    except Exception as exc:  # noqa: BLE001 - a missing figure must not stop the drift report
-        notes.append(f"nurturing figures skipped: the lead state could not be read "
-                     f"({type(exc).__name__})")
-        return None
-    (folder / "nurturing.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return _lead_state_section(
+        settings, period, outcomes, folder, notes, nurturing_summary, "nurturing.json",
+        "nurturing figures",
+        "no lead state yet (the service has not scored a lead): nurturing figures skipped")
 
 
 def stage_auc_section(settings: Settings, period: Period, outcomes: pd.DataFrame | None,
@@ -245,23 +257,10 @@ def stage_auc_section(settings: Settings, period: Period, outcomes: pd.DataFrame
     """The matured leads' served AUC at submission and after each funnel step
     (``monitoring.stage_auc``), written to ``<folder>/auc_by_stage.json``; None (and a note)
     without a lead state."""
-    import json
-
-    from crm_data.lead_state import open_lead_state
     from monitoring.stage_auc import stage_auc_summary
 
-    if settings.profile != "production" and not settings.lead_state_path.exists():
-        return None
-    try:
-        with open_lead_state(settings) as store:
-            summary = stage_auc_summary(store, outcomes, period.since, period.until,
-                                        settings.conversion_window_days)
-    except Exception as exc:  # noqa: BLE001 - a missing figure must not stop the drift report
-        notes.append(f"AUC by funnel stage skipped: the lead state could not be read "
-                     f"({type(exc).__name__})")
-        return None
-    (folder / "auc_by_stage.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return _lead_state_section(settings, period, outcomes, folder, notes, stage_auc_summary,
+                               "auc_by_stage.json", "AUC by funnel stage", None)
 
 
 def _check_writable(folder: Path) -> None:
@@ -311,7 +310,8 @@ def _write_reports(
 
         files = [folder / name for name in ("drift.json", "drift.html", "business.json",
                                             "business.png", "cohort.html", "routing.json",
-                                            "routing.html", "routing.png")]
+                                            "routing.html", "routing.png", "nurturing.json",
+                                            "auc_by_stage.json")]
         try:
             run_id = log_to_mlflow(settings, period.label, result.summary, files)
         except (OSError, sqlite3.Error, SQLAlchemyError, MlflowException) as exc:
