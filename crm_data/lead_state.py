@@ -310,6 +310,18 @@ class LeadStateStore:
         with self.transaction(write=False) as tx:
             return tx.fetchall(sql, params)
 
+    def _query_in(self, sql: str, values: Sequence[Any], before: Sequence[Any] = ()
+                  ) -> list[tuple]:
+        """``sql`` with ``{in}`` standing for ``IN (?, …)`` over the distinct ``values``, run in
+        chunks of 500 (``before``: the parameters ahead of the list)."""
+        ids = list(dict.fromkeys(values))
+        rows: list[tuple] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows.extend(self._query(sql.format(IN=f"IN ({', '.join('?' * len(chunk))})"),
+                                    [*before, *chunk]))
+        return rows
+
     # ---- leads -----------------------------------------------------------------------------
     def register(self, leads: Sequence[LeadRow], history: Sequence[HistoryRow],
                  answered_through_us: int | None = None) -> int:
@@ -344,26 +356,15 @@ class LeadStateStore:
 
     def leads(self, lead_ids: Sequence[str]) -> dict[str, LeadRow]:
         """The stored rows of ``lead_ids`` (absent ids are left out)."""
-        out: dict[str, LeadRow] = {}
-        ids = list(dict.fromkeys(lead_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self._query(f"SELECT {', '.join(LEAD_COLUMNS)} FROM lead_state WHERE "
-                               f"lead_id IN ({', '.join('?' * len(chunk))})", chunk)
-            out.update((row[0], LeadRow.from_db(row)) for row in rows)
-        return out
+        rows = self._query_in(f"SELECT {', '.join(LEAD_COLUMNS)} FROM lead_state WHERE "
+                              "lead_id {IN}", lead_ids)
+        return {row[0]: LeadRow.from_db(row) for row in rows}
 
     def open_leads_of(self, person_ids: Sequence[str]) -> list[LeadRow]:
         """The open leads of ``person_ids``."""
-        out: list[LeadRow] = []
-        ids = list(dict.fromkeys(person_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self._query(
-                f"SELECT {', '.join(LEAD_COLUMNS)} FROM lead_state WHERE status = ? AND "
-                f"person_id IN ({', '.join('?' * len(chunk))})", [OPEN, *chunk])
-            out.extend(LeadRow.from_db(row) for row in rows)
-        return out
+        rows = self._query_in(f"SELECT {', '.join(LEAD_COLUMNS)} FROM lead_state WHERE "
+                              "status = ? AND person_id {IN}", person_ids, [OPEN])
+        return [LeadRow.from_db(row) for row in rows]
 
     def history(self, lead_id: str, limit: int = 200) -> list[HistoryRow]:
         """The lead's scores, oldest first (the latest ``limit``)."""
@@ -374,16 +375,10 @@ class LeadStateStore:
 
     def min_probability_since(self, lead_ids: Sequence[str], since_us: int) -> dict[str, float]:
         """Lowest probability of each lead's scores at or after ``since_us``."""
-        out: dict[str, float] = {}
-        ids = list(dict.fromkeys(lead_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self._query(
-                "SELECT lead_id, MIN(probability) FROM score_history WHERE at_us >= ? AND "
-                f"lead_id IN ({', '.join('?' * len(chunk))}) GROUP BY lead_id",
-                [since_us, *chunk])
-            out.update((r[0], float(r[1])) for r in rows)
-        return out
+        rows = self._query_in("SELECT lead_id, MIN(probability) FROM score_history WHERE "
+                              "at_us >= ? AND lead_id {IN} GROUP BY lead_id", lead_ids,
+                              [since_us])
+        return {r[0]: float(r[1]) for r in rows}
 
     def nurture(self, tier: str | None = None, rising: bool = False, limit: int = 100,
                 offset: int = 0) -> list[LeadRow]:
@@ -432,14 +427,7 @@ class LeadStateStore:
     # ---- events and the re-scoring queue ---------------------------------------------------
     def seen(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` already applied."""
-        out: set[str] = set()
-        ids = list(dict.fromkeys(keys))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            out.update(r[0] for r in self._query(
-                f"SELECT key FROM seen_events WHERE key IN ({', '.join('?' * len(chunk))})",
-                chunk))
-        return out
+        return {r[0] for r in self._query_in("SELECT key FROM seen_events WHERE key {IN}", keys)}
 
     def accept_events(self, keys: Sequence[str],
                       queued: Sequence[tuple[str, str | None, str, str | None, int]]) -> None:
@@ -577,15 +565,9 @@ class LeadStateStore:
 
     def outcomes(self, lead_ids: Sequence[str]) -> dict[str, OutcomeRow]:
         """The recorded outcomes of ``lead_ids`` (absent ids are left out)."""
-        out: dict[str, OutcomeRow] = {}
-        ids = list(dict.fromkeys(lead_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = self._query(
-                "SELECT lead_id, outcome, outcome_us, amount, followup_channel, source FROM "
-                f"lead_outcomes WHERE lead_id IN ({', '.join('?' * len(chunk))})", chunk)
-            out.update((r[0], OutcomeRow(*r)) for r in rows)
-        return out
+        rows = self._query_in("SELECT lead_id, outcome, outcome_us, amount, followup_channel, "
+                              "source FROM lead_outcomes WHERE lead_id {IN}", lead_ids)
+        return {r[0]: OutcomeRow(*r) for r in rows}
 
     # ---- the outbox ------------------------------------------------------------------------
     def claim_due(self, limit: int, lease_seconds: float, now: int | None = None
