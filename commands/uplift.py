@@ -4,7 +4,7 @@ recommend an arm per row. Thin Typer commands over :mod:`training.uplift_csv`.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -63,8 +63,6 @@ def train_command(
     workdir: WorkdirOption = None,
 ) -> None:
     """Cross-fit, tune and evaluate an uplift model; save it; register and gate it in MLflow."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from training.uplift_csv import parse_costs, train_uplift_csv
 
     settings = settings_for(workdir, services=())
@@ -82,18 +80,10 @@ def train_command(
                                     ("--report", report)) if v is None]
     if missing:
         raise typer.BadParameter(f"{', '.join(missing)} required with --csv")
-    if register:
-        from training.train import check_training_services
-
-        try:
-            check_training_services(settings, None)
-        except ConnectionError as exc:
-            fail(f"cannot register the uplift model: {exc}")
+    _check_registry(settings, register)
     try:
         costs = parse_costs(cost or [])
-        with Progress(TextColumn("[bold]uplift train[/]"), BarColumn(),
-                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+        with _training_progress() as bar:
             task = bar.add_task("reading", total=folds + 2)
             result = train_uplift_csv(
                 csv, treatment, control, outcome, model_out=model_out, report_path=report,
@@ -113,22 +103,12 @@ def train_command(
 def _train_work_folder(settings, model_out: Path | None, report: Path | None, folds: int,
                        trials: int, seed: int, register: bool, promote: bool) -> None:
     """The follow-up channels' uplift model on the work folder's randomised leads."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from pipelines.routing_jobs import run_uplift_train
     from routing.policy import PolicyError
 
-    if register:
-        from training.train import check_training_services
-
-        try:
-            check_training_services(settings, None)
-        except ConnectionError as exc:
-            fail(f"cannot register the uplift model: {exc}")
+    _check_registry(settings, register)
     try:
-        with Progress(TextColumn("[bold]uplift train[/]"), BarColumn(),
-                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                      console=err_console, transient=True) as bar:
+        with _training_progress() as bar:
             task = bar.add_task("reading", total=folds + 1)
             result = run_uplift_train(
                 settings, folds=folds, trials=trials, seed=seed, register=register,
@@ -144,6 +124,27 @@ def _train_work_folder(settings, model_out: Path | None, report: Path | None, fo
                   f"conversions per channel {evidence['positives_per_channel']}",
                   soft_wrap=True)
     _print_result(result)
+
+
+def _check_registry(settings, register: bool) -> None:
+    """Fail before any work when the model is to be registered and MLflow cannot be reached."""
+    if not register:
+        return
+    from training.train import check_training_services
+
+    try:
+        check_training_services(settings, None)
+    except ConnectionError as exc:
+        fail(f"cannot register the uplift model: {exc}")
+
+
+def _training_progress() -> Any:
+    """The progress bar of ``uplift train`` (on standard error, gone when done)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]uplift train[/]"), BarColumn(),
+                    TextColumn("{task.description}"), TimeElapsedColumn(),
+                    console=err_console, transient=True)
 
 
 def _print_result(result: dict) -> None:
